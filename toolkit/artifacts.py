@@ -1,0 +1,275 @@
+"""The artifacts layout in one place: paths, atomic writes, locks and run manifests.
+
+    ROOT/NAME/{model.keras, metrics.json, history.json}   the spec's current run
+    ROOT/NAME/runs/<run-id>/{same three files}            every completed run, kept
+    ROOT/NAME/runs/.<run-id>.partial/                     resume state of an unfinished run
+    ROOT/NAME/runs/<run-id>.lock                          held while a run trains
+    ROOT/NAME/export/, exports.json, parity.json, analysis/   later stages
+    ROOT/bench/, ROOT/report.*, ROOT/sweep.*
+
+The current run's files are hard links to the files of one completed run (no duplicate
+copies of large models). Nobody else builds artifact paths by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ArtifactError, BusyError
+
+ARTIFACTS_ENV = "TOOLKIT_ARTIFACTS"
+RUN_FILES = ("model.keras", "history.json", "metrics.json")
+
+
+def resolve_root(root: str | Path | None = None) -> Path:
+    """Flag, then TOOLKIT_ARTIFACTS, then ./artifacts."""
+    chosen = root or os.environ.get(ARTIFACTS_ENV) or "artifacts"
+    return Path(chosen).expanduser().resolve()
+
+
+def run_id(seed: int, epochs: int, limit_train: int | None = None) -> str:
+    rid = f"seed{seed}-e{epochs}"
+    return f"{rid}-n{limit_train}" if limit_train else rid
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it into place only on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The temp name keeps the real suffix: Keras refuses to save to a name without ".keras".
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_private_dir(parent: Path, prefix: str) -> Path:
+    """A fresh temp folder under `parent` with normal (umask) permissions."""
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def write_bytes(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(target: Path, text: str) -> None:
+    write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: Path, payload: Any) -> None:
+    write_text(target, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path, *, what: str = "file", fix: str = "") -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: {what} not found. {fix}".strip()) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(
+            f"{path}: {what} is corrupted ({exc}). {fix or 'Delete it and rerun the command that writes it.'}"
+        ) from None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Atomically make `target` the same file as `source` (hard link, copy across devices)."""
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copy2(source, tmp)
+
+
+# ---------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, *, what: str, wait: bool = False) -> Iterator[None]:
+    """An flock held for the block; without `wait`, a holder elsewhere is a BusyError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise BusyError(
+                f"{what} is busy: {holder} holds {path}. Wait for it to finish, "
+                "or use another seed or artifacts root"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class SpecArtifacts:
+    """Paths of one spec's artifacts under a root."""
+
+    root: Path
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model.keras"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.json"
+
+    @property
+    def history(self) -> Path:
+        return self.dir / "history.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.dir / "runs"
+
+    def run_dir(self, rid: str) -> Path:
+        return self.runs_dir / rid
+
+    def partial_dir(self, rid: str) -> Path:
+        return self.runs_dir / f".{rid}.partial"
+
+    def lock_file(self, rid: str) -> Path:
+        return self.runs_dir / f"{rid}.lock"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.dir / "export"
+
+    @property
+    def exports_json(self) -> Path:
+        return self.dir / "exports.json"
+
+    @property
+    def parity_json(self) -> Path:
+        return self.dir / "parity.json"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.dir / "analysis"
+
+    @property
+    def recommend_dir(self) -> Path:
+        return self.dir / "recommend"
+
+    def is_trained(self) -> bool:
+        return self.model.is_file() and self.metrics.is_file()
+
+    def require_trained(self) -> dict[str, Any]:
+        """The current run's metrics, or an ArtifactError naming the train command."""
+        fix = f"Train it first: toolkit train --exp {self.name} --artifacts {self.root}"
+        if not self.model.is_file() or not self.metrics.is_file():
+            raise ArtifactError(f"{self.name} has no trained run under {self.root}. {fix}")
+        return read_json(self.metrics, what="metrics", fix=fix)
+
+
+def spec_artifacts(name: str, root: str | Path | None = None) -> SpecArtifacts:
+    return SpecArtifacts(resolve_root(root), name)
+
+
+def trained_specs(root: str | Path | None = None) -> list[str]:
+    """Names of specs with a current run under the root, sorted."""
+    base = resolve_root(root)
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if SpecArtifacts(base, p.name).is_trained())
+
+
+def bench_dir(root: str | Path | None = None) -> Path:
+    return resolve_root(root) / "bench"
+
+
+# ---------------------------------------------------------------- runs
+
+
+def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
+                  data_checksums: dict[str, str]) -> dict[str, Any]:
+    """What identifies a run: reuse a run only when every field here matches."""
+    return {
+        "spec_name": spec.name,
+        "spec": spec.summary(),
+        "seed": seed,
+        "epochs": epochs,
+        "limit_train": limit_train,
+        "data": dict(sorted(data_checksums.items())),
+        "run_id": run_id(seed, epochs, limit_train),
+    }
+
+
+def completed_run(arts: SpecArtifacts, manifest: dict[str, Any]) -> Path | None:
+    """The completed run directory whose manifest matches, or None. Shared by train,
+    sweeps and stability analyses: the one rule for reusing a run."""
+    rdir = arts.run_dir(manifest["run_id"])
+    if not all((rdir / f).is_file() for f in RUN_FILES):
+        return None
+    try:
+        recorded = json.loads((rdir / "metrics.json").read_text())["manifest"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return rdir if recorded == manifest else None
+
+
+def promote(arts: SpecArtifacts, rdir: Path) -> None:
+    """Make a completed run the spec's current run; metrics.json last marks it complete."""
+    with exclusive_lock(arts.dir / ".current.lock", what=f"{arts.name} current run", wait=True):
+        for name in RUN_FILES:
+            link_or_copy(rdir / name, arts.dir / name)

@@ -1,0 +1,253 @@
+"""The `toolkit` command line: thin Typer commands over library functions.
+
+This is the only place that catches ToolkitError: each command runs inside `_boundary`, which
+turns an error into one line on stderr and its exit code (a traceback only with --verbose).
+Heavy libraries (TensorFlow, ONNX Runtime) are imported inside commands, never at start-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+# Before TensorFlow is ever imported: its C++ start-up chatter drowns the useful output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from toolkit.errors import ToolkitError  # noqa: E402
+
+app = typer.Typer(
+    name="toolkit",
+    help="Train Fashion-MNIST classifiers from the seed's specs, export, verify and benchmark them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Wide enough for the tables when piped or captured (rich would fall back to 80 columns).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+err_console = Console(stderr=True, highlight=False)
+_state: dict[str, Any] = {"verbose": False}
+
+# Options shared by many commands, one definition each.
+ExpOption = Annotated[str, typer.Option("--exp", help="Experiment spec name (see `toolkit list`).")]
+ExpsOption = Annotated[
+    list[str] | None,
+    typer.Option("--exp", help="Spec name or glob; repeat for several. Default: all trained."),
+]
+ArtifactsOption = Annotated[
+    Path | None,
+    typer.Option("--artifacts", help="Artifacts root [env TOOLKIT_ARTIFACTS, default ./artifacts]."),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder with the four IDX files [env TOOLKIT_DATA_DIR]."),
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed for split, init and shuffling.")]
+EpochsOption = Annotated[
+    int | None, typer.Option("--epochs", help="Override the spec's epochs (20).", min=1)
+]
+LimitOption = Annotated[
+    int | None,
+    typer.Option("--limit-train", help="Train on a seeded subset of N images (quick runs).", min=10),
+]
+
+
+def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ToolkitError as exc:
+            if _state["verbose"]:
+                err_console.print_exception()
+            err_console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted:[/] nothing half-written was left behind")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if _state["verbose"]:
+                raise
+            err_console.print(
+                f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}. "
+                "Rerun with --verbose for the traceback and report it.", soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`app.command` with the error boundary applied; every command registers through this."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        app.command(*args, **kwargs)(_boundary(fn))
+        return fn
+
+    return register
+
+
+@app.callback()
+def _global(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+) -> None:
+    _state["verbose"] = verbose or bool(os.environ.get("TOOLKIT_VERBOSE"))
+    if _state["verbose"]:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+        os.environ["TOOLKIT_VERBOSE"] = "1"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]], **kwargs: Any) -> None:
+    table = Table(title=title, **kwargs)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    console.print(table)
+
+
+# ---------------------------------------------------------------- list / data
+
+
+@command("list")
+def list_specs(
+    family: Annotated[str | None, typer.Option(help="Only DNN or CNN specs.")] = None,
+) -> None:
+    """List the 17 experiment specs with their architecture and the seed's test accuracy."""
+    from toolkit.errors import UsageError
+    from toolkit.specs import SPECS
+
+    if family and family.upper() not in ("DNN", "CNN"):
+        raise UsageError(f"--family must be DNN or CNN, got {family!r}")
+    rows = []
+    for spec in SPECS.values():
+        if family and spec.family != family.upper():
+            continue
+        rows.append([
+            spec.name, spec.family, list(spec.conv_filters) or "-", list(spec.dense_units),
+            [int(d * 100) for d in spec.dropout], ["L2" if f else "-" for f in spec.l2],
+            spec.optimizer, spec.batch_size, "yes" if spec.augment else "no",
+            f"{spec.param_count():,}", f"{spec.mflops_per_image():.2f}",
+            f"{spec.reported.test_accuracy:.4f}" if spec.reported else "-",
+        ])
+    print_table(
+        "Experiment specs (seed Tables 2 and 3; OCR readings in toolkit/specs.py)",
+        ["spec", "family", "filters", "dense", "dropout %", "reg", "optimizer", "batch", "aug",
+         "params", "MFLOPs", "seed test acc"],
+        rows,
+    )
+
+
+@command("data")
+def data_info(data_dir: DataDirOption = None) -> None:
+    """Show where Fashion-MNIST was found, that it verified, and per-class counts."""
+    from toolkit import CLASS_NAMES, data
+
+    dataset = _load_data(data_dir)
+    for warning in dataset.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"Fashion-MNIST found at [bold]{dataset.source}[/] ({dataset.origin}); "
+                  "all four files verified (IDX magic, dimensions, counts, SHA-256).")
+    train_counts = data.class_counts(dataset.y_train)
+    test_counts = data.class_counts(dataset.y_test)
+    rows = [[i, name, train_counts[i], test_counts[i]] for i, name in enumerate(CLASS_NAMES)]
+    rows.append(["", "total", sum(train_counts), sum(test_counts)])
+    print_table("Images per class", ["label", "class", "train", "test"], rows)
+
+
+def _load_data(data_dir: Path | None):
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from toolkit import data
+
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err_console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def report(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"downloading {name}", total=total or None)
+            progress.update(tasks[name], completed=done)
+
+        return data.load(data_dir, progress=report)
+
+
+# ---------------------------------------------------------------- train / run
+
+
+@command("train")
+def train_cmd(
+    exp: ExpOption = "CNN_1L_Dropout_Exp6",
+    epochs: EpochsOption = None,
+    seed: SeedOption = 0,
+    limit_train: LimitOption = None,
+    artifacts: ArtifactsOption = None,
+    data_dir: DataDirOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last completed epoch.")] = False,
+    force: Annotated[bool, typer.Option(help="Retrain even if this run is complete.")] = False,
+) -> None:
+    """Train one spec on the real data; writes ARTIFACTS/NAME/{model.keras,metrics.json,...}."""
+    _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
+                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=force)
+
+
+def _train_and_report(**kwargs: Any) -> dict[str, Any]:
+    from toolkit import specs, train
+
+    spec = specs.get_spec(kwargs.pop("exp"))
+    data_dir = kwargs.pop("data_dir")
+    _load_data(data_dir)  # verifies (or downloads) before the model is built
+    result = train.train(spec, data_dir=data_dir, root=kwargs.pop("artifacts"), progress=True,
+                         console=console, **kwargs)
+    if result.reused:
+        console.print(f"Reused the completed run {result.run_dir} (same spec, seed, epochs, "
+                      "data); pass --force to train it again.")
+    rows = [list(r) for r in train.comparison_rows(result.metrics, spec)]
+    print_table(f"{spec.name}: this run vs the seed's reported figures",
+                ["figure", "this run", "seed"], rows)
+    console.print(f"Current run: {result.run_dir.parent.parent} (run {result.run_dir.name}, "
+                  f"{result.metrics['params']:,} params)")
+    return result.metrics
+
+
+# Stages of `toolkit run`, in order. Later features append theirs: (name, fn(exp, root, opts)).
+RUN_STAGES: list[tuple[str, Callable[..., None]]] = []
+
+
+@command("run")
+def run_cmd(
+    exp: ExpOption = "CNN_1L_Dropout_Exp6",
+    epochs: EpochsOption = None,
+    seed: SeedOption = 0,
+    limit_train: LimitOption = None,
+    artifacts: ArtifactsOption = None,
+    data_dir: DataDirOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted training.")] = False,
+) -> None:
+    """The whole pipeline for one spec: train, then every later stage."""
+    console.rule(f"[bold]train {exp}")
+    _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
+                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=False)
+    for name, stage in RUN_STAGES:
+        console.rule(f"[bold]{name} {exp}")
+        stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
+
+
+def main() -> None:
+    # A kill from a scheduler (SIGTERM) unwinds like Ctrl-C, so temp files are cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    app(prog_name="toolkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Train one spec on the real data and write its run atomically.
+
+A run lives in ROOT/NAME/runs/<run-id>/ once complete; while training, per-epoch resume state
+sits in ROOT/NAME/runs/.<run-id>.partial/. A run is written to a staging folder and renamed
+into place, then (for `toolkit train`) linked in as the spec's current run, so an interrupted
+training never touches the previous complete run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import warnings
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import __version__, artifacts, data
+from toolkit.errors import Interrupted, UsageError
+from toolkit.specs import Spec, get_spec, with_overrides
+
+EpochHook = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    spec: Spec
+    run_dir: Path
+    metrics: dict[str, Any]
+    reused: bool
+    promoted: bool
+
+
+def split_indices(n_train: int, *, seed: int, fraction: float,
+                  limit_train: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) index split of the training set; a limit shrinks both."""
+    order = np.random.default_rng(seed).permutation(n_train)
+    n_val = int(round(n_train * fraction))
+    if limit_train:
+        if limit_train < 10:
+            raise UsageError(f"--limit-train {limit_train} is too small; use at least 10 images")
+        n_val = max(10, int(round(limit_train * fraction / (1 - fraction))))
+    val = order[:n_val]
+    train = order[n_val:]
+    if limit_train:
+        train = train[:limit_train]
+    return np.sort(train), np.sort(val)
+
+
+def package_versions() -> dict[str, str]:
+    from toolkit._tf import keras, tf
+
+    return {
+        "toolkit": __version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def train(
+    exp: str | Spec,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    limit_train: int | None = None,
+    root: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    promote: bool = True,
+    progress: bool = False,
+    on_epoch: EpochHook | None = None,
+    console=None,
+) -> TrainResult:
+    """Train `exp` (or reuse the completed run with the same manifest) and return its metrics.
+
+    `promote` makes the run the spec's current run (what `toolkit train` does); sweeps and
+    stability analyses pass False so they never replace another seed's current run.
+    """
+    spec = get_spec(exp) if isinstance(exp, str) else exp
+    spec = with_overrides(spec, epochs=epochs)
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {seed}")
+    if limit_train is not None and limit_train <= 0:
+        raise UsageError(f"--limit-train must be positive, got {limit_train}")
+    dataset = data.load(data_dir)
+    arts = artifacts.spec_artifacts(spec.name, root)
+    manifest = artifacts.make_manifest(
+        spec, seed=seed, epochs=spec.epochs, limit_train=limit_train,
+        data_checksums=dataset.checksums,
+    )
+    rid = manifest["run_id"]
+    with artifacts.exclusive_lock(arts.lock_file(rid), what=f"run {spec.name}/{rid}"):
+        existing = artifacts.completed_run(arts, manifest)
+        if existing is not None and not force:
+            if promote:
+                artifacts.promote(arts, existing)
+            metrics = artifacts.read_json(existing / "metrics.json", what="metrics")
+            return TrainResult(spec, existing, metrics, reused=True, promoted=promote)
+        run_dir = _train_new(spec, dataset, arts, manifest, resume=resume, progress=progress,
+                             on_epoch=on_epoch, console=console)
+        if promote:
+            artifacts.promote(arts, run_dir)
+        metrics = artifacts.read_json(run_dir / "metrics.json", what="metrics")
+        return TrainResult(spec, run_dir, metrics, reused=False, promoted=promote)
+
+
+def _make_datasets(spec: Spec, dataset: data.Dataset, *, seed: int, limit_train: int | None):
+    from toolkit._tf import tf
+
+    train_idx, val_idx = split_indices(
+        len(dataset.y_train), seed=seed, fraction=spec.validation_fraction,
+        limit_train=limit_train,
+    )
+    x_train = data.to_model_input(dataset.x_train[train_idx])
+    y_train = dataset.y_train[train_idx].astype(np.int32)
+    x_val = data.to_model_input(dataset.x_train[val_idx])
+    y_val = dataset.y_train[val_idx].astype(np.int32)
+    train_ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
+        len(y_train), seed=seed, reshuffle_each_iteration=True
+    ).batch(spec.batch_size)
+    if spec.augment:
+        from toolkit.models import augmentation
+
+        augment = augmentation(seed)
+        train_ds = train_ds.map(lambda x, y: (augment(x, training=True), y))
+    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(1024)
+    return train_ds, val_ds, len(y_train), len(y_val)
+
+
+def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, console) -> Path:
+    from toolkit._tf import keras, tf
+    from toolkit.callbacks import EpochHookCallback, PartialCheckpoint, RichProgress
+    from toolkit.models import build_model, compile_model
+
+    seed, rid, limit_train = manifest["seed"], manifest["run_id"], manifest["limit_train"]
+    keras.utils.set_random_seed(seed)
+    # Same spec and seed give the same weights run to run on CPU.
+    tf.config.experimental.enable_op_determinism()
+    train_ds, val_ds, n_train, n_val = _make_datasets(spec, dataset, seed=seed,
+                                                      limit_train=limit_train)
+    partial = arts.partial_dir(rid)
+    state = _load_partial(partial, manifest) if resume else None
+    if state is None:
+        if partial.exists():
+            shutil.rmtree(partial)
+        model = compile_model(build_model(spec), spec)
+        history: dict[str, list[float]] = {}
+        initial_epoch, seconds_before = 0, 0.0
+    else:
+        model = keras.saving.load_model(partial / "checkpoint.keras", safe_mode=True)
+        history, initial_epoch, seconds_before = state
+    steps = int(np.ceil(n_train / spec.batch_size))
+    checkpoint = PartialCheckpoint(partial, manifest, history, seconds_before)
+    callbacks: list[keras.callbacks.Callback] = [checkpoint]
+    if on_epoch is not None:
+        callbacks.append(EpochHookCallback(on_epoch, spec.epochs))
+    display = RichProgress(spec, steps, initial_epoch, console) if progress else None
+    if display is not None:
+        callbacks.append(display)
+    try:
+        if initial_epoch < spec.epochs:
+            warnings.filterwarnings("ignore", message=".*shuffle=True.*", category=UserWarning)
+            model.fit(train_ds, validation_data=val_ds, epochs=spec.epochs,
+                      initial_epoch=initial_epoch, verbose=0, callbacks=callbacks)
+    except KeyboardInterrupt:
+        done = checkpoint.epochs_done
+        raise Interrupted(
+            f"training of {spec.name} interrupted after {done}/{spec.epochs} epochs; the "
+            f"previous complete run is untouched. Resume with: toolkit train --exp {spec.name} "
+            f"--seed {seed} --epochs {spec.epochs} --resume"
+        ) from None
+    finally:
+        if display is not None:
+            display.stop()
+    x_test = data.to_model_input(dataset.x_test)
+    test_loss, test_accuracy = model.evaluate(x_test, dataset.y_test.astype(np.int32),
+                                              batch_size=1024, verbose=0)
+    history = checkpoint.history
+    metrics = {
+        "spec": spec.name,
+        "run_id": rid,
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "train_accuracy": history["accuracy"][-1],
+        "train_loss": history["loss"][-1],
+        "val_accuracy": history["val_accuracy"][-1],
+        "val_loss": history["val_loss"][-1],
+        "train_seconds": round(checkpoint.seconds, 2),
+        "epochs": spec.epochs,
+        "seed": seed,
+        "limit_train": limit_train,
+        "train_images": n_train,
+        "val_images": n_val,
+        "test_images": int(len(dataset.y_test)),
+        "params": int(model.count_params()),
+        "mflops_per_image": round(spec.mflops_per_image(), 3),
+        "data_source": f"{dataset.origin}: {dataset.source}",
+        "versions": package_versions(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "manifest": manifest,
+    }
+    return _commit_run(arts, rid, model, history, metrics, partial)
+
+
+def _commit_run(arts, rid, model, history, metrics, partial: Path) -> Path:
+    """Write the run to a staging folder, then rename it into runs/<run-id>/ in one step."""
+    staging = artifacts.make_private_dir(arts.runs_dir, f".{rid}.staging-")
+    try:
+        model.save(staging / "model.keras")
+        artifacts.write_json(staging / "history.json", history)
+        artifacts.write_json(staging / "metrics.json", metrics)
+        final = arts.run_dir(rid)
+        if final.exists():
+            old = final.with_name(f".{rid}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)
+    return final
+
+
+def _load_partial(partial: Path, manifest: dict[str, Any]):
+    """(history, epochs done, seconds so far) of a resumable run, or None."""
+    try:
+        state = artifacts.read_json(partial / "progress.json")
+    except Exception:
+        return None
+    if state.get("manifest") != manifest or not (partial / "checkpoint.keras").is_file():
+        return None
+    return state["history"], int(state["epochs_done"]), float(state["seconds"])
+
+
+def comparison_rows(metrics: dict[str, Any], spec: Spec) -> list[tuple[str, str, str]]:
+    """(figure, this run, seed's reported) rows for the end-of-training table."""
+    reported = spec.reported
+    rows = []
+    for key in ("test_accuracy", "train_accuracy", "val_accuracy", "train_loss", "val_loss",
+                "test_loss", "train_seconds"):
+        ours = metrics.get(key)
+        theirs = getattr(reported, key, None) if reported else None
+        fmt = "{:.2f}" if key == "train_seconds" else "{:.4f}"
+        rows.append((key, fmt.format(ours) if ours is not None else "-",
+                     fmt.format(theirs) if theirs is not None else "-"))
+    return rows
