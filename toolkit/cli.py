@@ -243,6 +243,25 @@ def run_cmd(
         stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
 
 
+# Command modules of later features register themselves (commands and run stages) on import,
+# in this order, which is also the order of their `toolkit run` stages.
+COMMAND_MODULES = ("cli_export", "cli_bench", "cli_analysis", "cli_sweep")
+
+
+def _register_command_modules() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(f"toolkit.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"toolkit.{name}":
+                raise
+
+
+_register_command_modules()
+
+
 def main() -> None:
     # A kill from a scheduler (SIGTERM) unwinds like Ctrl-C, so temp files are cleaned up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

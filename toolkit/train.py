@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import warnings
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real dataset and small models trained on real subsets, once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Small real subsets keep the suite fast on 2 cores; accuracy figures are not asserted on them
+# beyond "better than chance".
+TINY_LIMIT = 3000
+TINY_SPECS = ("CNN_1L_Dropout_Exp6", "DNN_2L_Dropout_Exp2")
+
+
+@pytest.fixture(scope="session")
+def dataset():
+    from toolkit import data
+
+    return data.load()
+
+
+@pytest.fixture(scope="session")
+def trained_root(tmp_path_factory) -> Path:
+    """An artifacts root in which TINY_SPECS are trained (1 epoch, 3,000 real images)."""
+    from toolkit import train
+
+    root = tmp_path_factory.mktemp("artifacts")
+    for name in TINY_SPECS:
+        train.train(name, epochs=1, limit_train=TINY_LIMIT, root=root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def test_batch(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The first 256 real test images in the model contract, with labels."""
+    from toolkit.data import to_model_input
+
+    return to_model_input(dataset.x_test[:256]), dataset.y_test[:256]
