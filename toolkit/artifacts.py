@@ -243,8 +243,9 @@ def bench_dir(root: str | Path | None = None) -> Path:
 
 def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
                   data_checksums: dict[str, str]) -> dict[str, Any]:
-    """What identifies a run: reuse a run only when every field here matches."""
-    return {
+    """What identifies a run: reuse a run only when every field here matches. JSON-normalised
+    (tuples become lists) so it compares equal to the copy read back from metrics.json."""
+    manifest = {
         "spec_name": spec.name,
         "spec": spec.summary(),
         "seed": seed,
@@ -253,6 +254,7 @@ def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
         "data": dict(sorted(data_checksums.items())),
         "run_id": run_id(seed, epochs, limit_train),
     }
+    return json.loads(json.dumps(manifest))
 
 
 def completed_run(arts: SpecArtifacts, manifest: dict[str, Any]) -> Path | None:

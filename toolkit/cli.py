@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from toolkit.errors import ToolkitError  # noqa: E402
@@ -68,7 +69,8 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ToolkitError as exc:
             if _state["verbose"]:
                 err_console.print_exception()
-            err_console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+            # Messages are plain text: "[ray]" in "pip install '.[ray]'" is not rich markup.
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted:[/] nothing half-written was left behind")
@@ -79,7 +81,7 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
             if _state["verbose"]:
                 raise
             err_console.print(
-                f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}. "
+                f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(str(exc))}. "
                 "Rerun with --verbose for the traceback and report it.", soft_wrap=True,
             )
             raise typer.Exit(1) from None

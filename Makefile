@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine:  `make run` (set up, then the main job) and
+# `make test` (set up with test extras, then the test suite). Everything lands in ./.venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXP ?= CNN_1L_Dropout_Exp6
+
+.PHONY: run test setup setup-dev data lint clean-venv
+
+run: setup
+	$(BIN)/toolkit run --exp $(EXP)
+
+test: setup-dev
+	$(BIN)/pytest -q
+	$(BIN)/pytest -q bench/ --benchmark-disable --bench-smoke
+
+# Real Fashion-MNIST from Debian's package where possible; elsewhere the toolkit downloads the
+# four upstream files into ~/.keras/datasets/fashion-mnist/ on first use.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "Fashion-MNIST: Debian package present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "No Debian package manager: Fashion-MNIST will be downloaded on first use"; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: data $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+setup-dev: data $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,ray]'
+
+lint: setup-dev
+	$(BIN)/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,145 @@
+"""The one table of export formats and precisions.
+
+The CLI, parity, the benchmarks and the report all read FORMATS, always by key
+("onnx-fp32", "tflite-int8", ...). Exporters are named as "module:function" strings and
+resolved only when an export runs, so importing this module never imports TensorFlow (an
+ONNX Runtime-only host can still read the table and run the files).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.artifacts import SpecArtifacts, read_json
+from toolkit.errors import UsageError
+
+FORMAT_NAMES: tuple[str, ...] = ("onnx", "tflite")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "dynamic")
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    key: str  # f"{format}-{precision}", the name used everywhere
+    format: str  # "onnx" | "tflite"
+    precision: str  # "fp32" | "fp16" | "int8" | "dynamic"
+    suffix: str  # ".onnx" | ".tflite"
+    exporter: str  # "module:function", resolved lazily
+    runtimes: tuple[str, ...]  # toolkit.runtimes keys that run this file
+    devices: tuple[str, ...]
+    description: str = ""
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision != "fp32"
+
+    @property
+    def filename(self) -> str:
+        return f"model.{self.precision}{self.suffix}"
+
+    def exporter_fn(self) -> Callable[..., Any]:
+        """The exporter: fn(model, path, *, precision, calibration, opset, metadata) -> dict."""
+        module, _, name = self.exporter.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def _fmt(format_: str, precision: str, runtimes: tuple[str, ...], devices: tuple[str, ...],
+         description: str) -> ExportFormat:
+    suffix = {"onnx": ".onnx", "tflite": ".tflite"}[format_]
+    return ExportFormat(f"{format_}-{precision}", format_, precision, suffix, f"export.{format_}:export",
+                        runtimes, devices, description)
+
+
+_ORT = ("onnxruntime", "onnxruntime-cuda")
+FORMATS: dict[str, ExportFormat] = {
+    f.key: f
+    for f in (
+        _fmt("onnx", "fp32", _ORT, ("cpu", "gpu"), "ONNX float32 (tf2onnx from a traced tf.function)"),
+        _fmt("onnx", "fp16", _ORT, ("cpu", "gpu"),
+             "ONNX float16 weights and compute, float32 input/output (for GPUs)"),
+        _fmt("onnx", "int8", _ORT, ("cpu", "gpu"),
+             "ONNX int8 static QDQ, calibrated on a seeded sample of training images"),
+        # DynamicQuantizeLinear/MatMulInteger are CPU kernels in ONNX Runtime.
+        _fmt("onnx", "dynamic", ("onnxruntime",), ("cpu",),
+             "ONNX dynamic quantization (int8 weights, activations quantized at run time)"),
+        _fmt("tflite", "fp32", ("litert",), ("cpu",), "TFLite float32 (TFLite converter), run on LiteRT"),
+        _fmt("tflite", "fp16", ("litert",), ("cpu",), "TFLite float16 weights"),
+        _fmt("tflite", "int8", ("litert",), ("cpu",),
+             "TFLite full-integer int8 with float32 input/output (representative dataset)"),
+        _fmt("tflite", "dynamic", ("litert",), ("cpu",), "TFLite dynamic-range (int8 weights)"),
+    )
+}
+
+
+def get_format(key: str) -> ExportFormat:
+    try:
+        return FORMATS[key]
+    except KeyError:
+        raise UsageError(f"unknown export {key!r}; valid: {', '.join(FORMATS)}") from None
+
+
+def _expand(values: Iterable[str] | None, valid: tuple[str, ...], what: str,
+            default: tuple[str, ...]) -> list[str]:
+    if not values:
+        return list(default)
+    chosen: list[str] = []
+    for raw in values:
+        for value in str(raw).split(","):
+            value = value.strip().lower()
+            if not value:
+                continue
+            if value == ALL:
+                chosen.extend(valid)
+            elif value in valid:
+                chosen.append(value)
+            else:
+                raise UsageError(f"unknown {what} {value!r}; valid: {', '.join(valid)}, all")
+    return list(dict.fromkeys(chosen))
+
+
+def select(formats: list[str] | None, precisions: list[str] | None) -> list[ExportFormat]:
+    """The export formats for --format/--precision (default: every format, fp32 only).
+
+    Rejects unknown names and unsupported pairs before any work, listing the valid keys.
+    """
+    names = _expand(formats, FORMAT_NAMES, "format", FORMAT_NAMES)
+    precs = _expand(precisions, PRECISIONS, "precision", ("fp32",))
+    chosen = [FORMATS[f"{n}-{p}"] for n in names for p in precs if f"{n}-{p}" in FORMATS]
+    missing = [f"{n}-{p}" for n in names for p in precs if f"{n}-{p}" not in FORMATS]
+    explicit_all = any(ALL in str(v).lower() for v in (*(formats or ()), *(precisions or ())))
+    if missing and not explicit_all:
+        raise UsageError(f"unsupported export {', '.join(missing)}; valid: {', '.join(FORMATS)}")
+    if not chosen:
+        raise UsageError(f"no export matches; valid: {', '.join(FORMATS)}")
+    return chosen
+
+
+def export_path(arts: SpecArtifacts, fmt: ExportFormat) -> Path:
+    """ROOT/NAME/export/model.PRECISION.SUFFIX, e.g. model.int8.tflite."""
+    return arts.export_dir / fmt.filename
+
+
+def read_exports_doc(arts: SpecArtifacts) -> dict[str, Any]:
+    """The whole exports.json ({"spec", "source_model_sha256", "exports": [...]}), or an empty one."""
+    if not arts.exports_json.is_file():
+        return {"spec": arts.name, "exports": []}
+    doc = read_json(arts.exports_json, what="exports list",
+                    fix=f"Delete it and rerun: toolkit export --exp {arts.name} --force")
+    if not isinstance(doc, dict) or not isinstance(doc.get("exports"), list):
+        from toolkit.errors import ArtifactError
+
+        raise ArtifactError(f"{arts.exports_json}: not an exports list (no 'exports' array). "
+                            f"Delete it and rerun: toolkit export --exp {arts.name} --force")
+    return doc
+
+
+def read_exports(arts: SpecArtifacts) -> list[dict[str, Any]]:
+    """Entries of exports.json (key, format, precision, path, size_bytes, sha256, parity, ...).
+
+    `path` is relative to the spec's folder; a missing exports.json is an empty list.
+    """
+    return list(read_exports_doc(arts)["exports"])

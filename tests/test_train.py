@@ -1,0 +1,100 @@
+"""Short real trainings on subsets: artifacts, reuse, determinism, interruption and resume, locks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from toolkit import artifacts, train
+from toolkit.errors import BusyError, Interrupted, UsageError
+
+DNN = "DNN_1L_No_Dropout_Exp1"
+
+
+def test_trained_root_has_complete_runs(trained_root):
+    arts = artifacts.spec_artifacts("CNN_1L_Dropout_Exp6", trained_root)
+    metrics = arts.require_trained()
+    for key in ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "val_accuracy",
+                "val_loss", "train_seconds", "epochs", "seed", "params", "versions", "manifest"):
+        assert key in metrics, key
+    assert metrics["params"] == 11_087_498 and metrics["test_images"] == 10000
+    assert metrics["test_accuracy"] > 0.5  # one epoch on 3,000 real images: far above chance
+    assert metrics["manifest"]["data"]["t10k-images-idx3-ubyte"].startswith("5b4141f0")
+    history = json.loads(arts.history.read_text())
+    assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    run_dir = arts.run_dir("seed0-e1-n3000")
+    # The current run is the kept run itself (hard links), not a second copy.
+    assert arts.model.stat().st_ino == (run_dir / "model.keras").stat().st_ino
+
+
+def test_reuse_determinism_and_no_promotion(tmp_path):
+    first = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "a")
+    again = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "a")
+    assert not first.reused and again.reused and again.metrics == first.metrics
+    other = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "b")
+    assert other.metrics["test_accuracy"] == first.metrics["test_accuracy"]
+    assert other.metrics["test_loss"] == first.metrics["test_loss"]
+    # A second seed trained without promotion leaves seed 0 as the current run.
+    seed1 = train.train(DNN, seed=1, epochs=1, limit_train=1000, root=tmp_path / "a", promote=False)
+    current = artifacts.spec_artifacts(DNN, tmp_path / "a").require_trained()
+    assert current["seed"] == 0 and seed1.metrics["seed"] == 1
+    assert seed1.run_dir.name == "seed1-e1-n1000" and seed1.run_dir.is_dir()
+
+
+def test_interrupt_keeps_previous_run_and_resume_finishes(tmp_path):
+    root = tmp_path / "arts"
+    previous = train.train(DNN, epochs=1, limit_train=1000, root=root)
+    arts = artifacts.spec_artifacts(DNN, root)
+    before = arts.metrics.read_bytes()
+
+    def interrupt_after_first(epoch, total, logs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="--resume"):
+        train.train(DNN, epochs=3, limit_train=1000, root=root, on_epoch=interrupt_after_first)
+    assert arts.metrics.read_bytes() == before  # the complete run is untouched
+    assert not arts.run_dir("seed0-e3-n1000").exists()
+    partial = arts.partial_dir("seed0-e3-n1000")
+    assert json.loads((partial / "progress.json").read_text())["epochs_done"] == 1
+    seen = []
+    resumed = train.train(DNN, epochs=3, limit_train=1000, root=root, resume=True,
+                          on_epoch=lambda e, t, logs: seen.append(e))
+    assert seen == [2, 3]  # epoch 1 was not trained again
+    history = json.loads((resumed.run_dir / "history.json").read_text())
+    assert len(history["loss"]) == 3 and not partial.exists()
+    assert arts.require_trained()["run_id"] == "seed0-e3-n1000" != previous.metrics["run_id"]
+    leftovers = [p.name for p in arts.runs_dir.iterdir() if ".staging" in p.name or ".tmp" in p.name]
+    assert leftovers == []
+
+
+def test_second_training_of_same_run_is_refused(tmp_path):
+    arts = artifacts.spec_artifacts(DNN, tmp_path)
+    with artifacts.exclusive_lock(arts.lock_file("seed0-e1-n1000"), what="holder"):
+        with pytest.raises(BusyError, match="is busy"):
+            train.train(DNN, epochs=1, limit_train=1000, root=tmp_path)
+        # Another seed of the same spec is a different run and may train side by side.
+        ok = train.train(DNN, seed=2, epochs=1, limit_train=1000, root=tmp_path)
+        assert ok.metrics["seed"] == 2
+
+
+def test_augmented_spec_trains_and_exports_clean_model(tmp_path):
+    from toolkit.models import load_model
+
+    result = train.train("CNN_1L_Dropout_DA_Exp7", epochs=1, limit_train=600, root=tmp_path)
+    model = load_model(result.run_dir / "model.keras")
+    assert not any("Random" in layer.__class__.__name__ for layer in model.layers)
+    assert result.metrics["test_accuracy"] > 0.2
+
+
+def test_split_is_seeded_and_disjoint():
+    tr, va = train.split_indices(60000, seed=0, fraction=0.1, limit_train=None)
+    assert len(va) == 6000 and len(tr) == 54000 and not set(tr) & set(va)
+    tr2, va2 = train.split_indices(60000, seed=0, fraction=0.1, limit_train=None)
+    assert np.array_equal(va, va2)
+    _, va3 = train.split_indices(60000, seed=1, fraction=0.1, limit_train=None)
+    assert not np.array_equal(va, va3)
+    with pytest.raises(UsageError):
+        train.split_indices(60000, seed=0, fraction=0.1, limit_train=5)

@@ -1,0 +1,141 @@
+"""`toolkit sweep`: train specs x seeds (local or Ray), reuse completed runs, tabulate them."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from toolkit.cli import ArtifactsOption, DataDirOption, LimitOption, command, console, print_table
+
+SweepExpsOption = Annotated[
+    list[str] | None,
+    typer.Option("--exp", help="Spec name or glob such as 'CNN_*'; repeat for several. Default: all 17."),
+]
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating…"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class SweepDisplay:
+    """What the live display shows, rebuilt from the sweep state at each refresh."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+
+    def __rich__(self):
+        state = self.state
+        counts = state.counts()
+        done = counts["trained"] + counts["reused"]
+        head = Text.assemble(
+            ("sweep ", "bold"), f"{done + counts['failed']}/{len(state.runs)} runs done ",
+            (f"({counts['trained']} trained, {counts['reused']} reused", "green"),
+            (f", {counts['failed']} failed" if counts["failed"] else "", "red"), (") · ", "green"),
+            (f"{counts['running']} running", "yellow"), f" · {counts['queued']} queued · ",
+            f"elapsed {_clock(time.time() - state.started)} · ETA {_clock(state.eta_seconds())}",
+        )
+        table = Table(show_edge=False, pad_edge=False, box=None)
+        for col in ("running", "seed", "epoch", "loss", "acc", "val acc", "for"):
+            table.add_column(col)
+        for run in list(state.runs):
+            if run.state != "running":
+                continue
+            logs = run.logs
+            table.add_row(
+                run.spec.name, str(run.seed), f"{run.epoch}/{run.spec.epochs}",
+                f"{logs['loss']:.4f}" if "loss" in logs else "-",
+                f"{logs['accuracy']:.4f}" if "accuracy" in logs else "-",
+                f"{logs['val_accuracy']:.4f}" if "val_accuracy" in logs else "-",
+                _clock(time.time() - run.started) if run.started else "-",
+            )
+        recent = [r for r in state.runs if r.state == "failed"][-3:]
+        lines = [Text(f"failed: {r.key}: {r.error}", style="red") for r in recent]
+        return Group(head, *([table] if table.rows else []), *lines)
+
+
+def print_results(state, rows) -> None:
+    from toolkit import sweep
+
+    print_table(f"Sweep: accuracy vs the seed's Tables 3/4 — {sweep.describe_settings(state)}",
+                sweep.ACC_COLUMNS, sweep.accuracy_rows(rows, state.seeds))
+    print_table("Sweep: loss and training time (seed's losses carry its softmax/logits bug)",
+                sweep.LOSS_COLUMNS, sweep.loss_rows(rows))
+    for row in rows:
+        for err in row.errors:
+            console.print(f"[red]failed:[/] {row.spec.name} {escape(err)}", soft_wrap=True)
+
+
+@command("sweep")
+def sweep_cmd(
+    exp: SweepExpsOption = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Train seeds 0..N-1 of each spec.", min=1)] = 1,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Epochs per run (default: the spec's 20).", min=1)
+    ] = None,
+    limit_train: LimitOption = None,
+    backend: Annotated[str, typer.Option("--backend", help="local (one run at a time) or ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster to join (default: start a local one).")
+    ] = None,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option("--max-concurrent", help="Ray: runs in flight at once (default: CPUs / cpus-per-run).",
+                     min=1),
+    ] = None,
+    cpus_per_run: Annotated[
+        int, typer.Option("--cpus-per-run", help="Ray: CPUs each run declares (and TF uses).", min=1)
+    ] = 1,
+    table: Annotated[
+        bool, typer.Option("--table", help="Only tabulate the completed runs; train nothing.")
+    ] = False,
+    artifacts: ArtifactsOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Train every matching spec for seeds 0..N-1 (reusing completed runs) and write
+    ARTIFACTS/sweep.{md,csv,png}: this toolkit's figures beside the seed's Tables 3 and 4."""
+    from toolkit import sweep
+
+    state = sweep.plan_sweep(exp, seeds=seeds, epochs=epochs, limit_train=limit_train,
+                             backend=backend)
+    if table:
+        sweep.collect(state, root=artifacts, data_dir=data_dir)
+        rows = sweep.summarize(state)
+        if not any(r.done for r in rows):
+            from toolkit.errors import ArtifactError
+
+            root = sweep.output_paths(artifacts).markdown.parent
+            raise ArtifactError(
+                f"no completed runs under {root} for {sweep.describe_settings(state)}; run the "
+                "sweep first (the same options without --table)"
+            )
+        print_results(state, rows)
+        outputs = sweep.write_outputs(state, rows, artifacts, record=False)
+        missing = sum(r.state == "missing" for r in state.runs)
+        if missing:
+            console.print(f"[yellow]{missing} of {len(state.runs)} runs are not complete yet[/]; "
+                          "they are left out of the means.")
+    else:
+        if backend == "ray":
+            sweep.import_ray()  # fail in one line before anything starts
+        console.print(f"Sweep: {sweep.describe_settings(state)}; backend {backend}.")
+        display = SweepDisplay(state)
+        with Live(display, console=console, refresh_per_second=2, transient=False):
+            sweep.run_sweep(state, root=artifacts, data_dir=data_dir, address=address,
+                            max_concurrent=max_concurrent, cpus_per_run=cpus_per_run)
+        rows = sweep.summarize(state)
+        print_results(state, rows)
+        outputs = sweep.write_outputs(state, rows, artifacts)
+        console.print(f"Sweep wall time: {state.finished - state.started:.0f} s.")
+    console.print(f"Wrote {outputs.markdown}, {outputs.csv} and {outputs.chart}.")
+    if not table:
+        sweep.raise_if_failed(state, outputs)
