@@ -11,7 +11,12 @@ string pairs to embed or record. It returns facts worth recording in exports.jso
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +30,30 @@ PREPROCESSING = ("float32 NHWC [N,28,28,1], grayscale, pixel/255 in [0,1]; "
                  "output softmax probabilities [N,10]")
 DEFAULT_CALIBRATION_SIZE = 1000
 DEFAULT_CALIBRATION_SEED = 0
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence converter chatter (C++ logs on fd 2, Python warnings on the root logger) unless
+    TOOLKIT_VERBOSE is set: exporters report through exports.json and the CLI's table."""
+    if os.environ.get("TOOLKIT_VERBOSE"):
+        yield
+        return
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+        root.setLevel(level)
 
 
 def version_of(package: str) -> str:

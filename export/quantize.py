@@ -31,11 +31,13 @@ def onnx_fp16(proto) -> tuple[Any, dict[str, Any]]:
 def onnx_dynamic(proto) -> tuple[Any, dict[str, Any]]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="toolkit-quant-") as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "dynamic.onnx"
+        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "dynamic.onnx"
         onnx.save(proto, str(src))
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
+        quant_pre_process(src, pre)
+        quantize_dynamic(pre, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
                          weight_type=QuantType.QInt8)
         out = onnx.load(str(dst))
     return out, {"method": "onnxruntime quantize_dynamic", "weight_type": "int8",

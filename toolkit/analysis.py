@@ -97,7 +97,7 @@ def knn_agreement(points: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     return float(np.mean(majority == labels))
 
 
-def tsne_2d(features: np.ndarray, *, seed: int) -> np.ndarray:
+def tsne_2d(features: np.ndarray, *, seed: int, max_iter: int = 1000) -> np.ndarray:
     """PCA to 50 dimensions (standard practice: denoises and speeds t-SNE), then 2-D t-SNE."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -107,7 +107,7 @@ def tsne_2d(features: np.ndarray, *, seed: int) -> np.ndarray:
         x = PCA(n_components=TSNE_PCA_DIMS, random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, max(5.0, (len(x) - 1) / 3)))
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                learning_rate="auto").fit_transform(x)
+                learning_rate="auto", max_iter=max(250, max_iter)).fit_transform(x)
 
 
 # ---------------------------------------------------------------- figures
@@ -147,7 +147,8 @@ def plot_curves(history: dict[str, list[float]], title: str, target: Path) -> Pa
         ax.set_title(label)
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        step = 1 if len(epochs) <= 12 else 2 if len(epochs) <= 30 else len(epochs) // 12
+        ax.set_xticks(epochs[::step])
     fig.suptitle(title)
     return _save(fig, target)
 
@@ -194,8 +195,8 @@ def plot_feature_maps(image: np.ndarray, layers: Sequence[tuple[str, np.ndarray]
                       target: Path) -> Path:
     """The input, then each layer's channels as a grid (up to 64 per layer)."""
     plt = _plt()
-    widths = [1.4] + [3.6] * len(layers)
-    fig = plt.figure(figsize=(sum(widths) + 0.6, 4.6))
+    widths = [2.2] + [5.2] * len(layers)
+    fig = plt.figure(figsize=(sum(widths) + 0.6, 6.0))
     subfigs = fig.subfigures(1, len(layers) + 1, width_ratios=widths, wspace=0.02)
     ax = subfigs[0].subplots()
     ax.imshow(image, cmap="gray")
@@ -213,7 +214,7 @@ def plot_feature_maps(image: np.ndarray, layers: Sequence[tuple[str, np.ndarray]
                 cell.imshow(act[..., k], cmap="viridis")
         suffix = f", first {shown} of {channels} channels" if shown < channels else f", {channels} channels"
         sub.suptitle(f"{name}: {act.shape[0]}x{act.shape[1]}{suffix}", fontsize=10)
-    fig.suptitle(title, y=1.06)
+    fig.suptitle(f"{title}\nbrighter = stronger activation; each map scaled on its own", y=1.08)
     return _save(fig, target)
 
 
@@ -271,6 +272,7 @@ def analyze(
     tsne_samples: int = TSNE_SAMPLES,
     seed: int = 0,
     limit_test: int | None = None,
+    tsne_iter: int = 1000,
     progress: Progress | None = None,
 ) -> AnalysisResult:
     """All single-model analyses of the spec's current run, written under analysis/."""
@@ -329,9 +331,9 @@ def analyze(
     embed = embedding_model(model)
     emb = _predict(embed, x_test[chosen])
     tick("t-SNE raw pixels")
-    raw_map = tsne_2d(x_test[chosen].reshape(len(chosen), -1), seed=seed)
+    raw_map = tsne_2d(x_test[chosen].reshape(len(chosen), -1), seed=seed, max_iter=tsne_iter)
     tick("t-SNE embeddings")
-    emb_map = tsne_2d(emb, seed=seed)
+    emb_map = tsne_2d(emb, seed=seed, max_iter=tsne_iter)
     labels = y_test[chosen]
     raw_agree, emb_agree = knn_agreement(raw_map, labels), knn_agreement(emb_map, labels)
     files.append(plot_tsne(
@@ -361,7 +363,7 @@ def analyze(
         "confusion_matrix": cm.tolist(),
         "hardest_pairs": pairs,
         "hardest_class": min(rows, key=lambda r: r["accuracy"])["class"],
-        "tsne": {"samples": len(chosen), "seed": seed, "pca_dims": TSNE_PCA_DIMS,
+        "tsne": {"samples": len(chosen), "seed": seed, "pca_dims": TSNE_PCA_DIMS, "iterations": tsne_iter,
                  "knn5_agreement_raw": raw_agree, "knn5_agreement_embedding": emb_agree,
                  "embedding_dim": int(emb.shape[1])},
         "sample": {"index": sample, "label": CLASS_NAMES[sample_label],
@@ -565,14 +567,18 @@ def plot_stability(results: Sequence[Stability], target: Path) -> Path:
         mean, std = np.array(st["mean"]), np.array(st["std"])
         for run in res.runs:
             ax.plot(x, run.val_accuracy, color=colors[c], alpha=0.25, lw=0.8)
-        ax.plot(x, mean, "o-", color=colors[c], ms=3, label=f"{res.spec}: mean of {len(res.runs)} seeds")
-        ax.fill_between(x, mean - std, mean + std, color=colors[c], alpha=0.2, label=f"{res.spec}: ±1 std")
+        ax.errorbar(x, mean, yerr=std, fmt="o-", color=colors[c], ms=3, capsize=3,
+                    label=f"{res.spec}: mean ± 1 std of {len(res.runs)} seeds")
+        if len(x) > 1:
+            ax.fill_between(x, mean - std, mean + std, color=colors[c], alpha=0.15)
+    n_epochs = len(results[0].runs[0].val_accuracy)
+    ax.set_xlim(0.5, n_epochs + 0.5)
+    ax.set_xticks(range(1, n_epochs + 1))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title("validation accuracy per epoch over seeds (thin lines: single seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.xaxis.get_major_locator().set_params(integer=True)
     names = [r.spec for r in results]
     box.boxplot([[run.test_accuracy for run in r.runs] for r in results], showmeans=True)
     for c, res in enumerate(results):
@@ -583,8 +589,9 @@ def plot_stability(results: Sequence[Stability], target: Path) -> Path:
     box.set_ylabel("test accuracy")
     box.set_title("test accuracy over seeds")
     box.grid(alpha=0.3, axis="y")
-    setting = f"{results[0].epochs} epochs" + (f", {results[0].limit_train:,} training images"
-                                               if results[0].limit_train else ", full training split")
+    first = results[0]
+    setting = f"{first.epochs} epoch{'s' if first.epochs > 1 else ''}, " + (
+        f"{first.limit_train:,} training images" if first.limit_train else "full training split")
     fig.suptitle(f"Stability over seeds 0..{len(results[0].runs) - 1} ({setting})")
     return _save(fig, target)
 

@@ -266,8 +266,8 @@ def plan_cases(
             if fmt is None or not _matches(fmt.key, formats):
                 continue
             path = arts.dir / entry["path"]
-            if not path.is_file():
-                continue  # listed but gone: `toolkit export` recreates it; the report says so
+            if entry.get("status", "exported") != "exported" or not path.is_file():
+                continue  # failed or gone: `toolkit export` recreates it; the report says so
             rts = [r for r in fmt.runtimes if not wanted_rt or r in wanted_rt]
             base = dict(
                 spec=name,
@@ -467,7 +467,10 @@ def configure_tf_threads(threads: int) -> int:
 def tensorflow_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("tensorflow") is not None
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclass

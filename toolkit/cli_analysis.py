@@ -146,14 +146,14 @@ def _print_stability(results) -> None:
         st = res.stats()
         t, v = st["test_accuracy"], st["val_accuracy_per_epoch"]
         images = f"{res.limit_train:,}" if res.limit_train else "all"
-        rows.append([res.spec, len(res.runs), res.epochs, images,
-                     _f(t["mean"]), _f(t["std"]), f"{_f(t['min'])}-{_f(t['max'])}", _f(t["range"]),
+        rows.append([res.spec, len(res.runs), f"{res.epochs} / {images}",
+                     f"{_f(t['mean'])} ± {_f(t['std'])}", f"{_f(t['min'])}-{_f(t['max'])}", _f(t["range"]),
                      f"{_f(v['final_mean'])} ± {_f(v['final_std'])}", _f(v["mean_std_over_epochs"]),
                      _f(v["max_range_over_epochs"]), _f(v["mean_epoch_to_epoch_change"])])
-    print_table("Stability over seeds (std: sample standard deviation)",
-                ["spec", "seeds", "epochs", "train imgs", "test acc mean", "std", "min-max", "range",
-                 "final val acc", "val std (mean over epochs)", "val range (max over epochs)",
-                 "val epoch-to-epoch change"], rows)
+    print_table("Stability over seeds (± is the sample standard deviation over seeds)",
+                ["spec", "seeds", "epochs / train imgs", "test acc", "test min-max", "test range",
+                 "final val acc", "val std, mean over epochs", "val range, max over epochs",
+                 "mean |epoch-to-epoch val change|"], rows)
     for res in results:
         values = ", ".join(f"seed {r.seed}: {r.test_accuracy:.4f}" + (" (reused)" if r.reused else "")
                            for r in res.runs)
@@ -174,6 +174,9 @@ def recommend_cmd(
                                        "Runtime (no TensorFlow).")] = False,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="precision@k/mAP on the 10k test "
                                            "set vs a raw-pixel baseline, and queries/s.")] = False,
+    catalog_limit: Annotated[int | None, typer.Option(
+        "--catalog-limit", help="Catalog = first N training images (quick checks; default all 60,000).",
+        min=1)] = None,
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -188,7 +191,7 @@ def recommend_cmd(
     if index is not None or image is not None:
         with _steps(f"recommend ({backend})") as report:
             rec = recommend.recommend(exp, index=index, image=image, k=k, backend=backend, root=artifacts,
-                                      data_dir=data_dir, progress=report)
+                                      data_dir=data_dir, catalog_limit=catalog_limit, progress=report)
         for note in rec.notes:
             console.print(f"[yellow]converted:[/] {note}")
         if rec.catalog.built:
@@ -197,14 +200,15 @@ def recommend_cmd(
         query = rec.query
         if rec.query_label is not None:
             query += f" (class {recommend.CLASS_NAMES[rec.query_label]})"
-        print_table(f"{rec.spec}: top {k} for {query} [{rec.backend}]",
+        console.print(f"Query: {query}")
+        print_table(f"{rec.spec}: top {k} similar catalog items",
                     ["rank", "catalog index", "class", "cosine similarity"],
                     [[n["rank"], n["index"], n["class"], f"{n['similarity']:.4f}"] for n in rec.neighbours])
-        console.print(f"Strip: {rec.strip}")
+        console.print(f"Embeddings computed with {rec.backend}; strip: {rec.strip}")
     if evaluate:
         with _steps(f"evaluating ({backend})") as report:
             result = recommend.evaluate(exp, backend=backend, root=artifacts, data_dir=data_dir,
-                                        progress=report)
+                                        catalog_limit=catalog_limit, progress=report)
         _print_evaluation(result)
 
 

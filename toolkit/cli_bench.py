@@ -263,15 +263,36 @@ def make_report(
         artifacts, exps=exp, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, tolerance=tolerance
     )
     paths = report.write_report(rep)
-    columns, rows = report.table_rows(rep)
-    print_table(
-        "Accuracy vs deployment cost (* = Pareto front: L accuracy/latency, S accuracy/size)", columns, rows
-    )
+    _print_report_table(rep)
     console.print(rep.pick_text)
     for note in rep.notes:
         console.print(f"[dim]note:[/] {note}", soft_wrap=True)
     console.print("Wrote " + ", ".join(str(p) for p in paths))
     return rep
+
+
+def _print_report_table(rep: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from toolkit import report
+
+    columns, rows = report.table_rows(rep)
+    # params and MFLOPs are per spec: stated once below the table to keep it within a terminal.
+    drop = {columns.index("params"), columns.index("MFLOPs")}
+    table = Table(
+        title="Accuracy vs deployment cost (front: L = Pareto accuracy/latency, S = accuracy/size)",
+        box=box.SIMPLE_HEAD,
+    )
+    for i, col in enumerate(columns):
+        if i not in drop:
+            table.add_column(col, no_wrap=True, justify="left" if i < 4 else "right")
+    for row in rows:
+        table.add_row(*[v for i, v in enumerate(row) if i not in drop])
+    console.print(table)
+    for spec in dict.fromkeys(r.spec for r in rep.rows):
+        first = next(r for r in rep.rows if r.spec == spec)
+        console.print(f"{spec}: {first.params:,} parameters, {first.mflops:.2f} MFLOPs per image")
 
 
 def _bench_stage(*, exp: str, artifacts: Path | None, **_: Any) -> None:

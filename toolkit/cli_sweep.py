@@ -63,6 +63,27 @@ class SweepDisplay:
         return Group(head, *([table] if table.rows else []), *lines)
 
 
+class _RunLog:
+    """One line per finished run above the live display: the record a log file keeps."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, state) -> None:
+        for run in list(state.runs):
+            if not run.done or run.key in self.seen:
+                continue
+            self.seen.add(run.key)
+            took = f" in {run.finished - run.started:.0f} s" if run.started and run.finished else ""
+            if run.state == "failed":
+                console.print(f"[red]failed[/] {run.key}{took}: {escape(run.error or '')}",
+                              soft_wrap=True)
+            else:
+                acc = run.metrics.get("test_accuracy") if run.metrics else None
+                acc_text = f"test acc {acc:.4f}" if acc is not None else ""
+                console.print(f"[green]{run.state}[/] {run.key}{took} {acc_text}")
+
+
 def print_results(state, rows) -> None:
     from toolkit import sweep
 
@@ -70,6 +91,9 @@ def print_results(state, rows) -> None:
                 sweep.ACC_COLUMNS, sweep.accuracy_rows(rows, state.seeds))
     print_table("Sweep: loss and training time (seed's losses carry its softmax/logits bug)",
                 sweep.LOSS_COLUMNS, sweep.loss_rows(rows))
+    caveat = sweep.epochs_caveat(state)
+    if caveat:
+        console.print(f"[yellow]{caveat}[/]")
     for row in rows:
         for err in row.errors:
             console.print(f"[red]failed:[/] {row.spec.name} {escape(err)}", soft_wrap=True)
@@ -129,9 +153,14 @@ def sweep_cmd(
             sweep.import_ray()  # fail in one line before anything starts
         console.print(f"Sweep: {sweep.describe_settings(state)}; backend {backend}.")
         display = SweepDisplay(state)
-        with Live(display, console=console, refresh_per_second=2, transient=False):
-            sweep.run_sweep(state, root=artifacts, data_dir=data_dir, address=address,
-                            max_concurrent=max_concurrent, cpus_per_run=cpus_per_run)
+        try:
+            with Live(display, console=console, refresh_per_second=2, transient=False):
+                sweep.run_sweep(state, root=artifacts, data_dir=data_dir, address=address,
+                                max_concurrent=max_concurrent, cpus_per_run=cpus_per_run,
+                                monitor=_RunLog())
+        finally:
+            if not console.is_terminal:
+                console.line()  # the last frame of a non-terminal Live ends without one
         rows = sweep.summarize(state)
         print_results(state, rows)
         outputs = sweep.write_outputs(state, rows, artifacts)

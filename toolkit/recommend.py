@@ -262,7 +262,7 @@ def load_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
         grey = 255 - grey
         notes.append("light background: inverted to Fashion-MNIST's light product on black")
     if size != (28, 28):
-        pic = Image.fromarray(grey, mode="L")
+        pic = Image.fromarray(grey)
         pic = ImageOps.contain(pic, (28, 28), method=Image.Resampling.LANCZOS)
         canvas = Image.new("L", (28, 28), 0)
         canvas.paste(pic, ((28 - pic.width) // 2, (28 - pic.height) // 2))
@@ -341,8 +341,7 @@ def recommend(
     notes: list[str] = []
     if image is not None:
         pixels, notes = load_image(image)  # before any model loads: bad input fails fast
-    spec, dataset, embedder, catalog = _dataset_and_catalog(exp, backend, root, data_dir,
-                                                            catalog_limit, progress)
+    spec, dataset = get_spec(exp), data.load(data_dir)
     label: int | None
     if index is not None:
         if not 0 <= index < len(dataset.y_test):
@@ -357,6 +356,8 @@ def recommend(
     else:
         label, query = None, f"file {Path(image).name}"
         tag = "file-" + re.sub(r"[^A-Za-z0-9_.-]", "_", Path(image).stem)[:60]
+    spec, dataset, embedder, catalog = _dataset_and_catalog(exp, backend, root, data_dir,
+                                                            catalog_limit, progress)
     vector = embedder.embed(data.to_model_input(pixels[None]))
     idx, sims = search(catalog.vectors, vector, k)
     neighbours = [{"rank": r + 1, "index": int(i), "label": int(catalog.labels[i]),

@@ -176,6 +176,7 @@ def build_report(
                 artifacts.sha256_file(arts.model),
                 "reference",
                 keras_acc,
+                keras_acc,
             )
         ]
         parity_doc = (
@@ -188,9 +189,15 @@ def build_report(
             if fmt is None:
                 continue
             path = arts.dir / entry["path"]
+            if entry.get("status", "exported") != "exported":
+                notes.append(f"{name} {fmt.key}: export failed ({entry.get('error')}); not in the table")
+                continue
             if not path.is_file():
                 notes.append(f"{name} {fmt.key}: listed in exports.json but {path} is missing")
                 continue
+            parity_info = entry.get("parity") if isinstance(entry.get("parity"), dict) else {}
+            # Parity evaluated Keras and the export on the same images in one go: compare those.
+            reference_acc = parity_info.get("keras_accuracy") or keras_acc
             files.append(
                 (
                     fmt.key,
@@ -200,9 +207,10 @@ def build_report(
                     entry.get("sha256"),
                     engine._parity_status(entry),
                     _accuracy_of(entry, parity_doc),
+                    reference_acc,
                 )
             )
-        for key, fmt_name, precision, path, sha, parity, acc in files:
+        for key, fmt_name, precision, path, sha, parity, acc, ref_acc in files:
             mine = [r for ident, r in latest.items() if ident[0] == name and ident[1] == key]
             fresh = [r for r in mine if r.get("sha256") == sha]
             stale += len(mine) - len(fresh)
@@ -221,7 +229,7 @@ def build_report(
                         device,
                         results,
                         acc,
-                        keras_acc,
+                        ref_acc,
                         parity,
                         path,
                         peaks,
@@ -247,6 +255,12 @@ def build_report(
         notes.append(
             f"load average during the latest benchmark runs reached {max(loads):.1f} on "
             f"{engine.runtimes.cpu_count()} cores: other work shared the CPU, so timings are noisy"
+        )
+    over = [r for r in rows if r.pct_peak is not None and r.pct_peak > 100]
+    if over:
+        notes.append(
+            f"{len(over)} rows exceed 100% of the measured peak: the GEMM peak was measured while the CPU "
+            "was shared and reads low; rerun `toolkit bench` on a quiet machine to re-measure it"
         )
     notes.append(_peak_note(peaks, runs))
     return Report(base, rows, peaks, pick, text, budget, notes)
@@ -373,8 +387,13 @@ def _peak_note(peaks: dict[str, dict[str, float]], runs: Sequence[dict[str, Any]
 # ---------------------------------------------------------------- output
 
 
-SHORT_RUNTIME = {"keras": "keras", "keras-predict": "predict", "onnxruntime": "ORT",
-                 "onnxruntime-cuda": "ORT-CUDA", "litert": "LiteRT"}
+SHORT_RUNTIME = {
+    "keras": "keras",
+    "keras-predict": "predict",
+    "onnxruntime": "ORT",
+    "onnxruntime-cuda": "ORT-CUDA",
+    "litert": "LiteRT",
+}
 COLUMNS = [
     "spec",
     "format",
@@ -526,17 +545,32 @@ def plot(rep: Report, which: str, target: Path) -> Path | None:
     runtimes_seen = sorted({r.runtime for r in points})
     colors = {rt: plt.cm.tab10(i % 10) for i, rt in enumerate(runtimes_seen)}
     for i, r in enumerate(sorted(points, key=cost)):
-        ax.scatter(cost(r), r.accuracy * 100, marker=markers.get(r.format, "o"), s=70,
-                   color=colors[r.runtime], edgecolors="black" if flag(r) else "none", linewidths=1.2,
-                   zorder=3)
+        ax.scatter(
+            cost(r),
+            r.accuracy * 100,
+            marker=markers.get(r.format, "o"),
+            s=70,
+            color=colors[r.runtime],
+            edgecolors="black" if flag(r) else "none",
+            linewidths=1.2,
+            zorder=3,
+        )
         label = f"{r.key} {SHORT_RUNTIME.get(r.runtime, r.runtime)}"
         if r.device != "cpu":
             label += f" {r.device}"
         if len({p.spec for p in points}) > 1:
             label += f" ({r.spec})"
-        # Alternate above/below so neighbours on the same accuracy do not print over each other.
-        ax.annotate(label, (cost(r), r.accuracy * 100), textcoords="offset points",
-                    xytext=(6, 6 if i % 2 == 0 else -12), fontsize=7)
+        # Cycle through four offsets so neighbours at the same accuracy do not print over each other.
+        dx, dy = ((6, 6), (6, -12), (-6, 16), (-6, -22))[i % 4]
+        ax.annotate(
+            label,
+            (cost(r), r.accuracy * 100),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            ha="left" if dx > 0 else "right",
+            fontsize=7,
+            arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5},
+        )
     front = sorted((r for r in points if flag(r)), key=cost)
     if front:
         ax.step(

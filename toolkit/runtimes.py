@@ -11,9 +11,11 @@ library lazily, so ONNX Runtime and LiteRT paths never import TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ class LoadedModel:
     threads: int | None = None
     input_name: str = "image"
     output_names: tuple[str, ...] = ("probabilities",)
+    input_shape: tuple[Any, ...] | None = None  # as declared by the file; batch axis symbolic/None/-1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The first output for a float32 [N,28,28,1] batch."""
@@ -72,6 +75,7 @@ class KerasModel(LoadedModel):
         self.device, self.threads = device, threads
         self.input_name = self.model.inputs[0].name
         self.output_names = tuple(self.model.output_names)
+        self.input_shape = tuple(self.model.inputs[0].shape)
         self._predict = predict
         self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
@@ -128,6 +132,7 @@ class OrtModel(LoadedModel):
             raise DeviceUnavailableError(f"{path}: CUDA provider did not load (active: {active})")
         self.provider = active[0]
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = tuple(self.session.get_inputs()[0].shape)
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -146,27 +151,68 @@ class LiteRTModel(LoadedModel):
         from ai_edge_litert import interpreter as litert
 
         try:
-            self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
+            with _quiet_fd2():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
+                self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except Exception as exc:
             raise _fail_load(path, "TFLite model", exc) from None
         self.runtime, self.device, self.threads = "litert", device, threads
         self.provider = "LiteRT XNNPACK"
-        details = self.interpreter.get_input_details()[0]
+        try:
+            names = _signature_names(self.interpreter)
+            details = self.interpreter.get_input_details()[0]
+            outputs = self.interpreter.get_output_details()
+        except Exception as exc:
+            raise _fail_load(path, "TFLite model", exc) from None
         self._input_index = details["index"]
-        self.input_name = _tflite_name(details["name"], "image")
-        outputs = self.interpreter.get_output_details()
-        self._output_index = outputs[0]["index"]
-        self.output_names = tuple(_tflite_name(o["name"], "probabilities") for o in outputs)
+        self.input_shape = tuple(int(d) for d in details["shape_signature"])
+        self.input_name = names.get(details["index"], _tflite_name(details["name"], "image"))
+        self.output_names = tuple(names.get(o["index"], _tflite_name(o["name"], "probabilities"))
+                                  for o in outputs)
+        # The contract's output if the signature names it, else the first.
+        first = self.output_names.index("probabilities") if "probabilities" in self.output_names else 0
+        self._output_index = outputs[first]["index"]
         self._batch = -1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) != self._batch:
             self.interpreter.resize_tensor_input(self._input_index, list(batch.shape), strict=False)
-            self.interpreter.allocate_tensors()
+            with _quiet_fd2():
+                self.interpreter.allocate_tensors()
             self._batch = len(batch)
         self.interpreter.set_tensor(self._input_index, batch)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output_index).copy()
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """LiteRT's C++ logs go straight to file descriptor 2; hide them unless TOOLKIT_VERBOSE."""
+    if os.environ.get("TOOLKIT_VERBOSE"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _signature_names(interpreter) -> dict[int, str]:
+    """Tensor index -> name from the file's one signature (tensor names are the converter's,
+    e.g. "PartitionedCall:0"; the signature keeps the names the exporter chose)."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return {}
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
+    names = {d["index"]: n for n, d in runner.get_input_details().items()}
+    names.update({d["index"]: n for n, d in runner.get_output_details().items()})
+    return names
 
 
 def _tflite_name(raw: str, contract: str) -> str:

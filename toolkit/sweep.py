@@ -596,19 +596,36 @@ def _md_table(columns: list[str], rows: list[list[str]]) -> str:
 def describe_settings(state: SweepState) -> str:
     epochs = state.epochs if state.epochs is not None else "each spec's own (20)"
     n_specs = len({r.spec.name for r in state.runs})
-    text = f"{n_specs} specs × {state.seeds} seed(s) (0..{state.seeds - 1}), epochs: {epochs}"
+    seeds = f"{state.seeds} seeds (0..{state.seeds - 1})" if state.seeds > 1 else "1 seed (0)"
+    text = f"{n_specs} spec{'s' if n_specs != 1 else ''} × {seeds}, epochs: {epochs}"
     if state.limit_train:
         text += f", training subset: {state.limit_train} images"
     return text
 
 
+def epochs_caveat(state: SweepState) -> str:
+    """A warning when the runs are not comparable with the seed's 20-epoch figures."""
+    notes = []
+    if state.epochs is not None and state.epochs != Spec.epochs:
+        notes.append(f"these runs trained {state.epochs} epochs; the seed's figures are after "
+                     f"{Spec.epochs} epochs (its section 5.1), train seconds included")
+    if state.limit_train:
+        notes.append(f"these runs trained on a {state.limit_train}-image subset")
+    return ("Not like for like: " + "; ".join(notes) + ".") if notes else ""
+
+
 def render_markdown(state: SweepState, rows: list[SpecRow]) -> str:
-    wall = (f"{state.finished - state.started:.0f} s" if state.finished else "-")
+    if state.finished:
+        origin = (f"Backend: {state.backend}. Wall time of the sweep that wrote this: "
+                  f"{state.finished - state.started:.0f} s.")
+    else:
+        origin = "Tabulated from the completed runs under this root (`toolkit sweep --table`)."
     failures = [f"- {row.spec.name} {err}" for row in rows for err in row.errors]
+    caveat = epochs_caveat(state)
     parts = [
         "# Sweep results\n",
-        f"Settings: {describe_settings(state)}. Backend: {state.backend}. Wall time of the "
-        f"sweep that wrote this: {wall}.\n",
+        f"Settings: {describe_settings(state)}. {origin}\n",
+        *([f"**{caveat}**\n"] if caveat else []),
         "Our figures are the mean over seeds; with more than one seed, ± is the sample standard "
         "deviation and [a–b] the range. \"seed\" is the study's reported figure (its Tables 3 "
         "and 4) and Δ = ours − seed. Ranks order specs by mean test accuracy (ours) and by the "
@@ -668,14 +685,16 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
     means = [r.stats["test_accuracy"].mean for r in scored]
     errs = [r.stats["test_accuracy"].std or 0.0 for r in scored]
     colors = ["#4C72B0" if r.spec.family == "CNN" else "#55A868" for r in scored]
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(scored) + 1.8))
-    ax.barh(ys, means, xerr=errs, color=colors, alpha=0.85, capsize=3, height=0.65,
-            error_kw={"elinewidth": 1.2})
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(scored) + 2.0), layout="constrained")
+    ax.barh(ys, means, xerr=errs if any(errs) else None, color=colors, alpha=0.85, capsize=3,
+            height=0.65, error_kw={"elinewidth": 1.2})
+    labelled = False
     for y, row in zip(ys, scored, strict=True):
         values = [float(r.metrics["test_accuracy"]) for r in row.runs if r.metrics]
         if len(values) > 1:
             ax.scatter(values, [y] * len(values), s=10, color="black", zorder=3,
-                       label="_nolegend_")
+                       label="_nolegend_" if labelled else "one seed's run")
+            labelled = True
     seed_points = [(r.reported("test_accuracy"), y) for y, r in zip(ys, scored, strict=True)
                    if r.reported("test_accuracy") is not None]
     if seed_points:
@@ -684,22 +703,24 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
     lows = [m - e for m, e in zip(means, errs, strict=True)] + [p[0] for p in seed_points]
     left = max(0.0, math.floor((min(lows) - 0.02) * 50) / 50)
     highs = [m + e for m, e in zip(means, errs, strict=True)] + [p[0] for p in seed_points]
-    ax.set_xlim(left, min(1.0, max(highs) + 0.01))
+    ax.set_xlim(left, min(1.0, max(highs) + 0.02))
     ax.set_yticks(ys, [r.spec.name for r in scored], fontsize=8)
     ax.set_xlabel("test accuracy (10,000 Fashion-MNIST test images)")
-    seeds_note = f"mean ± std over {state.seeds} seeds" if state.seeds > 1 else "1 seed"
-    ax.set_title(f"Sweep: test accuracy per spec ({seeds_note}; {describe_settings(state)})",
-                 fontsize=9)
+    seeds_note = (f"bars: mean ± std over {state.seeds} seeds" if state.seeds > 1
+                  else "bars: one seed per spec")
+    ax.set_title(f"Test accuracy per spec: this toolkit vs the seed's reported figures\n"
+                 f"{describe_settings(state)}; {seeds_note}", fontsize=9)
     from matplotlib.patches import Patch
 
-    handles, labels = ax.get_legend_handles_labels()
-    handles += [Patch(color="#4C72B0", label="CNN (this toolkit)"),
-                Patch(color="#55A868", label="DNN (this toolkit)")]
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    handles, _ = ax.get_legend_handles_labels()
+    families = {r.spec.family for r in scored}
+    handles += [Patch(color=color, label=f"{family} (this toolkit)")
+                for family, color in (("CNN", "#4C72B0"), ("DNN", "#55A868")) if family in families]
+    # Below the axes, so it never hides a bar or a seed marker.
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
     with artifacts.atomic_path(target) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -1,0 +1,144 @@
+"""Parity: the value checks on their own, and the CLI's pass/fail paths on real exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from toolkit.cli import app
+from toolkit.parity import TOLERANCES, ParityResult, compare
+
+runner = CliRunner()
+SPEC = "DNN_2L_Dropout_Exp2"
+
+
+def _probs(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, 10)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probs.astype(np.float32), probs.argmax(1)
+
+
+def test_tolerances_are_data_per_precision():
+    assert TOLERANCES["fp32"].min_agreement == 0.999 and TOLERANCES["fp32"].max_abs_diff == 1e-4
+    for prec in ("fp16", "int8", "dynamic"):
+        assert TOLERANCES[prec].min_agreement == 0.99
+        assert TOLERANCES[prec].max_accuracy_drop_pp == 0.5
+
+
+def test_identical_outputs_pass():
+    ref, labels = _probs()
+    result = compare(ParityResult("onnx-fp32", "fp32", "x"), ref, ref.copy(), labels)
+    assert result.passed and result.failures == []
+    assert result.max_abs_diff == 0 and result.agreement == 1 and result.flipped == 0
+    assert result.test_accuracy == result.keras_accuracy == 1.0
+
+
+def test_fp32_value_failures_say_by_how_much():
+    ref, labels = _probs()
+    cand = ref.copy()
+    cand[:, 0] += 3e-4  # over the fp32 tolerance, no top-1 change for most images
+    cand[:5] = cand[:5, ::-1]  # five flipped predictions: agreement 99.75% < 99.9%
+    result = compare(ParityResult("onnx-fp32", "fp32", "x"), ref, cand, labels)
+    assert not result.passed and len(result.failures) == 2  # every failure collected
+    text = " ".join(result.failures)
+    assert "top-1 agreement 99.75% < 99.90%" in text and "short by 0.15 pp" in text
+    assert "max abs difference" in text and "x the tolerance" in text
+    assert result.flipped == 5 and result.flipped_indices == [0, 1, 2, 3, 4]
+    assert result.would_pass_with["min_agreement"] == pytest.approx(0.9975)
+    assert result.would_pass_with["max_abs_diff"] == pytest.approx(result.max_abs_diff)
+
+
+def test_quantized_accuracy_drop_and_non_finite_fail():
+    ref, labels = _probs()
+    cand = ref.copy()
+    cand[:30] = cand[:30, ::-1]  # 1.5% flipped -> agreement 98.5%, accuracy -1.5 pp
+    cand[40, 3] = np.nan
+    result = compare(ParityResult("tflite-int8", "int8", "x"), ref, cand, labels)
+    text = " ".join(result.failures)
+    assert "non-finite outputs: 1 NaN" in text
+    assert "top-1 agreement" in text and "pp below Keras" in text and "over by 1.0" in text
+    assert result.accuracy_delta_pp == pytest.approx(-1.55, abs=0.01)
+    # A quantized export is not held to the fp32 abs-diff tolerance.
+    small = ref.copy()
+    small[:, 0] += 0.01
+    assert compare(ParityResult("onnx-int8", "int8", "x"), ref, small, labels).passed
+
+
+# ---------------------------------------------------------------- CLI on real exports
+
+
+@pytest.fixture
+def exported_root(trained_root, tmp_path) -> Path:
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_root / SPEC, root / SPEC, ignore=shutil.ignore_patterns("runs"))
+    result = runner.invoke(app, ["export", "--exp", SPEC, "--format", "onnx", "--artifacts", str(root)])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _entries(root: Path) -> dict:
+    return {e["key"]: e for e in json.loads((root / SPEC / "exports.json").read_text())["exports"]}
+
+
+def test_parity_command_passes_and_writes_parity_json(exported_root):
+    result = runner.invoke(app, ["parity", "--exp", SPEC, "--artifacts", str(exported_root)])
+    assert result.exit_code == 0, result.output
+    assert "passed" in result.output and "onnx-fp32" in result.output
+    doc = json.loads((exported_root / SPEC / "parity.json").read_text())
+    (entry,) = doc["exports"]
+    assert entry["key"] == "onnx-fp32" and entry["status"] == "pass" and entry["images"] == 10_000
+    assert entry["input_name"] == "image" and entry["output_names"] == ["probabilities"]
+    assert entry["output_shape"] == [10_000, 10]
+    assert doc["tolerances"]["fp32"] == {"min_agreement": 0.999, "max_abs_diff": 1e-4}
+
+
+def test_perturbed_model_fails_parity_with_exit_5(exported_root):
+    """An ONNX file whose weights were nudged must fail, and be marked failed in exports.json."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = exported_root / SPEC / "export" / "model.fp32.onnx"
+    proto = onnx.load(str(path))
+    weight = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = numpy_helper.to_array(weight)
+    noisy = array + np.random.default_rng(0).normal(scale=0.05, size=array.shape).astype(array.dtype)
+    weight.CopyFrom(numpy_helper.from_array(noisy, weight.name))
+    onnx.save(proto, str(path))
+    result = runner.invoke(app, ["parity", "--exp", SPEC, "--format", "onnx",
+                                 "--artifacts", str(exported_root)])
+    assert result.exit_code == 5, result.output
+    flat = " ".join(result.output.split())
+    assert "exported but parity failed" in flat and "max abs difference" in flat
+    assert "parity failed for DNN_2L_Dropout_Exp2/onnx-fp32" in flat
+    parity = _entries(exported_root)["onnx-fp32"]["parity"]
+    assert parity["status"] == "fail" and parity["passed"] is False
+    assert any("max abs difference" in f for f in parity["failures"])
+    assert any("changed since it was exported" in f for f in parity["failures"])
+
+
+def test_corrupted_export_fails_parity_naming_the_file(exported_root):
+    path = exported_root / SPEC / "export" / "model.fp32.onnx"
+    path.write_bytes(b"\x08\x07garbage, not a protobuf")
+    result = runner.invoke(app, ["parity", "--exp", SPEC, "--artifacts", str(exported_root)])
+    assert result.exit_code == 5, result.output
+    assert "cannot load" in result.output and "Traceback" not in result.output
+    failures = _entries(exported_root)["onnx-fp32"]["parity"]["failures"]
+    assert any("model.fp32.onnx: not a loadable ONNX model" in f for f in failures)
+
+
+def test_parity_without_exports_names_the_export_command(trained_root, tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_root / SPEC, root / SPEC, ignore=shutil.ignore_patterns("runs"))
+    result = runner.invoke(app, ["parity", "--exp", SPEC, "--artifacts", str(root)])
+    assert result.exit_code == 4 and "toolkit export --exp DNN_2L_Dropout_Exp2" in result.output
+
+
+def test_parity_rejects_unknown_format(exported_root):
+    result = runner.invoke(app, ["parity", "--format", "coreml", "--artifacts", str(exported_root)])
+    assert result.exit_code == 2 and "onnx-fp32" in result.output

@@ -1,0 +1,296 @@
+"""Prove that every export predicts what the Keras model predicts, on the full test set.
+
+The Keras reference is computed once per spec; each export then goes through the same checks,
+in this order (as optimum's validation does): input/output names and shapes, then values. Every
+failure is collected, not just the first. Tolerances are data (TOLERANCES, per precision), and
+each result also says the smallest tolerance that would have passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import artifacts
+from toolkit.errors import ArtifactError
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+NUM_CLASSES = 10
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    min_agreement: float  # fraction of test images whose top-1 class matches Keras
+    max_abs_diff: float | None = None  # on probabilities; None: not checked
+    max_accuracy_drop_pp: float | None = None  # percentage points below Keras; None: not checked
+
+
+QUANTIZED = Tolerance(min_agreement=0.99, max_accuracy_drop_pp=0.5)
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(min_agreement=0.999, max_abs_diff=1e-4),
+    "fp16": QUANTIZED,
+    "int8": QUANTIZED,
+    "dynamic": QUANTIZED,
+}
+
+
+@dataclass
+class ParityResult:
+    key: str
+    precision: str
+    path: str
+    status: str = "pass"  # "pass" | "fail"
+    failures: list[str] = field(default_factory=list)
+    runtime: str | None = None
+    provider: str | None = None
+    input_name: str | None = None
+    output_names: list[str] = field(default_factory=list)
+    input_shape: list[Any] | None = None
+    output_shape: list[int] | None = None
+    images: int = 0
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    p99_abs_diff: float | None = None
+    agreement: float | None = None
+    flipped: int | None = None
+    flipped_indices: list[int] = field(default_factory=list)
+    keras_accuracy: float | None = None
+    test_accuracy: float | None = None
+    accuracy_delta_pp: float | None = None
+    nan_count: int | None = None
+    inf_count: int | None = None
+    tolerance: dict[str, Any] = field(default_factory=dict)
+    would_pass_with: dict[str, Any] = field(default_factory=dict)
+    sha256_matches_export: bool | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        self.status = "fail"
+
+    def summary(self) -> dict[str, Any]:
+        """What exports.json keeps of the result (parity.json keeps everything)."""
+        return {
+            "status": self.status, "passed": self.passed, "failures": self.failures,
+            "agreement": self.agreement, "flipped": self.flipped, "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff, "p99_abs_diff": self.p99_abs_diff,
+            "test_accuracy": self.test_accuracy, "keras_accuracy": self.keras_accuracy,
+            "accuracy_delta_pp": self.accuracy_delta_pp, "images": self.images,
+        }
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    return TOLERANCES.get(precision, QUANTIZED)
+
+
+def run_batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                batch: int = BATCH) -> np.ndarray:
+    return np.concatenate([np.asarray(run(images[i:i + batch])) for i in range(0, len(images), batch)])
+
+
+def keras_reference(model_path: Path, images: np.ndarray) -> np.ndarray:
+    """Keras probabilities for `images` (the compiled-function runtime, safe-mode load)."""
+    from toolkit import runtimes
+
+    model = runtimes.load(model_path, "keras")
+    return run_batched(model.run, images)
+
+
+def compare(result: ParityResult, reference: np.ndarray, candidate: np.ndarray,
+            labels: np.ndarray) -> ParityResult:
+    """Value checks of `candidate` against `reference`, appended to `result`."""
+    tol = tolerance_for(result.precision)
+    result.tolerance = {k: v for k, v in asdict(tol).items() if v is not None}
+    candidate = np.asarray(candidate, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    result.images = len(candidate)
+    finite = np.isfinite(candidate)
+    result.nan_count = int(np.isnan(candidate).sum())
+    result.inf_count = int(np.isinf(candidate).sum())
+    if result.nan_count or result.inf_count:
+        result.fail(f"non-finite outputs: {result.nan_count} NaN and {result.inf_count} Inf values")
+    diff = np.abs(np.where(finite, candidate, np.inf) - reference)
+    per_image = diff.max(axis=1)
+    result.max_abs_diff = float(diff.max())
+    result.mean_abs_diff = float(diff.mean()) if np.isfinite(diff).all() else math.inf
+    result.p99_abs_diff = float(np.percentile(per_image, 99))
+    ref_top, cand_top = reference.argmax(1), np.where(finite, candidate, -np.inf).argmax(1)
+    flipped = np.flatnonzero(ref_top != cand_top)
+    result.flipped = int(len(flipped))
+    result.flipped_indices = [int(i) for i in flipped]
+    result.agreement = 1.0 - len(flipped) / len(candidate)
+    result.keras_accuracy = float(np.mean(ref_top == labels))
+    result.test_accuracy = float(np.mean(cand_top == labels))
+    result.accuracy_delta_pp = (result.test_accuracy - result.keras_accuracy) * 100
+    drop = -result.accuracy_delta_pp
+
+    if result.agreement < tol.min_agreement:
+        result.fail(f"top-1 agreement {result.agreement:.2%} < {tol.min_agreement:.2%} "
+                    f"(short by {(tol.min_agreement - result.agreement) * 100:.2f} pp; "
+                    f"{result.flipped} of {result.images} predictions flipped)")
+    if tol.max_abs_diff is not None and not result.max_abs_diff <= tol.max_abs_diff:
+        result.fail(f"max abs difference {result.max_abs_diff:.3g} > {tol.max_abs_diff:.0e} "
+                    f"({result.max_abs_diff / tol.max_abs_diff:.1f}x the tolerance)")
+    if tol.max_accuracy_drop_pp is not None and drop > tol.max_accuracy_drop_pp:
+        result.fail(f"accuracy {result.test_accuracy:.2%} is {drop:.2f} pp below Keras's "
+                    f"{result.keras_accuracy:.2%} (tolerance {tol.max_accuracy_drop_pp} pp; "
+                    f"over by {drop - tol.max_accuracy_drop_pp:.2f} pp)")
+    # The loosest setting of each check that this export meets: its own measurements.
+    result.would_pass_with = {"min_agreement": result.agreement, "max_abs_diff": result.max_abs_diff,
+                              "max_accuracy_drop_pp": max(drop, 0.0)}
+    return result
+
+
+def check_file(path: Path, *, key: str, precision: str, runtime: str, reference: np.ndarray,
+               images: np.ndarray, labels: np.ndarray) -> ParityResult:
+    """Load an exported file on `runtime`, check names and shapes, then values."""
+    from toolkit import runtimes
+
+    result = ParityResult(key=key, precision=precision, path=str(path), runtime=runtime)
+    try:
+        model = runtimes.load(path, runtime)
+    except ArtifactError as exc:
+        result.fail(f"cannot load: {exc.message}")
+        return result
+    result.provider = model.provider
+    result.input_name, result.output_names = model.input_name, list(model.output_names)
+    result.input_shape = list(getattr(model, "input_shape", None) or []) or None
+    # Names and shapes first: a model with the wrong interface is not compared value by value.
+    if model.input_name != INPUT_NAME:
+        result.fail(f"input is named {model.input_name!r}, expected {INPUT_NAME!r}")
+    if not model.output_names or model.output_names[0] != OUTPUT_NAME:
+        result.fail(f"outputs are named {list(model.output_names)}, expected [{OUTPUT_NAME!r}]")
+    if result.input_shape is not None and list(result.input_shape[1:]) != [28, 28, 1]:
+        result.fail(f"input shape {result.input_shape}, expected [N, 28, 28, 1]")
+    try:
+        candidate = run_batched(model.run, images)
+    except Exception as exc:  # a runtime error on real data is a parity failure, not a crash
+        result.fail(f"running it failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        return result
+    result.output_shape = list(candidate.shape)
+    if candidate.shape != reference.shape:
+        result.fail(f"output shape {list(candidate.shape)}, expected {list(reference.shape)}")
+        return result
+    return compare(result, reference, candidate, labels)
+
+
+# ---------------------------------------------------------------- one spec
+
+
+@dataclass
+class SpecParity:
+    spec: str
+    keras_accuracy: float
+    results: list[ParityResult]
+    images: int = 0
+    not_checked: list[str] = field(default_factory=list)  # keys whose export failed or is missing
+
+    @property
+    def failed(self) -> list[ParityResult]:
+        return [r for r in self.results if not r.passed]
+
+
+def check_spec(name: str, *, root=None, keys: Sequence[str] | None = None, dataset=None, data_dir=None,
+               hook: Callable[[str, str], None] | None = None) -> SpecParity:
+    """Check the listed exports (default: all in exports.json) of a trained spec; write
+    parity.json and each export's parity result into exports.json."""
+    from export import pipeline
+
+    arts = artifacts.spec_artifacts(name, root)
+    arts.require_trained()
+    with pipeline.export_lock(arts):
+        return _check_spec(arts, keys=keys, dataset=dataset, data_dir=data_dir, hook=hook)
+
+
+def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
+    from export import pipeline
+    from export.registry import FORMATS, read_exports_doc
+
+    name = arts.name
+    doc = read_exports_doc(arts)
+    entries = {e["key"]: e for e in doc["exports"] if "key" in e}
+    wanted = [k for k in (keys if keys is not None else list(entries)) if k in entries]
+    if not wanted:
+        raise ArtifactError(f"{name} has no exports to check under {arts.root}. "
+                            f"Export it first: toolkit export --exp {name} --artifacts {arts.root}")
+    if dataset is None:
+        from toolkit import data
+
+        dataset = data.load(data_dir)
+    from toolkit.data import to_model_input
+
+    images, labels = to_model_input(dataset.x_test), dataset.y_test
+    source_sha = artifacts.sha256_file(arts.model)
+    if hook:
+        hook("start", "keras")
+    reference = keras_reference(arts.model, images)
+    keras_accuracy = float(np.mean(reference.argmax(1) == labels))
+    if hook:
+        hook("done", "keras")
+    outcome = SpecParity(name, keras_accuracy, [], images=len(images))
+    for key in wanted:
+        entry = entries[key]
+        fmt = FORMATS.get(key)
+        if entry.get("status") != "exported" or fmt is None:
+            outcome.not_checked.append(key)
+            continue
+        if hook:
+            hook("start", key)
+        path = arts.dir / entry["path"]
+        if not path.is_file():
+            result = ParityResult(key=key, precision=fmt.precision, path=str(path))
+            result.fail(f"{path} is missing; re-export it: toolkit export --exp {name} --force")
+        else:
+            result = check_file(path, key=key, precision=fmt.precision, runtime=fmt.runtimes[0],
+                                reference=reference, images=images, labels=labels)
+            result.sha256_matches_export = artifacts.sha256_file(path) == entry.get("sha256")
+            if not result.sha256_matches_export:
+                result.fail(f"{path.name} changed since it was exported (sha256 differs from exports.json)")
+        if entry.get("source_model_sha256") != source_sha:
+            result.fail("model.keras changed since this export; re-export it: "
+                        f"toolkit export --exp {name} --force")
+        outcome.results.append(result)
+        entry["parity"] = result.summary()
+        if hook:
+            hook("done", key)
+    # Write both records last; exports.json keeps the summary, parity.json everything.
+    pipeline.save_entries(arts, entries, doc.get("source_model_sha256") or source_sha)
+    write_parity_json(arts, outcome, source_sha)
+    return outcome
+
+
+def write_parity_json(arts, outcome: SpecParity, source_sha: str) -> None:
+    previous: dict[str, Any] = {}
+    if arts.parity_json.is_file():
+        try:
+            old = artifacts.read_json(arts.parity_json, what="parity results")
+            if old.get("source_model_sha256") == source_sha:
+                previous = {r["key"]: r for r in old.get("exports", []) if isinstance(r, dict)}
+        except (ArtifactError, AttributeError):
+            previous = {}  # a corrupt earlier record is replaced, not merged
+    for result in outcome.results:
+        previous[result.key] = {**asdict(result), "passed": result.passed}
+    from export.pipeline import now
+    from export.registry import FORMATS
+
+    order = {k: i for i, k in enumerate(FORMATS)}
+    artifacts.write_json(arts.parity_json, {
+        "spec": outcome.spec,
+        "source_model_sha256": source_sha,
+        "checked_at": now(),
+        "test_images": outcome.images,
+        "keras": {"runtime": "keras", "test_accuracy": outcome.keras_accuracy},
+        "tolerances": {k: {n: v for n, v in asdict(t).items() if v is not None}
+                       for k, t in TOLERANCES.items()},
+        "exports": sorted(previous.values(), key=lambda r: order.get(r["key"], len(order))),
+    })

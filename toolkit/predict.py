@@ -1,0 +1,111 @@
+"""Classify image files with any model file (.keras, .onnx, .tflite) through the runtimes table.
+
+Images are brought to the model contract the way Fashion-MNIST itself was made: grayscale,
+light garment on a dark background, the longer side fitted into 28 pixels and centred. Every
+conversion applied to an image is stated in its result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import CLASS_NAMES
+from toolkit.errors import DataError, UsageError
+
+SIDE = 28
+
+
+@dataclass
+class Prediction:
+    image: str
+    top: list[dict[str, Any]]  # [{"label", "class", "probability"}], most probable first
+    conversions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "class": self.top[0]["class"],
+                "probability": self.top[0]["probability"], "top": self.top,
+                "conversions": self.conversions}
+
+
+def load_image(path: str | Path, *, invert: str = "auto") -> tuple[np.ndarray, list[str]]:
+    """uint8 [28,28] for a PNG/JPEG (or anything Pillow reads), and the conversions applied."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if invert not in ("auto", "yes", "no"):
+        raise UsageError(f"--invert must be auto, yes or no, got {invert!r}")
+    if not path.is_file():
+        raise DataError(f"{path}: image not found; expected a PNG or JPEG file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            image = ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); "
+                        "expected a PNG or JPEG file") from None
+    notes: list[str] = []
+    if getattr(image, "n_frames", 1) > 1:
+        notes.append(f"used the first of {image.n_frames} frames")
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        gray = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+        notes.append(f"scaled {mode} pixels to 8-bit")
+    elif mode == "L":
+        gray = image
+    else:
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            image = Image.alpha_composite(background, rgba)
+            notes.append("composited transparency onto black")
+        gray = image.convert("L")
+        notes.append(f"converted {mode} to grayscale")
+    pixels = np.asarray(gray, dtype=np.uint8)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if invert == "yes" or (invert == "auto" and border.mean() > 127):
+        pixels = 255 - pixels
+        notes.append("inverted (light background; Fashion-MNIST garments are light on dark)"
+                     if invert == "auto" else "inverted (--invert yes)")
+    height, width = pixels.shape
+    if (height, width) != (SIDE, SIDE):
+        scale = SIDE / max(height, width)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        resized = Image.fromarray(pixels, "L").resize((new_w, new_h), Image.Resampling.LANCZOS)
+        canvas = np.zeros((SIDE, SIDE), dtype=np.uint8)
+        top, left = (SIDE - new_h) // 2, (SIDE - new_w) // 2
+        canvas[top:top + new_h, left:left + new_w] = np.asarray(resized)
+        pixels = canvas
+        padded = "" if new_w == new_h == SIDE else ", centred and padded with black"
+        notes.append(f"resized {width}x{height} to {new_w}x{new_h}{padded} (aspect kept)")
+    return pixels, notes
+
+
+def predict(model_file: str | Path, images: list[str | Path], *, top_k: int = 1,
+            runtime: str | None = None, invert: str = "auto") -> list[Prediction]:
+    """Top-k classes for each image file, from one model file on its default (or given) runtime."""
+    from toolkit import runtimes
+    from toolkit.data import to_model_input
+
+    if not images:
+        raise UsageError("no images given; pass one or more PNG/JPEG files after the model file")
+    if not 1 <= top_k <= len(CLASS_NAMES):
+        raise UsageError(f"--top-k must be between 1 and {len(CLASS_NAMES)}, got {top_k}")
+    loaded = [load_image(p, invert=invert) for p in images]  # bad images fail before the model loads
+    model = runtimes.load(model_file, runtime)
+    batch = to_model_input(np.stack([pixels for pixels, _ in loaded]))
+    probs = np.asarray(model.run(batch))
+    if probs.ndim != 2 or probs.shape != (len(images), len(CLASS_NAMES)):
+        raise UsageError(f"{model_file}: outputs shape {list(probs.shape)}, expected "
+                         f"[{len(images)}, {len(CLASS_NAMES)}] class probabilities; is it a classifier?")
+    results = []
+    for path, (_, notes), row in zip(images, loaded, probs, strict=True):
+        order = np.argsort(-row, kind="stable")[:top_k]
+        top = [{"label": int(i), "class": CLASS_NAMES[i], "probability": float(row[i])} for i in order]
+        results.append(Prediction(str(path), top, notes))
+    return results
