@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from toolkit import benchmark as engine  # noqa: E402
 from toolkit import runtimes  # noqa: E402
-from toolkit.artifacts import resolve_root  # noqa: E402
+from toolkit.artifacts import resolve_root, trained_specs  # noqa: E402
 from toolkit.errors import ToolkitError  # noqa: E402
 
 SMOKE = {
@@ -147,8 +147,13 @@ class BenchState:
         lines = [f"toolkit bench: {len(self.cases)} cases; artifacts root {self.root}"]
         if self.fallback_dir:
             specs = sorted({c.spec for c in self.cases})
+            where = (
+                "no trained model or export matching these filters under"
+                if trained_specs(self.root)
+                else "no trained model or export under"
+            )
             lines.append(
-                f"toolkit bench: no exports found under {self.root}: building UNTRAINED "
+                f"toolkit bench: {where} {self.root}: building UNTRAINED "
                 f"{', '.join(specs)} and exporting them to {self.fallback_dir} with the registry's "
                 "exporters (untrained weights time the same; no accuracy, top-1 not checked)"
             )

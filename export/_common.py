@@ -15,7 +15,6 @@ import contextlib
 import importlib.metadata
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from toolkit import CLASS_NAMES, __version__
 from toolkit.errors import UsageError
+from toolkit.quiet import quiet_stderr
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -42,17 +42,10 @@ def quiet() -> Iterator[None]:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
-        yield
+        with quiet_stderr():
+            yield
     finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
         root.setLevel(level)
 
 

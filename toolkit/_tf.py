@@ -7,33 +7,15 @@ Only modules that really need TensorFlow import this, and only when they run.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from collections.abc import Iterator
 
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    if os.environ.get("TOOLKIT_VERBOSE") or "tensorflow" in sys.modules:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from toolkit.quiet import quiet_stderr
 
 
 def import_tf():
     """(tensorflow, keras), imported quietly."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _quiet_stderr():
+    with quiet_stderr():
         import keras
         import tensorflow as tf
     return tf, keras

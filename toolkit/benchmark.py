@@ -648,7 +648,7 @@ def check_gpu_session(path: str | Path, session, feed: dict[str, np.ndarray], th
         options.intra_op_num_threads = base.intra_op_num_threads
         options.graph_optimization_level = base.graph_optimization_level
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        return ort.InferenceSession(str(path), sess_options=options, providers=session.get_providers())
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CUDAExecutionProvider"])
 
     nodes = profiled_node_providers(factory, feed)
     require_gpu_execution(session.get_providers(), nodes)

@@ -151,9 +151,10 @@ def _print_stability(results) -> None:
                      f"{_f(v['final_mean'])} ± {_f(v['final_std'])}", _f(v["mean_std_over_epochs"]),
                      _f(v["max_range_over_epochs"]), _f(v["mean_epoch_to_epoch_change"])])
     print_table("Stability over seeds (± is the sample standard deviation over seeds)",
-                ["spec", "seeds", "epochs / train imgs", "test acc", "test min-max", "test range",
-                 "final val acc", "val std, mean over epochs", "val range, max over epochs",
-                 "mean |epoch-to-epoch val change|"], rows)
+                ["spec", "seeds", "epochs/imgs", "test acc", "test min-max", "test range",
+                 "final val acc", "val std (avg)", "val range (max)", "val jitter"], rows)
+    console.print("val std (avg): per-epoch std over seeds, averaged over epochs; val range (max): largest "
+                  "per-epoch spread; val jitter: mean |change| of a seed's val accuracy between epochs.")
     for res in results:
         values = ", ".join(f"seed {r.seed}: {r.test_accuracy:.4f}" + (" (reused)" if r.reused else "")
                            for r in res.runs)
@@ -219,6 +220,10 @@ def _print_evaluation(result: dict[str, Any]) -> None:
                 "training images (relevant = same class)",
                 ["embedding", "dim", "P@1", "P@5", "P@10", "mAP@10", "mAP (full ranking)", "batched q/s"],
                 rows)
+    ms = result["single_ms"]
     console.print(f"One query at a time (embed + exact top-5): {result['single_qps']:,.1f} queries/s over "
-                  f"{result['single_queries']} queries. {result['mAP_definition']}.")
+                  f"{result['single_queries']} queries ({ms['embed']:.1f} ms embedding + "
+                  f"{ms['search']:.1f} ms search, which scans the whole "
+                  f"{result['catalog_images']:,}-item catalog).")
+    console.print(result["mAP_definition"] + ".")
     console.print(f"Wrote {result['file']}")

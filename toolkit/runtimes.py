@@ -11,11 +11,9 @@ library lazily, so ONNX Runtime and LiteRT paths never import TensorFlow.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ArtifactError, DeviceUnavailableError, UsageError
+from toolkit.quiet import quiet_stderr
 
 DEVICES = ("cpu", "gpu")
 
@@ -151,7 +150,7 @@ class LiteRTModel(LoadedModel):
         from ai_edge_litert import interpreter as litert
 
         try:
-            with _quiet_fd2():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
+            with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
                 self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
                 self.interpreter.allocate_tensors()
         except Exception as exc:
@@ -177,30 +176,12 @@ class LiteRTModel(LoadedModel):
     def run(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) != self._batch:
             self.interpreter.resize_tensor_input(self._input_index, list(batch.shape), strict=False)
-            with _quiet_fd2():
+            with quiet_stderr():
                 self.interpreter.allocate_tensors()
             self._batch = len(batch)
         self.interpreter.set_tensor(self._input_index, batch)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output_index).copy()
-
-
-@contextlib.contextmanager
-def _quiet_fd2() -> Iterator[None]:
-    """LiteRT's C++ logs go straight to file descriptor 2; hide them unless TOOLKIT_VERBOSE."""
-    if os.environ.get("TOOLKIT_VERBOSE"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _signature_names(interpreter) -> dict[int, str]:
