@@ -65,6 +65,7 @@ def test_interrupt_keeps_previous_run_and_resume_finishes(tmp_path):
     assert seen == [2, 3]  # epoch 1 was not trained again
     history = json.loads((resumed.run_dir / "history.json").read_text())
     assert len(history["loss"]) == 3 and not partial.exists()
+    assert resumed.metrics["resumed_from_epoch"] == 1
     assert arts.require_trained()["run_id"] == "seed0-e3-n1000" != previous.metrics["run_id"]
     leftovers = [p.name for p in arts.runs_dir.iterdir() if ".staging" in p.name or ".tmp" in p.name]
     assert leftovers == []

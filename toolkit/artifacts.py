@@ -241,12 +241,19 @@ def bench_dir(root: str | Path | None = None) -> Path:
 # ---------------------------------------------------------------- runs
 
 
+# Bump when a code change alters what a run trains (data order, augmentation, loss, ...), so that
+# runs of an older recipe are never reused as if they were this one's.
+# 2: per-epoch stateless shuffle keyed by (seed, epoch), exact data order on --resume.
+TRAINING_RECIPE = 2
+
+
 def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
                   data_checksums: dict[str, str]) -> dict[str, Any]:
     """What identifies a run: reuse a run only when every field here matches. JSON-normalised
     (tuples become lists) so it compares equal to the copy read back from metrics.json."""
     manifest = {
         "spec_name": spec.name,
+        "recipe": TRAINING_RECIPE,
         "spec": spec.summary(),
         "seed": seed,
         "epochs": epochs,

@@ -112,28 +112,40 @@ def train(
         return TrainResult(spec, run_dir, metrics, reused=False, promoted=promote)
 
 
-def _make_datasets(spec: Spec, dataset: data.Dataset, *, seed: int, limit_train: int | None):
+def _make_datasets(spec: Spec, dataset: data.Dataset, *, seed: int, limit_train: int | None,
+                   initial_epoch: int):
+    """Training batches for epochs initial_epoch..epochs-1 as one stream, and validation batches.
+
+    Each epoch's order is a stateless shuffle keyed by (seed, epoch), so a resumed run sees the
+    same batches in its later epochs as an uninterrupted one would.
+    """
     from toolkit._tf import tf
 
     train_idx, val_idx = split_indices(
         len(dataset.y_train), seed=seed, fraction=spec.validation_fraction,
         limit_train=limit_train,
     )
-    x_train = data.to_model_input(dataset.x_train[train_idx])
-    y_train = dataset.y_train[train_idx].astype(np.int32)
+    x_train = tf.constant(data.to_model_input(dataset.x_train[train_idx]))
+    y_train = tf.constant(dataset.y_train[train_idx].astype(np.int32))
     x_val = data.to_model_input(dataset.x_train[val_idx])
     y_val = dataset.y_train[val_idx].astype(np.int32)
-    train_ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
-        len(y_train), seed=seed, reshuffle_each_iteration=True
-    ).batch(spec.batch_size)
+    n_train = len(train_idx)
+
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n_train), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(spec.batch_size).map(
+            lambda idx: (tf.gather(x_train, idx), tf.gather(y_train, idx)))
+
+    train_ds = tf.data.Dataset.range(initial_epoch, spec.epochs).flat_map(epoch_batches)
     if spec.augment:
         from toolkit.models import augmentation
 
-        augment = augmentation(seed)
+        augment = augmentation(seed + 1000 * initial_epoch)
         train_ds = train_ds.map(lambda x, y: (augment(x, training=True), y))
     train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(1024)
-    return train_ds, val_ds, len(y_train), len(y_val)
+    return train_ds, val_ds, n_train, len(y_val)
 
 
 def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, console) -> Path:
@@ -145,8 +157,6 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     keras.utils.set_random_seed(seed)
     # Same spec and seed give the same weights run to run on CPU.
     tf.config.experimental.enable_op_determinism()
-    train_ds, val_ds, n_train, n_val = _make_datasets(spec, dataset, seed=seed,
-                                                      limit_train=limit_train)
     partial = arts.partial_dir(rid)
     state = _load_partial(partial, manifest) if resume else None
     if state is None:
@@ -158,6 +168,8 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     else:
         model = keras.saving.load_model(partial / "checkpoint.keras", safe_mode=True)
         history, initial_epoch, seconds_before = state
+    train_ds, val_ds, n_train, n_val = _make_datasets(
+        spec, dataset, seed=seed, limit_train=limit_train, initial_epoch=initial_epoch)
     steps = int(np.ceil(n_train / spec.batch_size))
     checkpoint = PartialCheckpoint(partial, manifest, history, seconds_before)
     callbacks: list[keras.callbacks.Callback] = [checkpoint]
@@ -169,7 +181,7 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     try:
         if initial_epoch < spec.epochs:
             warnings.filterwarnings("ignore", message=".*shuffle=True.*", category=UserWarning)
-            model.fit(train_ds, validation_data=val_ds, epochs=spec.epochs,
+            model.fit(train_ds, validation_data=val_ds, epochs=spec.epochs, steps_per_epoch=steps,
                       initial_epoch=initial_epoch, verbose=0, callbacks=callbacks)
     except KeyboardInterrupt:
         done = checkpoint.epochs_done
@@ -198,6 +210,9 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         "epochs": spec.epochs,
         "seed": seed,
         "limit_train": limit_train,
+        # Data order after a resume matches an uninterrupted run; dropout randomness does not
+        # bit-for-bit (Keras does not restore its seed generators' progress), so say so.
+        "resumed_from_epoch": initial_epoch or None,
         "train_images": n_train,
         "val_images": n_val,
         "test_images": int(len(dataset.y_test)),
