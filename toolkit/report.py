@@ -45,6 +45,7 @@ class Row:
     front_latency: bool = False
     front_size: bool = False
     measured_at: str | None = None
+    load_avg: float | None = None  # highest 1-minute load average among the results used
 
     @property
     def delta(self) -> float | None:
@@ -248,13 +249,11 @@ def build_report(
     _mark_fronts(rows)
     budget = {"max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb}
     pick, text = recommend(rows, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, tolerance=tolerance)
-    loads = sorted(
-        {round(r.get("load_avg_1m", 0), 1) for run in runs[-3:] for r in run["results"] if "load_avg_1m" in r}
-    )
+    loads = [r.load_avg for r in rows if r.load_avg is not None]
     if loads and max(loads) > engine.runtimes.cpu_count() * 0.75:
         notes.append(
-            f"load average during the latest benchmark runs reached {max(loads):.1f} on "
-            f"{engine.runtimes.cpu_count()} cores: other work shared the CPU, so timings are noisy"
+            f"1-minute load average while these rows were measured: {min(loads):.1f}-{max(loads):.1f} "
+            f"on {engine.runtimes.cpu_count()} cores: other work shared the CPU, so timings are noisy"
         )
     over = [r for r in rows if r.pct_peak is not None and r.pct_peak > 100]
     if over:
@@ -292,6 +291,7 @@ def _row(
         spec.param_count(),
         spec.mflops_per_image(),
         measured_at=max(r.get("measured_at") or "" for r in results),
+        load_avg=max((r["load_avg_1m"] for r in chosen.values() if "load_avg_1m" in r), default=None),
     )
     if b1:
         row.p50_ms, row.p99_ms = b1["p50_ms"], b1["p99_ms"]
