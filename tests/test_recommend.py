@@ -19,6 +19,7 @@ from toolkit import artifacts, data
 from toolkit import recommend as rec
 from toolkit.cli import app
 from toolkit.errors import UsageError
+from toolkit.predict import load_image
 
 CNN = "CNN_1L_Dropout_Exp6"
 LIMIT = 2000  # catalog = the first 2,000 real training images
@@ -155,24 +156,25 @@ def test_image_files_are_converted_and_bad_ones_rejected(trained_root, dataset, 
     big = np.asarray(Image.fromarray(255 - dataset.x_test[7]).resize((60, 90)))
     colour = tmp_path / "photo.jpg"
     Image.fromarray(np.stack([big, big, big], axis=-1)).save(colour, quality=95)
-    pixels, notes = rec.load_image(colour)
+    pixels, notes = load_image(colour)
     assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
     text = " ".join(notes)
-    assert "grey" in text and "inverted" in text and "60x90 -> 28x28" in text
+    assert "grayscale" in text and "inverted" in text and "resized 60x90 to 19x28" in text
     assert pixels[:, :3].max() < 30  # padded with black, like Fashion-MNIST
 
     deep = tmp_path / "deep.png"
     Image.fromarray(dataset.x_test[7].astype(np.uint16) * 256).save(deep)
-    pixels16, notes16 = rec.load_image(deep)
-    assert "scaled to 0-255" in " ".join(notes16) and pixels16.max() == 255
+    pixels16, notes16 = load_image(deep)
+    assert "to 8-bit" in " ".join(notes16)
+    assert np.abs(pixels16.astype(int) - dataset.x_test[7].astype(int)).max() <= 1
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
-    for path, message in ((broken, "not a readable image"), (tmp_path / "missing.png", "no such file"),
-                          (tmp_path, "not a file")):
+    for path, message in ((broken, "not a readable image"), (tmp_path / "missing.png", "image not found"),
+                          (tmp_path, "image not found")):
         result = runner.invoke(app, ["recommend", "--exp", CNN, "--image", str(path),
                                      "--artifacts", str(trained_root)])
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 3, result.output
         assert message in result.output and "Traceback" not in result.output
 
 

@@ -45,11 +45,11 @@ ExpsOption = Annotated[
 ]
 ArtifactsOption = Annotated[
     Path | None,
-    typer.Option("--artifacts", help="Artifacts root [env TOOLKIT_ARTIFACTS, default ./artifacts]."),
+    typer.Option("--artifacts", help="Artifacts root (env TOOLKIT_ARTIFACTS; default ./artifacts)."),
 ]
 DataDirOption = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Folder with the four IDX files [env TOOLKIT_DATA_DIR]."),
+    typer.Option("--data-dir", help="Folder with the four IDX files (env TOOLKIT_DATA_DIR)."),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for split, init and shuffling.")]
 EpochsOption = Annotated[

@@ -45,7 +45,7 @@ def _f(value: Any, digits: int = 4) -> str:
 @command("analyze")
 def analyze_cmd(
     exp: Annotated[list[str] | None, typer.Option(
-        "--exp", help=f"Spec to analyse [default {DEFAULT_SPEC}]; give twice to compare stability.")] = None,
+        "--exp", help=f"Spec to analyse (default {DEFAULT_SPEC}); give twice to compare stability.")] = None,
     seeds: Annotated[int | None, typer.Option(
         "--seeds", help="Train (or reuse) seeds 0..N-1 and report stability over them.", min=2)] = None,
     sample: Annotated[int, typer.Option("--sample", help="Test image for the feature maps.")] = 0,

@@ -31,6 +31,7 @@ import numpy as np
 
 from toolkit import CLASS_NAMES, artifacts, data
 from toolkit.errors import ArtifactError, UsageError
+from toolkit.predict import load_image
 from toolkit.specs import get_spec
 
 BACKENDS = ("keras", "onnxruntime")
@@ -228,76 +229,6 @@ def search(catalog: np.ndarray, queries: np.ndarray, k: int,
     return indices, sims
 
 
-# ---------------------------------------------------------------- query images
-
-
-def load_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """A user image as uint8 [28,28] light-on-dark like Fashion-MNIST, and what was converted."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    fix = "expected a PNG/JPEG/... image of one product, ideally 28x28 grey"
-    if not path.exists():
-        raise UsageError(f"--image {path}: no such file; {fix}")
-    if not path.is_file():
-        raise UsageError(f"--image {path}: not a file; {fix}")
-    notes: list[str] = []
-    try:
-        with Image.open(path) as img:
-            if getattr(img, "n_frames", 1) > 1:
-                notes.append(f"{img.n_frames} frames: used the first")
-            img.seek(0)
-            img.load()
-            size = img.size
-            if 0 in size:
-                raise UsageError(f"--image {path}: the image is empty ({size[0]}x{size[1]}); {fix}")
-            grey = _to_grey(img, notes)
-    except UsageError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise UsageError(f"--image {path}: not a readable image ({reason}); {fix}") from None
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if border.mean() > 127:
-        grey = 255 - grey
-        border = 255 - border
-        notes.append("light background: inverted to Fashion-MNIST's light product on black")
-    background, top = float(np.median(border)), float(grey.max())
-    if background > 8 and top > background:
-        # Fashion-MNIST backgrounds are pure black; a grey one would read as product texture.
-        grey = ((grey.astype(np.float32) - background).clip(0) * (255 / (top - background))).astype(np.uint8)
-        notes.append(f"background level {background:.0f} set to black (contrast stretched)")
-    if size != (28, 28):
-        pic = Image.fromarray(grey)
-        pic = ImageOps.contain(pic, (28, 28), method=Image.Resampling.LANCZOS)
-        canvas = Image.new("L", (28, 28), 0)
-        canvas.paste(pic, ((28 - pic.width) // 2, (28 - pic.height) // 2))
-        grey = np.asarray(canvas, dtype=np.uint8)
-        notes.append(f"resized {size[0]}x{size[1]} -> 28x28 (aspect ratio kept, padded with black)")
-    return grey, notes
-
-
-def _to_grey(img, notes: list[str]) -> np.ndarray:
-    from PIL import Image
-
-    mode = img.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        top = values.max()
-        notes.append(f"{mode} image scaled to 0-255")
-        return (values / top * 255 if top > 0 else values).clip(0, 255).astype(np.uint8)
-    if mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-        notes.append("transparency flattened onto white")
-    if img.mode != "L":
-        if mode not in ("1", "L", "LA"):
-            notes.append(f"colour ({mode}) converted to grey")
-        img = img.convert("L")
-    return np.asarray(img, dtype=np.uint8).copy()
-
-
 # ---------------------------------------------------------------- recommend
 
 
@@ -346,7 +277,8 @@ def recommend(
         raise UsageError(f"-k must be at least 1, got {k}")
     notes: list[str] = []
     if image is not None:
-        pixels, notes = load_image(image)  # before any model loads: bad input fails fast
+        # The same conversion as `toolkit predict`; bad input fails before any model loads.
+        pixels, notes = load_image(image)
     spec, dataset = get_spec(exp), data.load(data_dir)
     label: int | None
     if index is not None:
