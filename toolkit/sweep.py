@@ -370,15 +370,7 @@ def _run_ray(state: SweepState, root: Path, data_dir, address: str | None,
     ray = import_ray()
     checksums = data.load(data_dir).checksums
     # The caller's own reuse check, the same rule train applies, so reused runs cost no task.
-    todo: list[RunStatus] = []
-    for run in state.runs:
-        arts = artifacts.spec_artifacts(run.spec.name, root)
-        existing = artifacts.completed_run(arts, _manifest(run, checksums))
-        if existing is not None:
-            metrics = artifacts.read_json(existing / "metrics.json", what="metrics")
-            _finish(state, run, metrics=metrics, run_dir=existing, reused=True)
-        else:
-            todo.append(run)
+    todo = _finish_completed(state, root, checksums)
     if monitor:
         monitor(state)
     if not todo:
@@ -456,17 +448,26 @@ def collect(state: SweepState, *, root: str | Path | None = None,
     root = artifacts.resolve_root(root)
     checksums = data.load(data_dir).checksums
     previous = _previous_errors(root)
+    for run in _finish_completed(state, root, checksums):
+        if run.key in previous:
+            _finish(state, run, error=previous[run.key])
+        else:
+            run.state = "missing"
+    return state
+
+
+def _finish_completed(state: SweepState, root: Path, checksums: dict[str, str]) -> list[RunStatus]:
+    """Mark every run with a completed, matching run on disk as reused; return the others."""
+    remaining: list[RunStatus] = []
     for run in state.runs:
         arts = artifacts.spec_artifacts(run.spec.name, root)
         existing = artifacts.completed_run(arts, _manifest(run, checksums))
         if existing is not None:
             metrics = artifacts.read_json(existing / "metrics.json", what="metrics")
             _finish(state, run, metrics=metrics, run_dir=existing, reused=True)
-        elif run.key in previous:
-            _finish(state, run, error=previous[run.key])
         else:
-            run.state = "missing"
-    return state
+            remaining.append(run)
+    return remaining
 
 
 def _previous_errors(root: Path) -> dict[str, str]:
