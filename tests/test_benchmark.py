@@ -247,10 +247,10 @@ BENCH_FORMATS = ("onnx-fp32", "onnx-dynamic")
 
 def export_for_tests(root: Path, name: str, keys: tuple[str, ...]) -> None:
     """Export `keys` of a trained spec and check their parity, as `toolkit export` does."""
-    from export import registry
-    from export.pipeline import export_spec
     from toolkit import parity
     from toolkit.data import load
+    from toolkit.export import registry
+    from toolkit.export.pipeline import export_spec
 
     dataset = load()
     outcome = export_spec(name, [registry.FORMATS[k] for k in keys], root=root, dataset=dataset)

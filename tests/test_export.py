@@ -39,7 +39,7 @@ def exported(trained_root, tmp_path_factory, dataset):
 
 
 def test_registry_lists_every_format_and_precision():
-    from export.registry import FORMATS, PRECISIONS, select
+    from toolkit.export.registry import FORMATS, PRECISIONS, select
 
     assert set(FORMATS) == {f"{f}-{p}" for f in ("onnx", "tflite") for p in PRECISIONS}
     assert [f.key for f in select(None, None)] == ["onnx-fp32", "tflite-fp32"]
@@ -54,8 +54,8 @@ def test_registry_lists_every_format_and_precision():
 @pytest.mark.parametrize("formats,precisions,bad", [(["keras"], None, "format 'keras'"),
                                                       (["onnx"], ["int4"], "precision 'int4'")])
 def test_registry_rejects_unknown_names_listing_valid(formats, precisions, bad):
-    from export.registry import select
     from toolkit.errors import UsageError
+    from toolkit.export.registry import select
 
     with pytest.raises(UsageError, match=bad) as info:
         select(formats, precisions)
@@ -63,7 +63,7 @@ def test_registry_rejects_unknown_names_listing_valid(formats, precisions, bad):
 
 
 def test_registry_and_runtimes_do_not_import_tensorflow():
-    code = ("import sys, export.registry, toolkit.runtimes, toolkit.parity, toolkit.predict, "
+    code = ("import sys, toolkit.export.registry, toolkit.runtimes, toolkit.parity, toolkit.predict, "
             "toolkit.cli; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
@@ -72,8 +72,8 @@ def test_registry_and_runtimes_do_not_import_tensorflow():
 
 
 def test_export_all_formats_and_precisions(exported):
-    from export.registry import FORMATS, read_exports
     from toolkit import artifacts
+    from toolkit.export.registry import FORMATS, read_exports
 
     root, result = exported
     arts = artifacts.spec_artifacts(SPEC, root)
@@ -166,7 +166,7 @@ def test_cnn_onnx_graph_has_no_transposes_and_matches_keras(test_batch, tmp_path
     import onnx
     import onnxruntime as ort
 
-    from export.onnx import keras_to_onnx, op_counts
+    from toolkit.export.onnx import keras_to_onnx, op_counts
     from toolkit.models import build_model
     from toolkit.specs import get_spec
 
@@ -187,7 +187,7 @@ def test_keras_to_onnx_exports_any_single_output_model(trained_root, tmp_path, t
     """The embedding sub-model (any output name) converts with the same function."""
     import onnxruntime as ort
 
-    from export.onnx import keras_to_onnx
+    from toolkit.export.onnx import keras_to_onnx
     from toolkit.models import embedding_model, load_model
 
     model = embedding_model(load_model(trained_root / SPEC / "model.keras"))
@@ -241,12 +241,12 @@ def test_bad_options_are_rejected_before_any_work(trained_root, tmp_path, args, 
 
 
 def test_one_broken_converter_does_not_stop_the_others(trained_root, tmp_path, monkeypatch):
-    import export.tflite
+    import toolkit.export.tflite
 
     def broken(*args, **kwargs):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(export.tflite, "to_tflite", broken)
+    monkeypatch.setattr(toolkit.export.tflite, "to_tflite", broken)
     root = copy_spec(trained_root, tmp_path)
     result = runner.invoke(app, ["export", "--exp", SPEC, "--format", "all", "--artifacts", str(root)])
     assert result.exit_code == 7, result.output
@@ -285,10 +285,10 @@ def test_run_stage_is_registered():
 @pytest.mark.slow
 def test_every_spec_fp32_export_passes_parity(dataset, tmp_path):
     """All 17 specs, freshly built: ONNX and TFLite fp32 agree with Keras on the 10k test set."""
-    from export import onnx as onnx_export
-    from export import tflite as tflite_export
     from toolkit import parity
     from toolkit.data import to_model_input
+    from toolkit.export import onnx as onnx_export
+    from toolkit.export import tflite as tflite_export
     from toolkit.models import build_model
     from toolkit.specs import SPECS
 

@@ -165,7 +165,7 @@ def _split(values: Iterable[str] | None) -> list[str]:
 
 
 def validate_filters(formats: Iterable[str] | None, runtime_keys: Iterable[str] | None) -> None:
-    from export.registry import FORMATS
+    from toolkit.export.registry import FORMATS
 
     keys = [KERAS_KEY, *FORMATS]
     for pattern in _split(formats):
@@ -234,7 +234,7 @@ def plan_cases(
     Files come from each trained spec's model.keras and from its exports.json (through the
     export registry, never by guessing paths).
     """
-    from export import registry
+    from toolkit.export import registry
     from toolkit.specs import match_specs
 
     validate_filters(formats, runtime_keys)
@@ -298,7 +298,7 @@ def plan_fallback_cases(
 
     Untrained weights time the same as trained ones; the files are made by `build_fallback`.
     """
-    from export import registry
+    from toolkit.export import registry
     from toolkit.specs import get_spec, match_specs
 
     validate_filters(formats, runtime_keys)
@@ -338,8 +338,8 @@ def plan_fallback_cases(
 def build_fallback(spec_name: str, folder: Path, keys: Iterable[str]) -> dict[str, str]:
     """Build `spec_name` untrained and export the formats `keys` into folder/NAME/ with the
     registry's exporters. Returns {key: "ok" | reason it failed}."""
-    from export import registry
-    from export._common import base_metadata
+    from toolkit.export import registry
+    from toolkit.export._common import base_metadata
     from toolkit.models import build_model
     from toolkit.specs import get_spec
 
@@ -371,8 +371,8 @@ def build_fallback(spec_name: str, folder: Path, keys: Iterable[str]) -> dict[st
 
 def _calibration_images(n: int = 200) -> np.ndarray:
     try:
-        from export._common import calibration_sample
         from toolkit.data import load
+        from toolkit.export._common import calibration_sample
 
         return calibration_sample(load().x_train, size=n)[0]
     except Exception:  # no dataset on this host: untrained models calibrate on noise just as well

@@ -81,8 +81,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 def print_status_table(name: str, root) -> list[dict[str, Any]]:
     """One row per export of a spec, from exports.json: the status the issue asks for."""
-    from export.registry import read_exports_doc
     from toolkit import artifacts as arts_mod
+    from toolkit.export.registry import read_exports_doc
 
     arts = arts_mod.spec_artifacts(name, root)
     entries = read_exports_doc(arts)["exports"]
@@ -129,13 +129,13 @@ def _verdict(failed_exports: list[str], failed_parity: list[str]) -> None:
 def run_export(*, exps: Sequence[str] | None, formats: Sequence[str] | None,
                precisions: Sequence[str] | None, opset: int | None = None, force: bool = False,
                parity: bool = True, artifacts=None, data_dir=None) -> None:
-    from export import pipeline, registry
     from toolkit import data
+    from toolkit.export import pipeline, registry
 
     chosen = registry.select(list(formats) if formats else None, list(precisions) if precisions else None)
     names = _specs(exps, artifacts)  # refuses untrained specs before any work
     if opset is not None and any(f.format == "onnx" for f in chosen):
-        from export.onnx import check_opset
+        from toolkit.export.onnx import check_opset
 
         check_opset(opset)
     dataset = data.load(data_dir)
@@ -218,9 +218,9 @@ def parity_cmd(
     data_dir: DataDirOption = None,
 ) -> None:
     """Check every export against the Keras model on the full test set; writes parity.json."""
-    from export import registry
     from toolkit import artifacts as arts_mod
     from toolkit import data
+    from toolkit.export import registry
 
     keys = _parity_keys(formats)
     names = _specs(exps, artifacts)
@@ -238,7 +238,7 @@ def parity_cmd(
 
 
 def _parity_keys(formats: Sequence[str] | None) -> list[str] | None:
-    from export.registry import FORMAT_NAMES, FORMATS
+    from toolkit.export.registry import FORMAT_NAMES, FORMATS
 
     if not formats:
         return None

@@ -204,7 +204,7 @@ def check_spec(name: str, *, root=None, keys: Sequence[str] | None = None, datas
                hook: Callable[[str, str], None] | None = None) -> SpecParity:
     """Check the listed exports (default: all in exports.json) of a trained spec; write
     parity.json and each export's parity result into exports.json."""
-    from export import pipeline
+    from toolkit.export import pipeline
 
     arts = artifacts.spec_artifacts(name, root)
     arts.require_trained()
@@ -213,8 +213,8 @@ def check_spec(name: str, *, root=None, keys: Sequence[str] | None = None, datas
 
 
 def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
-    from export import pipeline
-    from export.registry import FORMATS, read_exports_doc
+    from toolkit.export import pipeline
+    from toolkit.export.registry import FORMATS, read_exports_doc
 
     name = arts.name
     doc = read_exports_doc(arts)
@@ -280,8 +280,8 @@ def write_parity_json(arts, outcome: SpecParity, source_sha: str) -> None:
             previous = {}  # a corrupt earlier record is replaced, not merged
     for result in outcome.results:
         previous[result.key] = {**asdict(result), "passed": result.passed}
-    from export.pipeline import now
-    from export.registry import FORMATS
+    from toolkit.export.pipeline import now
+    from toolkit.export.registry import FORMATS
 
     order = {k: i for i, k in enumerate(FORMATS)}
     artifacts.write_json(arts.parity_json, {

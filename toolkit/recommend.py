@@ -11,7 +11,7 @@ came from: a changed model rebuilds it. Search is exact and brute force: one mat
 batch of queries, then argpartition.
 
 Two backends compute embeddings: "keras" (model.keras cut at `embedding`) and "onnxruntime"
-(the embedding model exported to recommend/embedding.onnx by export.onnx.keras_to_onnx). The
+(the embedding model exported to recommend/embedding.onnx by toolkit.export.onnx.keras_to_onnx). The
 ONNX path imports neither TensorFlow nor Keras unless it has to (re)export the file, so it runs
 on hosts that only have ONNX Runtime.
 """
@@ -115,7 +115,7 @@ def export_embedding_onnx(exp: str, root: str | Path | None = None) -> Path:
     arts = artifacts.spec_artifacts(get_spec(exp).name, root)
     arts.require_trained()
     try:
-        from export.onnx import keras_to_onnx
+        from toolkit.export.onnx import keras_to_onnx
         from toolkit.models import embedding_model, load_model
     except ImportError as exc:
         raise ArtifactError(

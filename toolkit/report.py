@@ -139,7 +139,7 @@ def build_report(
     max_size_mb: float | None = None,
     tolerance: float = 0.001,
 ) -> Report:
-    from export import registry
+    from toolkit.export import registry
     from toolkit.specs import get_spec, match_specs
 
     base = artifacts.resolve_root(root)

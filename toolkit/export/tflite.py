@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from export._common import OUTPUT_NAME, info, require_calibration, serving_function, version_of
 from toolkit.artifacts import write_bytes, write_json
 from toolkit.errors import UsageError
+from toolkit.export._common import OUTPUT_NAME, info, require_calibration, serving_function, version_of
 
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
 CALIBRATION_BATCH = 50

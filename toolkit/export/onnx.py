@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from export._common import (
+from toolkit.artifacts import atomic_path
+from toolkit.export._common import (
     INPUT_NAME,
     OUTPUT_NAME,
     info,
@@ -26,7 +27,6 @@ from export._common import (
     serving_function,
     version_of,
 )
-from toolkit.artifacts import atomic_path
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # per-channel QDQ and the Softmax semantics used here need 13+
@@ -253,7 +253,7 @@ def op_counts(path_or_proto) -> dict[str, int]:
 def export(model, path: str | Path, *, precision: str = "fp32", calibration: np.ndarray | None = None,
            opset: int | None = None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """The exporter signature shared by export/*: write `path`, return facts to record."""
-    from export.quantize import onnx_dynamic, onnx_fp16, onnx_int8
+    from toolkit.export.quantize import onnx_dynamic, onnx_fp16, onnx_int8
 
     path = Path(path)
     proto = convert(model, opset=opset)

@@ -50,8 +50,8 @@ class ExportFormat:
 def _fmt(format_: str, precision: str, runtimes: tuple[str, ...], devices: tuple[str, ...],
          description: str) -> ExportFormat:
     suffix = {"onnx": ".onnx", "tflite": ".tflite"}[format_]
-    return ExportFormat(f"{format_}-{precision}", format_, precision, suffix, f"export.{format_}:export",
-                        runtimes, devices, description)
+    return ExportFormat(f"{format_}-{precision}", format_, precision, suffix,
+                        f"toolkit.export.{format_}:export", runtimes, devices, description)
 
 
 _ORT = ("onnxruntime", "onnxruntime-cuda")

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from export._common import (
+from toolkit import artifacts
+from toolkit.artifacts import SpecArtifacts
+from toolkit.export._common import (
     DEFAULT_CALIBRATION_SEED,
     DEFAULT_CALIBRATION_SIZE,
     base_metadata,
     calibration_sample,
     quiet,
 )
-from export.registry import ExportFormat, export_path, read_exports_doc
-from toolkit import artifacts
-from toolkit.artifacts import SpecArtifacts
+from toolkit.export.registry import ExportFormat, export_path, read_exports_doc
 
 Hook = Callable[[str, str], None]  # (event: "start" | "done", key)
 
@@ -60,7 +60,7 @@ def one_line(exc: BaseException) -> str:
 
 def _settings(fmt: ExportFormat, opset: int | None, cal_size: int, cal_seed: int) -> dict[str, Any]:
     """What, besides the source model, determines the exported file."""
-    from export.onnx import DEFAULT_OPSET
+    from toolkit.export.onnx import DEFAULT_OPSET
 
     settings: dict[str, Any] = {}
     if fmt.format == "onnx":
@@ -87,7 +87,7 @@ def export_lock(arts: SpecArtifacts):
 
 
 def save_entries(arts: SpecArtifacts, entries: dict[str, dict[str, Any]], source_sha: str) -> None:
-    from export.registry import FORMATS
+    from toolkit.export.registry import FORMATS
 
     order = {k: i for i, k in enumerate(FORMATS)}
     listed = sorted(entries.values(), key=lambda e: order.get(e.get("key"), len(order)))
@@ -116,7 +116,7 @@ def export_spec(
     arts = artifacts.spec_artifacts(name, root)
     arts.require_trained()
     if any(f.format == "onnx" for f in formats):
-        from export.onnx import check_opset
+        from toolkit.export.onnx import check_opset
 
         check_opset(opset)  # a bad --opset is a usage error, before any work
     with export_lock(arts):
