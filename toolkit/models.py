@@ -1,19 +1,16 @@
 """Build Keras models from specs. Imports Keras: import this module lazily.
 
-Contract of every model: input `image` float32 [N,28,28,1] in [0,1]; output `probabilities`
-[N,10] (softmax). The last hidden dense layer is named `embedding`: its activations are the
-penultimate-layer features used by analyses and the recommender. Only stock layers are used,
-so `keras.saving.load_model` needs no custom objects.
+Every model keeps the contract (toolkit.contract): input `image` float32 [N,28,28,1] in [0,1];
+output `probabilities` [N,10] (softmax). The last hidden dense layer is named `embedding`: its
+activations are the penultimate-layer features used by analyses and the recommender. Only stock
+layers are used, so `keras.saving.load_model` needs no custom objects.
 """
 
 from __future__ import annotations
 
 from toolkit._tf import keras
-from toolkit.specs import IMAGE_SHAPE, NUM_CLASSES, Spec
-
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-EMBEDDING_LAYER = "embedding"
+from toolkit.contract import EMBEDDING_LAYER, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+from toolkit.specs import Spec
 
 
 def build_model(spec: Spec) -> keras.Model:

@@ -28,12 +28,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from toolkit.contract import IMAGE_SHAPE, NUM_CLASSES
 from toolkit.errors import UsageError
 
 OPTIMIZERS = ("adam", "rmsprop")
 FAMILIES = ("DNN", "CNN")
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
 DEFAULT_L2 = 1e-3
 
 
