@@ -73,11 +73,13 @@ def test_registry_and_runtimes_do_not_import_tensorflow():
 
 def test_export_all_formats_and_precisions(exported):
     from toolkit import artifacts
-    from toolkit.export.registry import FORMATS, read_exports
+    from toolkit.export.registry import FORMATS
 
     root, result = exported
     arts = artifacts.spec_artifacts(SPEC, root)
-    entries = {e["key"]: e for e in read_exports(arts)}
+    doc = json.loads(arts.exports_json.read_text())
+    assert doc["schema_version"] == 2
+    entries = {e["key"]: e for e in doc["exports"]}
     assert set(entries) == set(FORMATS), result.output
     source = artifacts.sha256_file(arts.model)
     for key, e in entries.items():
@@ -88,6 +90,7 @@ def test_export_all_formats_and_precisions(exported):
         assert e["sha256"] == artifacts.sha256_file(path)
         assert e["source_model_sha256"] == source
         assert e["parity"]["status"] in ("pass", "fail") and e["parity"]["images"] == 10_000
+        assert e["parity"]["sha256"] == e["sha256"]  # parity names the very file it checked
         if e["precision"] == "int8":
             assert e["calibration"] == {"size": 1000, "seed": 0, "source": "training images"}
     # fp32 must match Keras; quantized variants are smaller than fp32.
@@ -97,6 +100,8 @@ def test_export_all_formats_and_precisions(exported):
             assert entries[f"{fmt}-{prec}"]["size_bytes"] < entries[f"{fmt}-fp32"]["size_bytes"]
     parity = json.loads(arts.parity_json.read_text())
     assert parity["test_images"] == 10_000 and {r["key"] for r in parity["exports"]} == set(FORMATS)
+    assert parity["schema_version"] == 2
+    assert all(r["sha256"] == entries[r["key"]]["sha256"] for r in parity["exports"])
     # The exit code follows the results: 0 if all passed, 5 if a (quantized) check failed.
     failed = [k for k, e in entries.items() if e["parity"]["status"] == "fail"]
     assert result.exit_code == (5 if failed else 0), result.output
@@ -161,6 +166,7 @@ def test_tflite_contract_and_variants(exported, test_batch):
         assert model.run(images[:5]).shape == (5, 10)
 
 
+@pytest.mark.slow
 def test_cnn_onnx_graph_has_no_transposes_and_matches_keras(test_batch, tmp_path):
     """A freshly built two-conv CNN: the NHWC layout shuffles are folded away, values unchanged."""
     import onnx

@@ -4,25 +4,31 @@ The Keras reference is computed once per spec; each export then goes through the
 in this order (as optimum's validation does): input/output names and shapes, then values. Every
 failure is collected, not just the first. Tolerances are data (TOLERANCES, per precision), and
 each result also says the smallest tolerance that would have passed.
+
+parity.json is this module's typed, versioned record (ParityRecord: one reader, one writer).
+Every result names the sha256 of the file it checked, and a result only counts for that file:
+readers (and the merge of a partial recheck) ignore results whose file has changed since.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts
-from toolkit.errors import ArtifactError
+from toolkit import artifacts, records
+from toolkit.contract import CLASSIFIER, IOContract
+from toolkit.errors import ArtifactError, NewerRecordError
+from toolkit.export.record import ParitySummary
+from toolkit.export.registry import FORMATS, export_path
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-NUM_CLASSES = 10
 BATCH = 1000
+SCHEMA_VERSION = 2  # 2: each result names the sha256 of the file it checked; 1: without it
+WHAT = "parity results"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class ParityResult:
     tolerance: dict[str, Any] = field(default_factory=dict)
     would_pass_with: dict[str, Any] = field(default_factory=dict)
     sha256_matches_export: bool | None = None
+    sha256: str | None = None  # of the file checked (None in version-1 records, or if it was missing)
 
     @property
     def passed(self) -> bool:
@@ -78,15 +85,27 @@ class ParityResult:
         self.failures.append(message)
         self.status = "fail"
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ParitySummary:
         """What exports.json keeps of the result (parity.json keeps everything)."""
-        return {
-            "status": self.status, "passed": self.passed, "failures": self.failures,
-            "agreement": self.agreement, "flipped": self.flipped, "max_abs_diff": self.max_abs_diff,
-            "mean_abs_diff": self.mean_abs_diff, "p99_abs_diff": self.p99_abs_diff,
-            "test_accuracy": self.test_accuracy, "keras_accuracy": self.keras_accuracy,
-            "accuracy_delta_pp": self.accuracy_delta_pp, "images": self.images,
-        }
+        return ParitySummary(
+            status=self.status, sha256=self.sha256, failures=self.failures, agreement=self.agreement,
+            flipped=self.flipped, max_abs_diff=self.max_abs_diff, mean_abs_diff=self.mean_abs_diff,
+            p99_abs_diff=self.p99_abs_diff, test_accuracy=self.test_accuracy,
+            keras_accuracy=self.keras_accuracy, accuracy_delta_pp=self.accuracy_delta_pp, images=self.images,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, path: Path) -> ParityResult:
+        what = f"{WHAT} entry"
+        if not isinstance(doc, dict):
+            raise ArtifactError(f"{path}: a {what} is not an object. Delete it and rerun `toolkit parity`")
+        names = {f.name for f in fields(cls)}
+        for name in ("key", "status"):
+            records.require(doc, name, str, path=path, what=what)
+        return cls(**{k: v for k, v in doc.items() if k in names})
 
 
 def tolerance_for(precision: str) -> Tolerance:
@@ -152,26 +171,25 @@ def compare(result: ParityResult, reference: np.ndarray, candidate: np.ndarray,
 
 
 def check_file(path: Path, *, key: str, precision: str, runtime: str, reference: np.ndarray,
-               images: np.ndarray, labels: np.ndarray) -> ParityResult:
-    """Load an exported file on `runtime`, check names and shapes, then values."""
+               images: np.ndarray, labels: np.ndarray, contract: IOContract = CLASSIFIER) -> ParityResult:
+    """Load an exported file on `runtime`, check names and shapes against `contract`, then values."""
     from toolkit import runtimes
 
     result = ParityResult(key=key, precision=precision, path=str(path), runtime=runtime)
     try:
-        model = runtimes.load(path, runtime)
+        model = runtimes.load(path, runtime, contract=None)  # mismatches are collected below
     except ArtifactError as exc:
         result.fail(f"cannot load: {exc.message}")
         return result
     result.provider = model.provider
     result.input_name, result.output_names = model.input_name, list(model.output_names)
-    result.input_shape = list(getattr(model, "input_shape", None) or []) or None
-    # Names and shapes first: a model with the wrong interface is not compared value by value.
-    if model.input_name != INPUT_NAME:
-        result.fail(f"input is named {model.input_name!r}, expected {INPUT_NAME!r}")
-    if not model.output_names or model.output_names[0] != OUTPUT_NAME:
-        result.fail(f"outputs are named {list(model.output_names)}, expected [{OUTPUT_NAME!r}]")
-    if result.input_shape is not None and list(result.input_shape[1:]) != [28, 28, 1]:
-        result.fail(f"input shape {result.input_shape}, expected [N, 28, 28, 1]")
+    result.input_shape = list(model.input_shape or []) or None
+    # Names and shapes first (every mismatch collected); a model with the wrong interface is
+    # not compared value by value.
+    for problem in model.mismatches(contract):
+        result.fail(f"contract: {problem}")
+    if result.failures:
+        return result
     try:
         candidate = run_batched(model.run, images)
     except Exception as exc:  # a runtime error on real data is a parity failure, not a crash
@@ -213,12 +231,11 @@ def check_spec(name: str, *, root=None, keys: Sequence[str] | None = None, datas
 
 
 def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
-    from toolkit.export import pipeline
-    from toolkit.export.registry import FORMATS, read_exports_doc
+    from toolkit.export.record import ExportsRecord, read_exports, write_exports
 
     name = arts.name
-    doc = read_exports_doc(arts)
-    entries = {e["key"]: e for e in doc["exports"] if "key" in e}
+    record = read_exports(arts)
+    entries = record.by_key()
     wanted = [k for k in (keys if keys is not None else list(entries)) if k in entries]
     if not wanted:
         raise ArtifactError(f"{name} has no exports to check under {arts.root}. "
@@ -239,52 +256,97 @@ def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
         hook("done", "keras")
     outcome = SpecParity(name, keras_accuracy, [], images=len(images))
     for key in wanted:
-        entry = entries[key]
-        fmt = FORMATS.get(key)
-        if entry.get("status") != "exported" or fmt is None:
+        if not entries[key].exported or key not in FORMATS:
             outcome.not_checked.append(key)
             continue
         if hook:
             hook("start", key)
-        path = arts.dir / entry["path"]
-        if not path.is_file():
-            result = ParityResult(key=key, precision=fmt.precision, path=str(path))
-            result.fail(f"{path} is missing; re-export it: toolkit export --exp {name} --force")
-        else:
-            result = check_file(path, key=key, precision=fmt.precision, runtime=fmt.runtimes[0],
-                                reference=reference, images=images, labels=labels)
-            result.sha256_matches_export = artifacts.sha256_file(path) == entry.get("sha256")
-            if not result.sha256_matches_export:
-                result.fail(f"{path.name} changed since it was exported (sha256 differs from exports.json)")
-        if entry.get("source_model_sha256") != source_sha:
-            result.fail("model.keras changed since this export; re-export it: "
-                        f"toolkit export --exp {name} --force")
+        result = _check_entry(arts, entries[key], source_sha=source_sha, reference=reference,
+                              images=images, labels=labels)
         outcome.results.append(result)
-        entry["parity"] = result.summary()
+        entries[key].parity = result.summary()
         if hook:
             hook("done", key)
     # Write both records last; exports.json keeps the summary, parity.json everything.
-    pipeline.save_entries(arts, entries, doc.get("source_model_sha256") or source_sha)
-    write_parity_json(arts, outcome, source_sha)
+    write_exports(arts, ExportsRecord(name, record.source_model_sha256 or source_sha, list(entries.values())))
+    write_parity(arts, outcome, source_sha)
     return outcome
 
 
-def write_parity_json(arts, outcome: SpecParity, source_sha: str) -> None:
-    previous: dict[str, Any] = {}
-    if arts.parity_json.is_file():
-        try:
-            old = artifacts.read_json(arts.parity_json, what="parity results")
-            if old.get("source_model_sha256") == source_sha:
-                previous = {r["key"]: r for r in old.get("exports", []) if isinstance(r, dict)}
-        except (ArtifactError, AttributeError):
-            previous = {}  # a corrupt earlier record is replaced, not merged
-    for result in outcome.results:
-        previous[result.key] = {**asdict(result), "passed": result.passed}
-    from toolkit.export.pipeline import now
-    from toolkit.export.registry import FORMATS
+def _check_entry(arts, entry, *, source_sha: str, reference: np.ndarray, images: np.ndarray,
+                 labels: np.ndarray) -> ParityResult:
+    fmt = FORMATS[entry.key]
+    path = arts.dir / entry.path
+    if not path.is_file():
+        result = ParityResult(key=entry.key, precision=fmt.precision, path=str(path))
+        result.fail(f"{path} is missing; re-export it: toolkit export --exp {arts.name} --force")
+    else:
+        file_sha = artifacts.sha256_file(path)  # the export lock keeps it from changing meanwhile
+        result = check_file(path, key=entry.key, precision=fmt.precision, runtime=fmt.runtimes[0],
+                            reference=reference, images=images, labels=labels, contract=fmt.io)
+        result.sha256 = file_sha
+        result.sha256_matches_export = file_sha == entry.sha256
+        if not result.sha256_matches_export:
+            result.fail(f"{path.name} changed since it was exported (sha256 differs from exports.json)")
+    if entry.source_model_sha256 != source_sha:
+        result.fail("model.keras changed since this export; re-export it: "
+                    f"toolkit export --exp {arts.name} --force")
+    return result
 
+
+# ---------------------------------------------------------------- parity.json
+
+
+@dataclass
+class ParityRecord:
+    spec: str
+    source_model_sha256: str | None
+    results: list[ParityResult]
+    test_images: int = 0
+    keras_accuracy: float | None = None
+    checked_at: str | None = None
+
+
+def read_parity(arts) -> ParityRecord | None:
+    """The spec's parity.json, or None when there is none."""
+    path = arts.parity_json
+    if not path.is_file():
+        return None
+    doc = records.load(path, what=WHAT, reader_version=SCHEMA_VERSION,
+                       fix=f"Delete it and rerun: toolkit parity --exp {arts.name}")
+    items = records.require(doc, "exports", list, path=path, what=WHAT)
+    keras = records.optional(doc, "keras", dict, path=path, what=WHAT, default={})
+    return ParityRecord(
+        spec=records.optional(doc, "spec", str, path=path, what=WHAT, default=arts.name),
+        source_model_sha256=records.optional(doc, "source_model_sha256", str, path=path, what=WHAT),
+        results=[ParityResult.from_dict(r, path=path) for r in items],
+        test_images=records.optional(doc, "test_images", int, path=path, what=WHAT, default=0),
+        keras_accuracy=keras.get("test_accuracy"),
+        checked_at=records.optional(doc, "checked_at", str, path=path, what=WHAT),
+    )
+
+
+def write_parity(arts, outcome: SpecParity, source_sha: str) -> None:
+    """parity.json: this check's results, plus earlier results of other exports that still
+    describe the files there now (same model.keras, same file sha256)."""
+    from toolkit.export.record import now
+
+    kept: dict[str, ParityResult] = {}
+    try:
+        previous = read_parity(arts)
+    except NewerRecordError:
+        raise  # written by a newer toolkit: never overwritten by an older one
+    except ArtifactError:
+        previous = None  # a corrupt earlier record is replaced, not merged
+    if previous is not None and previous.source_model_sha256 == source_sha:
+        for r in previous.results:
+            path = export_path(arts, FORMATS[r.key]) if r.key in FORMATS else None
+            if r.sha256 and path is not None and path.is_file() and artifacts.sha256_file(path) == r.sha256:
+                kept[r.key] = r
+    kept.update({r.key: r for r in outcome.results})
     order = {k: i for i, k in enumerate(FORMATS)}
     artifacts.write_json(arts.parity_json, {
+        records.VERSION_KEY: SCHEMA_VERSION,
         "spec": outcome.spec,
         "source_model_sha256": source_sha,
         "checked_at": now(),
@@ -292,5 +354,5 @@ def write_parity_json(arts, outcome: SpecParity, source_sha: str) -> None:
         "keras": {"runtime": "keras", "test_accuracy": outcome.keras_accuracy},
         "tolerances": {k: {n: v for n, v in asdict(t).items() if v is not None}
                        for k, t in TOLERANCES.items()},
-        "exports": sorted(previous.values(), key=lambda r: order.get(r["key"], len(order))),
+        "exports": [r.to_dict() for r in sorted(kept.values(), key=lambda r: order.get(r.key, len(order)))],
     })

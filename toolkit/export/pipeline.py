@@ -3,7 +3,9 @@
 Each export is independent: a converter that raises is recorded as failed (with its one-line
 error) and the others still run. An export whose source model.keras, settings and file are
 unchanged is skipped unless `force`. exports.json is rewritten (atomically) after every export,
-so an interrupted run leaves an accurate list behind.
+so an interrupted run leaves an accurate list behind; a file replaced by an export that was then
+killed before exports.json was rewritten no longer matches its entry's sha256, so its old parity
+result is not believed (ExportEntry.parity_state) and the next export redoes it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from toolkit import artifacts
 from toolkit.artifacts import SpecArtifacts
+from toolkit.errors import ArtifactError
 from toolkit.export._common import (
     DEFAULT_CALIBRATION_SEED,
     DEFAULT_CALIBRATION_SIZE,
@@ -25,16 +27,26 @@ from toolkit.export._common import (
     calibration_sample,
     quiet,
 )
-from toolkit.export.registry import ExportFormat, export_path, read_exports_doc
+from toolkit.export.record import (
+    EXPORTED,
+    FAILED,
+    ExportEntry,
+    ExportsRecord,
+    now,
+    read_exports,
+    write_exports,
+)
+from toolkit.export.registry import ExportFormat, export_path
 
 Hook = Callable[[str, str], None]  # (event: "start" | "done", key)
+SKIPPED = "skipped"
 
 
 @dataclass
 class ExportOutcome:
     key: str
     status: str  # "exported" | "skipped" | "failed"
-    entry: dict[str, Any]
+    entry: ExportEntry
     error: str | None = None
 
 
@@ -46,11 +58,7 @@ class SpecExport:
 
     @property
     def failed(self) -> list[ExportOutcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return [o for o in self.outcomes if o.status == FAILED]
 
 
 def one_line(exc: BaseException) -> str:
@@ -58,7 +66,7 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
-def _settings(fmt: ExportFormat, opset: int | None, cal_size: int, cal_seed: int) -> dict[str, Any]:
+def _settings(fmt: ExportFormat, *, opset: int | None, cal_size: int, cal_seed: int) -> dict[str, Any]:
     """What, besides the source model, determines the exported file."""
     from toolkit.export.onnx import DEFAULT_OPSET
 
@@ -70,14 +78,14 @@ def _settings(fmt: ExportFormat, opset: int | None, cal_size: int, cal_seed: int
     return settings
 
 
-def _unchanged(arts: SpecArtifacts, entry: dict[str, Any] | None, source_sha: str,
+def _unchanged(arts: SpecArtifacts, entry: ExportEntry | None, *, source_sha: str,
                settings: dict[str, Any]) -> bool:
-    if not entry or entry.get("status") != "exported" or entry.get("source_model_sha256") != source_sha:
+    if entry is None or not entry.exported or entry.source_model_sha256 != source_sha:
         return False
-    if entry.get("settings") != settings:
+    if entry.settings != settings:
         return False
-    path = arts.dir / entry["path"]
-    return path.is_file() and artifacts.sha256_file(path) == entry.get("sha256")
+    path = arts.dir / entry.path
+    return path.is_file() and artifacts.sha256_file(path) == entry.sha256
 
 
 def export_lock(arts: SpecArtifacts):
@@ -86,17 +94,34 @@ def export_lock(arts: SpecArtifacts):
     return artifacts.exclusive_lock(arts.dir / ".export.lock", what=f"exports of {arts.name}")
 
 
-def save_entries(arts: SpecArtifacts, entries: dict[str, dict[str, Any]], source_sha: str) -> None:
-    from toolkit.export.registry import FORMATS
+@dataclass
+class _Inputs:
+    """What the exporters share, loaded once and only when first needed."""
 
-    order = {k: i for i, k in enumerate(FORMATS)}
-    listed = sorted(entries.values(), key=lambda e: order.get(e.get("key"), len(order)))
-    artifacts.write_json(arts.exports_json, {
-        "spec": arts.name,
-        "source_model_sha256": source_sha,
-        "updated_at": now(),
-        "exports": listed,
-    })
+    arts: SpecArtifacts
+    dataset: Any
+    data_dir: Any
+    calibration_size: int
+    calibration_seed: int
+    model: Any = None
+    calibration: np.ndarray | None = None
+
+    def keras_model(self):
+        if self.model is None:
+            from toolkit.models import load_model
+
+            self.model = load_model(self.arts.model)
+        return self.model
+
+    def calibration_images(self) -> np.ndarray:
+        if self.calibration is None:
+            if self.dataset is None:
+                from toolkit import data
+
+                self.dataset = data.load(self.data_dir)
+            self.calibration, _ = calibration_sample(self.dataset.x_train, size=self.calibration_size,
+                                                     seed=self.calibration_seed)
+        return self.calibration
 
 
 def export_spec(
@@ -121,63 +146,55 @@ def export_spec(
         check_opset(opset)  # a bad --opset is a usage error, before any work
     with export_lock(arts):
         source_sha = artifacts.sha256_file(arts.model)
-        doc = read_exports_doc(arts)
-        entries: dict[str, dict[str, Any]] = {e["key"]: e for e in doc["exports"] if "key" in e}
+        record = read_exports(arts)
+        entries = record.by_key()
         result = SpecExport(name, source_sha)
-        model = None
-        calibration: np.ndarray | None = None
+        inputs = _Inputs(arts, dataset, data_dir, calibration_size, calibration_seed)
         for fmt in formats:
-            settings = _settings(fmt, opset, calibration_size, calibration_seed)
-            target = export_path(arts, fmt)
-            if not force and _unchanged(arts, entries.get(fmt.key), source_sha, settings):
-                result.outcomes.append(ExportOutcome(fmt.key, "skipped", entries[fmt.key]))
+            settings = _settings(fmt, opset=opset, cal_size=calibration_size, cal_seed=calibration_seed)
+            if not force and _unchanged(arts, entries.get(fmt.key), source_sha=source_sha, settings=settings):
+                result.outcomes.append(ExportOutcome(fmt.key, SKIPPED, entries[fmt.key]))
                 continue
             if hook:
                 hook("start", fmt.key)
-            entry: dict[str, Any] = {
-                "key": fmt.key, "format": fmt.format, "precision": fmt.precision,
-                "path": str(target.relative_to(arts.dir)), "runtimes": list(fmt.runtimes),
-                "devices": list(fmt.devices), "source_model_sha256": source_sha, "settings": settings,
-                "calibration": settings.get("calibration"), "exported_at": now(),
-            }
-            started = time.perf_counter()
-            try:
-                if model is None:
-                    from toolkit.models import load_model
-
-                    model = load_model(arts.model)
-                if fmt.precision == "int8" and calibration is None:
-                    if dataset is None:
-                        from toolkit import data
-
-                        dataset = data.load(data_dir)
-                    calibration, _ = calibration_sample(dataset.x_train, size=calibration_size,
-                                                        seed=calibration_seed)
-                with quiet():
-                    facts = fmt.exporter_fn()(
-                        model, target, precision=fmt.precision,
-                        calibration=calibration if fmt.precision == "int8" else None,
-                        opset=opset, metadata=base_metadata(name, source_sha),
-                    )
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # one broken converter must not stop the others
-                from toolkit.errors import ArtifactError
-
-                if isinstance(exc, ArtifactError) and model is None:
-                    raise  # model.keras itself is unreadable: nothing can be exported
-                entry.update(status="failed", error=one_line(exc), size_bytes=None, sha256=None,
-                             parity={"status": "not run", "passed": None})
-                outcome = ExportOutcome(fmt.key, "failed", entry, entry["error"])
-            else:
-                entry.update(status="exported", error=None, size_bytes=target.stat().st_size,
-                             sha256=artifacts.sha256_file(target),
-                             export_seconds=round(time.perf_counter() - started, 2),
-                             parity={"status": "not run", "passed": None}, **facts)
-                outcome = ExportOutcome(fmt.key, "exported", entry)
-            entries[fmt.key] = entry
-            save_entries(arts, entries, source_sha)
+            outcome = _export_one(fmt, inputs, settings=settings, source_sha=source_sha, opset=opset)
+            entries[fmt.key] = outcome.entry
+            write_exports(arts, ExportsRecord(name, source_sha, list(entries.values())))
             result.outcomes.append(outcome)
             if hook:
                 hook("done", fmt.key)
         return result
+
+
+def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any], source_sha: str,
+                opset: int | None) -> ExportOutcome:
+    arts = inputs.arts
+    target = export_path(arts, fmt)
+    entry = ExportEntry(
+        key=fmt.key, format=fmt.format, precision=fmt.precision, path=str(target.relative_to(arts.dir)),
+        status=FAILED, runtimes=list(fmt.runtimes), devices=list(fmt.devices),
+        source_model_sha256=source_sha, settings=settings, calibration=settings.get("calibration"),
+        exported_at=now(),
+    )
+    started = time.perf_counter()
+    try:
+        model = inputs.keras_model()
+        calibration = inputs.calibration_images() if fmt.precision == "int8" else None
+        with quiet():
+            facts = fmt.exporter_fn()(
+                model, target, precision=fmt.precision, calibration=calibration, opset=opset,
+                metadata=base_metadata(arts.name, source_sha, preprocessing=fmt.io.preprocessing),
+            )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one broken converter must not stop the others
+        if isinstance(exc, ArtifactError) and inputs.model is None:
+            raise  # model.keras itself is unreadable: nothing can be exported
+        entry.error = one_line(exc)
+        return ExportOutcome(fmt.key, FAILED, entry, entry.error)
+    entry.status = EXPORTED
+    entry.size_bytes = target.stat().st_size
+    entry.sha256 = artifacts.sha256_file(target)
+    entry.export_seconds = round(time.perf_counter() - started, 2)
+    entry.facts = dict(facts)
+    return ExportOutcome(fmt.key, EXPORTED, entry)
