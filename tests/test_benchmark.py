@@ -4,6 +4,8 @@ and the `toolkit bench` command's exit codes."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -11,10 +13,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import benchmark as engine
 from toolkit import runtimes
+from toolkit.benchmark import engine, gpu, peaks, plan
+from toolkit.benchmark.plan import BenchCase
+from toolkit.benchmark.results import TimingStats
 from toolkit.cli import app
-from toolkit.errors import DeviceUnavailableError, ParityError, UsageError
+from toolkit.errors import ContractError, DeviceUnavailableError, ToolkitError, UsageError
 
 runner = CliRunner()
 
@@ -60,7 +64,7 @@ def _onnx_model(path: Path, *, classes: int = 10, poison: str | None = None) -> 
     return path
 
 
-def _case(path: Path, *, batch: int = 1, threads: int = 1, trained: bool = False, **kw) -> engine.BenchCase:
+def _case(path: Path, *, batch: int = 1, threads: int = 1, trained: bool = False, **kw) -> BenchCase:
     base = dict(
         spec="DNN_1L_No_Dropout_Exp1",
         key="onnx-fp32",
@@ -76,7 +80,7 @@ def _case(path: Path, *, batch: int = 1, threads: int = 1, trained: bool = False
         parity="unknown",
         trained=trained,
     )
-    return engine.BenchCase(**{**base, **kw})
+    return BenchCase(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -91,39 +95,54 @@ def test_engine_times_real_onnx_calls(tmp_path, ctx):
     path = _onnx_model(tmp_path / "tiny.onnx")
     for batch in (1, 32):
         result = engine.run_case(_case(path, batch=batch), ctx)
-        assert result["timed"] and result["rounds"] >= 20
-        assert (
-            0
-            < result["min_ms"]
-            <= result["p50_ms"]
-            <= result["p90_ms"]
-            <= result["p99_ms"]
-            <= result["max_ms"]
-        )
-        assert result["images_per_s"] == pytest.approx(batch / (result["p50_ms"] / 1e3))
+        stats = result.stats
+        assert result.timed and stats.rounds >= 20
+        assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+        assert stats.images_per_s == pytest.approx(batch / (stats.p50_ms / 1e3))
         # Warm-up and timed calls were all checked outside the clock.
-        assert result["check"]["calls_checked"] == result["rounds"] + result["warmup_calls"]
-        assert result["id"] == f"DNN_1L_No_Dropout_Exp1-onnx-fp32-onnxruntime-cpu-b{batch}-t1"
-        assert result["provider"] == "CPUExecutionProvider"
-        assert result["versions"]["onnxruntime"]
+        assert result.check["calls_checked"] == stats.rounds + result.warmup_calls
+        assert result.id == f"DNN_1L_No_Dropout_Exp1-onnx-fp32-onnxruntime-cpu-b{batch}-t1"
+        assert result.notes["provider"] == "CPUExecutionProvider"
+        assert result.versions["onnxruntime"]
+        # The record written to disk reads back as the same result.
+        flat = result.to_dict()
+        assert flat["p50_ms"] == stats.p50_ms and flat["kind"] == "inference"
+        from toolkit.benchmark.results import InferenceResult
+
+        assert InferenceResult.from_dict(flat, path=tmp_path / "x.json") == result
 
 
 def test_summarize_percentiles_from_raw_timings():
-    stats = engine.summarize([i / 1000 for i in range(1, 101)], batch=4)  # 1..100 ms
-    assert stats["rounds"] == 100
-    assert stats["p50_ms"] == pytest.approx(50.5)
-    assert stats["p90_ms"] == pytest.approx(90.1)
-    assert stats["p99_ms"] == pytest.approx(99.01)
-    assert stats["images_per_s"] == pytest.approx(4 / 0.0505)
-    with pytest.raises(ValueError):
-        engine.summarize([], batch=1)
+    stats = TimingStats.from_times([i / 1000 for i in range(1, 101)], batch=4)  # 1..100 ms
+    assert stats.rounds == 100
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(90.1)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert stats.images_per_s == pytest.approx(4 / 0.0505)
+    with pytest.raises(ToolkitError, match="recorded no calls"):
+        TimingStats.from_times([], batch=1)
 
 
-def test_output_check_rejects_wrong_shape(tmp_path, ctx):
+def test_contract_mismatch_is_refused_at_load(tmp_path, ctx):
     path = _onnx_model(tmp_path / "nine.onnx", classes=9)
-    with pytest.raises(ParityError, match=r"output shape \(1, 9\), expected \(1, 10\)") as err:
+    with pytest.raises(ContractError, match=r"output 'probabilities' float32 \[N,9\], expected "
+                                            r"'probabilities' float32 \[N,10\]") as err:
         engine.run_case(_case(path), ctx)
-    assert err.value.exit_code == 5
+    assert err.value.exit_code == 4
+
+
+def test_a_failing_explicit_data_source_is_an_error(tmp_path, monkeypatch):
+    """Only a host with no dataset at all times on noise; a named source that fails stops."""
+    from toolkit.errors import DataError
+
+    (tmp_path / "fmnist").mkdir()
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "fmnist"))
+    with pytest.raises(DataError, match="not found"):
+        engine.BenchContext.create(tmp_path / "root")
+    from toolkit.benchmark.fallback import calibration_images
+
+    with pytest.raises(DataError, match="not found"):
+        calibration_images()
 
 
 def test_output_check_rejects_nan(tmp_path, ctx):
@@ -138,7 +157,7 @@ def test_output_check_rejects_wrong_classes(tmp_path, ctx):
     case = _case(path, batch=16, trained=True)
     predicted = np.argmax(runtimes.load(path).run(ctx.images[: engine.CHECK_IMAGES]), axis=1)
     ctx.references[case.spec] = predicted  # this runtime against its own output: passes
-    assert engine.run_case(case, ctx)["check"]["top1_mismatches"] == 0
+    assert engine.run_case(case, ctx).check["top1_mismatches"] == 0
     ctx.references[case.spec] = (predicted + 1) % 10  # a reference it never agrees with: refused
     try:
         with pytest.raises(engine.OutputCheckError, match="top-1 disagrees with the reference"):
@@ -156,14 +175,14 @@ def test_gpu_check_rejects_a_cpu_session(tmp_path, ctx):
     def factory(options):
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
-    nodes = engine.profiled_node_providers(factory, {"image": ctx.images[:4]})
+    nodes = gpu.profiled_node_providers(factory, {"image": ctx.images[:4]})
     assert nodes and set(nodes) == {"CPUExecutionProvider"}  # read from a real ORT profile
     with pytest.raises(DeviceUnavailableError, match="not GPU") as err:
-        engine.require_gpu_execution(session.get_providers(), nodes)
+        gpu.require_gpu_execution(session.get_providers(), nodes)
     assert err.value.exit_code == 6
     # A CUDA session with even one node on CPU is a fallback, also refused.
     with pytest.raises(DeviceUnavailableError, match="1 of 4 nodes ran on CPUExecutionProvider"):
-        engine.require_gpu_execution(
+        gpu.require_gpu_execution(
             ["CUDAExecutionProvider", "CPUExecutionProvider"],
             Counter(CUDAExecutionProvider=3, CPUExecutionProvider=1),
         )
@@ -180,28 +199,78 @@ def test_gpu_cases_are_planned_but_refused_without_cuda(tmp_path, ctx):
 
 
 def test_matmul_peaks_are_measured():
-    fp32 = engine.fp32_gemm_peak(1, n=256, seconds=0.05)
-    int8 = engine.int8_gemm_peak(1, n=256, seconds=0.05)
+    fp32 = peaks.fp32_gemm_peak(1, n=256, seconds=0.05)
+    int8 = peaks.int8_gemm_peak(1, n=256, seconds=0.05)
     assert fp32["gflops"] > 0.5 and int8["gops"] > 0.5
     assert fp32["blas_threads"] == 1 and fp32["blas"]  # threadpoolctl says which BLAS ran
-    peaks = {"fp32": {"1": fp32}, "int8": {"1": int8}}
-    assert engine.peak_for(peaks, "dynamic", 1) == int8["gops"]
-    assert engine.peak_for(peaks, "fp16", 1) == fp32["gflops"]
-    assert engine.peak_for(peaks, "fp32", 2) is None
+    measured = {"fp32": {"1": fp32}, "int8": {"1": int8}}
+    assert peaks.peak_for(measured, "dynamic", 1) == int8["gops"]
+    assert peaks.peak_for(measured, "fp16", 1) == fp32["gflops"]
+    assert peaks.peak_for(measured, "fp32", 2) is None
 
 
 def test_option_parsing():
-    assert engine.parse_batches(["1,256", "1"]) == [1, 256]
-    assert engine.parse_threads(["1", "all"]) == sorted({1, runtimes.cpu_count()})
-    assert engine.parse_devices("all") == ("cpu", "gpu")
+    assert plan.parse_batches(["1,256", "1"]) == [1, 256]
+    assert plan.parse_threads(["1", "all"]) == sorted({1, runtimes.cpu_count()})
+    assert plan.parse_devices("all") == ("cpu", "gpu")
     for bad in (
-        lambda: engine.parse_batches(["x"]),
-        lambda: engine.parse_threads(["0"]),
-        lambda: engine.parse_devices("tpu"),
-        lambda: engine.validate_filters(["nope"], None),
+        lambda: plan.parse_batches(["x"]),
+        lambda: plan.parse_threads(["0"]),
+        lambda: plan.parse_devices("tpu"),
+        lambda: plan.validate_filters(["nope"], None),
     ):
         with pytest.raises(UsageError):
             bad()
+
+
+# ---------------------------------------------------------------- driver and workers
+
+
+def _worker_pids() -> list[int]:
+    """This process's benchmark workers: children running `python -m toolkit.benchmark.worker`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"toolkit.benchmark.worker" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_worker_killed_midway_keeps_what_it_measured(tmp_path, monkeypatch):
+    from toolkit.benchmark import kinds
+    from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks
+    from toolkit.benchmark.results import read_runs
+    from toolkit.benchmark.worker import WorkerDied
+
+    path = _onnx_model(tmp_path / "tiny.onnx")
+    cases = [_case(path, batch=b) for b in (1, 2, 3)]
+    # Place them as Keras cases are placed: one worker process runs the three in turn.
+    one_worker = kinds.Placement(kinds.WORKER, group=("w",), label="test worker")
+    monkeypatch.setattr(kinds.InferenceKind, "place", lambda self, case, env: one_worker)
+    session = BenchSession(BenchRequest(root=tmp_path / "root", seconds=0.5, threads=["1"]))
+    killed: list[int] = []
+
+    def kill_after_first_result(outcome) -> None:
+        if outcome.result is not None and not killed:
+            for pid in _worker_pids():  # kill -9, as an OOM killer or a crash would
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    outcomes = run_benchmarks(session, cases=cases, timing=False, on_done=kill_after_first_result)
+    written = session.close()
+    assert killed and [o.case for o in outcomes] == cases
+    assert outcomes[0].result is not None and outcomes[0].result.timed
+    for outcome in outcomes[1:]:
+        assert isinstance(outcome.error, WorkerDied) and outcome.error.exit_code == 7
+        assert "test worker was killed by signal 9 after 1 of 3 cases" in outcome.error.message
+    (run,) = read_runs(tmp_path / "root")
+    assert [r.id for r in run.results] == [cases[0].id] and run.path == written[0]
 
 
 # ---------------------------------------------------------------- CLI
@@ -227,6 +296,7 @@ def test_bench_cli_runs_and_records(benched_root):
     keras = next(r for r in doc["results"] if r["runtime"] == "keras")
     assert keras["tf_threads"] == 1 and keras["check"]["top1_checked"]
     assert doc["peaks"]["fp32"] and doc["peaks"]["int8"]
+    assert doc["schema_version"] == 2 and doc["kind"] == "inference"
     assert "Benchmark (p50/p90/p99" in output
 
 

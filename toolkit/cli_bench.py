@@ -1,7 +1,7 @@
 """`toolkit bench` and `toolkit report`, and their `toolkit run` stages.
 
-Both are thin: the timing engine is toolkit.benchmark (shared with `pytest bench/`), the joining
-and Pareto logic is toolkit.report.
+Both are thin: the benchmark driver is toolkit.benchmark.driver (shared with `pytest bench/`),
+the joining and Pareto logic is toolkit.report.
 """
 
 from __future__ import annotations
@@ -63,154 +63,68 @@ def run_bench(
     threads: list[str] | None = None,
     seconds: float = 1.5,
     artifacts: Path | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Any]:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from toolkit import benchmark as engine
-    from toolkit import runtimes
-    from toolkit.artifacts import resolve_root
-    from toolkit.errors import ArtifactError, DeviceUnavailableError, PartialFailure, ToolkitError
+    from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks
+    from toolkit.errors import PartialFailure
 
-    root = resolve_root(artifacts)
-    devices = engine.parse_devices(device)
-    thread_counts = engine.parse_threads(threads)
-    cases = engine.plan_cases(
-        root,
-        exps=exp,
-        formats=formats,
-        runtime_keys=runtime_keys,
-        devices=devices,
-        batches=engine.parse_batches(batch),
-        threads=thread_counts,
-    )
-    if not cases:
-        raise ArtifactError(
-            f"nothing to benchmark under {root} for these filters: train and export first "
-            "(toolkit train, toolkit export), or widen --exp/--format/--runtime"
-        )
-    cuda = runtimes.RUNTIMES["onnxruntime-cuda"].available()
-    gpu_cases = [c for c in cases if c.device == "gpu"]
-    if gpu_cases and not cuda:
-        if device == "gpu":
-            import onnxruntime as ort
-
-            raise DeviceUnavailableError(
-                f"--device gpu: ONNX Runtime has no CUDA provider here (providers: "
-                f"{', '.join(ort.get_available_providers())}); install the `gpu` extra on an NVIDIA host"
-            )
-        err_console.print(f"[yellow]skipped:[/] {len(gpu_cases)} GPU cases (no CUDA execution provider here)")
-        cases = [c for c in cases if c.device != "gpu"]
-    keras_cases = [c for c in cases if c.runtime in engine.KERAS_RUNTIMES]
-    if keras_cases and not engine.tensorflow_available():
-        err_console.print(f"[yellow]skipped:[/] {len(keras_cases)} Keras cases (TensorFlow is not installed)")
-        cases = [c for c in cases if c.runtime not in engine.KERAS_RUNTIMES]
-        keras_cases = []
-    local = [c for c in cases if c.runtime not in engine.KERAS_RUNTIMES]
-
-    results: list[dict[str, Any]] = []
-    failures: list[str] = []
+    request = BenchRequest(root=artifacts, exps=exp, formats=formats, runtime_keys=runtime_keys,
+                           device=device, batches=batch, threads=threads, seconds=seconds)
+    session = BenchSession.open(request)
     console.print(
-        f"Benchmarking {len(cases)} cases from {root} ({seconds:g} s timed per case; Keras cases run "
-        "in one subprocess per thread count, since TensorFlow fixes its thread count per process)"
+        f"Benchmarking {len(session.cases)} cases from {session.root} ({seconds:g} s timed per case; Keras "
+        "cases run in one subprocess per thread count, since TensorFlow fixes its thread count per process)"
     )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("measuring matmul peaks", total=len(cases))
-        peaks = engine.measure_peaks(thread_counts)
-
-        def record(item: dict[str, Any]) -> None:
-            if "error" in item:
-                failures.append(f"{item['id']}: {item['error']}")
-            else:
-                _add_peak(item, peaks)
-                results.append(item)
-            progress.advance(task)
-
-        ctx = engine.BenchContext.create(root, seconds=seconds)
-        for case in local:
-            progress.update(task, description=case.id)
-            try:
-                record(engine.run_case(case, ctx, cases=cases))
-            except ToolkitError as exc:
-                record({"id": case.id, "error": exc.message})
-        for n_threads in sorted({c.threads for c in keras_cases}):
-            group = [c for c in keras_cases if c.threads == n_threads]
-            progress.update(task, description=f"Keras cases, TensorFlow at {n_threads} threads (subprocess)")
-            engine.run_in_worker(group, root=root, seconds=seconds, on_result=record)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, transient=True)
+    try:
+        with progress:
+            task = progress.add_task("planning", total=len(session.cases))
+            outcomes = run_benchmarks(session, on_start=lambda what: progress.update(task, description=what),
+                                      on_done=lambda _: progress.advance(task))
+    finally:
+        paths = session.close()  # whatever was measured is kept, even after a failure or Ctrl-C
+    skipped: dict[str, int] = {}
+    for o in outcomes:
+        if o.skipped:
+            skipped[o.skipped] = skipped.get(o.skipped, 0) + 1
+    for reason, count in skipped.items():
+        err_console.print(f"[yellow]skipped:[/] {count} cases: {escape(reason)}", soft_wrap=True)
+    results = [o.result for o in outcomes if o.result is not None]
     if results:
-        path = engine.write_run(root, source="cli", results=results, peaks=peaks)
-        _print_results(results, peaks)
-        console.print(f"Results recorded in {path}; `toolkit report` joins them with accuracy and parity.")
-    for line in failures:
-        err_console.print(f"[red]failed:[/] {line}", soft_wrap=True)
+        _print_results(results, session.peaks or {})
+        console.print(f"Results recorded in {paths[0]}; `toolkit report` joins them with accuracy and "
+                      "parity.")
+    failures = [o for o in outcomes if o.error is not None]
+    for o in failures:
+        err_console.print(f"[red]failed:[/] {o.case.id}: {escape(o.error.message)}", soft_wrap=True)
     if failures:
-        raise PartialFailure(
-            f"{len(failures)} of {len(cases)} benchmark cases failed (listed above); the others were recorded"
-        )
+        raise PartialFailure(f"{len(failures)} of {len(session.cases)} benchmark cases failed (listed "
+                             "above); the others were recorded")
     return results
 
 
-def _add_peak(result: dict[str, Any], peaks: dict[str, Any]) -> None:
-    from toolkit import benchmark as engine
-
-    peak = engine.peak_for(peaks, result["precision"], result["threads"])
-    if peak and result.get("images_per_s"):
-        result["peak_g_per_s"] = peak
-        result["pct_of_peak"] = 100 * result["mflops_per_image"] * result["images_per_s"] / (peak * 1e3)
-
-
-def _print_results(results: list[dict[str, Any]], peaks: dict[str, Any]) -> None:
+def _print_results(results: list[Any], peaks: dict[str, Any]) -> None:
     rows = []
     for r in results:
-        check = r["check"]
-        top1 = (
-            f"{check['top1_mismatches']}/{check['top1_compared']} flips"
-            if check["top1_checked"]
+        check, stats, case = r.check, r.stats, r.case
+        top1 = f"{check['top1_mismatches']}/{check['top1_compared']} flips" if check["top1_checked"] \
             else "shape+finite"
-        )
-        device = f"{r['device']}-{r['io']}" if r.get("io") else r["device"]
-        rows.append(
-            [
-                r["spec"],
-                r["key"],
-                r["runtime"],
-                device,
-                r["batch"],
-                r["threads"],
-                f"{r['images_per_s']:,.0f}",
-                f"{r['p50_ms']:.3f}",
-                f"{r['p90_ms']:.3f}",
-                f"{r['p99_ms']:.3f}",
-                f"{r['pct_of_peak']:.1f}" if r.get("pct_of_peak") is not None else "-",
-                r["rounds"],
-                top1,
-            ]
-        )
+        device = f"{case.device}-{case.io}" if case.io else case.device
+        rows.append([case.spec, case.key, case.runtime, device, case.batch, case.threads,
+                     f"{stats.images_per_s:,.0f}", f"{stats.p50_ms:.3f}", f"{stats.p90_ms:.3f}",
+                     f"{stats.p99_ms:.3f}", f"{r.pct_of_peak:.1f}" if r.pct_of_peak is not None else "-",
+                     stats.rounds, top1])
     print_table(
         "Benchmark (p50/p90/p99 from raw per-call timings; images/s = batch / p50)",
-        [
-            "spec",
-            "format",
-            "runtime",
-            "device",
-            "batch",
-            "thr",
-            "img/s",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "% peak",
-            "rounds",
-            "output check",
-        ],
+        ["spec", "format", "runtime", "device", "batch", "thr", "img/s", "p50 ms", "p90 ms", "p99 ms",
+         "% peak", "rounds", "output check"],
         rows,
     )
+    if not peaks:
+        return
     fp32 = ", ".join(f"{t} thr {v['gflops']:.0f}" for t, v in peaks["fp32"].items())
     int8 = ", ".join(f"{t} thr {v['gops']:.0f}" for t, v in peaks["int8"].items())
     kernel = next(iter(peaks["fp32"].values()), {}).get("blas_kernel")
@@ -258,7 +172,9 @@ def make_report(
     tolerance: float = 0.001,
 ) -> Any:
     from toolkit import report
+    from toolkit.artifacts import require_writable, resolve_root
 
+    require_writable(resolve_root(artifacts))  # before the joining work, not after it
     rep = report.build_report(
         artifacts, exps=exp, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, tolerance=tolerance
     )

@@ -14,10 +14,11 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from toolkit import artifacts
-from toolkit import benchmark as engine
+from toolkit import artifacts, runtimes
+from toolkit.benchmark.peaks import PEAK_KINDS, pct_of_peak, peak_for, peak_value
+from toolkit.benchmark.plan import KERAS_KEY
+from toolkit.benchmark.results import BenchRun, InferenceResult, read_runs
 from toolkit.errors import ArtifactError
 
 
@@ -72,50 +73,39 @@ class Report:
 # ---------------------------------------------------------------- joining
 
 
-def _accuracy_of(entry: dict[str, Any], parity_doc: Any) -> float | None:
-    """The export's test accuracy as parity measured it (exports.json entry, else parity.json)."""
-    for source in (entry.get("parity"), entry):
-        if isinstance(source, dict):
-            for name in ("test_accuracy", "accuracy", "export_accuracy"):
-                if isinstance(source.get(name), int | float):
-                    return float(source[name])
-    if isinstance(parity_doc, dict):
-        items = parity_doc.get("exports") or parity_doc.get("results") or []
-        if isinstance(items, dict):
-            items = [{"key": k, **v} for k, v in items.items() if isinstance(v, dict)]
-        for item in items:
-            if isinstance(item, dict) and item.get("key") == entry.get("key"):
-                for name in ("test_accuracy", "accuracy", "export_accuracy"):
-                    if isinstance(item.get(name), int | float):
-                        return float(item[name])
-    return None
+@dataclass(frozen=True)
+class _File:
+    """One benchmarked file of a spec, as the report joins it: what it is and what parity says."""
+
+    key: str
+    format: str
+    precision: str
+    path: Path
+    sha256: str | None  # of the file there now
+    parity: str  # "reference" | "pass" | "fail" | "not run" | "stale"
+    accuracy: float | None  # as parity measured it, on this exact file
+    reference_accuracy: float | None  # Keras on the same images
 
 
-def _best_peaks(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _best_peaks(runs: Sequence[BenchRun]) -> dict[str, dict[str, float]]:
     """The highest peak each (precision, threads) reached in any run: a peak is the best the
     machine did, and a peak measured while other work shared the CPU only reads low."""
-    best: dict[str, dict[str, float]] = {"fp32": {}, "int8": {}, "fp32_ort": {}}
+    best: dict[str, dict[str, float]] = {kind: {} for kind in PEAK_KINDS}
     for run in runs:
-        peaks = run.get("peaks") or {}
         for kind in best:
-            for threads, entry in (peaks.get(kind) or {}).items():
-                value = entry.get("gflops") or entry.get("gops")
+            for threads, entry in ((run.peaks or {}).get(kind) or {}).items():
+                value = peak_value(entry)
                 if value and value > best[kind].get(threads, 0):
                     best[kind][threads] = float(value)
     return best
 
 
-def _latest_results(runs: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    latest: dict[tuple, dict[str, Any]] = {}
+def _latest_results(runs: Sequence[BenchRun]) -> dict[tuple, InferenceResult]:
+    latest: dict[tuple, InferenceResult] = {}
     for run in runs:  # oldest first: later runs replace earlier ones
-        for r in run["results"]:
-            if r.get("error") or not r.get("timed", True) or "p50_ms" not in r:
-                continue
-            try:
-                case = engine.BenchCase.from_dict(r)
-            except TypeError:
-                continue
-            latest[case.identity] = r
+        for r in run.results:
+            if r.stats is not None:
+                latest[r.case.identity] = r
     return latest
 
 
@@ -131,18 +121,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return flags
 
 
-def build_report(
-    root: str | Path | None = None,
-    *,
-    exps: Sequence[str] | None = None,
-    max_latency_ms: float | None = None,
-    max_size_mb: float | None = None,
-    tolerance: float = 0.001,
-) -> Report:
-    from toolkit.export import registry
-    from toolkit.specs import get_spec, match_specs
+def _spec_names(base: Path, exps: Sequence[str] | None) -> list[str]:
+    from toolkit.specs import match_specs
 
-    base = artifacts.resolve_root(root)
     names = artifacts.trained_specs(base)
     if exps:
         allowed = {s.name for s in match_specs(list(exps))}
@@ -152,90 +133,88 @@ def build_report(
             f"no trained model under {base}{' for --exp ' + ', '.join(exps) if exps else ''}. "
             "Train one first: toolkit train --exp CNN_1L_Dropout_Exp6"
         )
-    runs = engine.load_runs(base)
+    return names
+
+
+def _files(arts: artifacts.SpecArtifacts, keras_accuracy: float | None, notes: list[str]) -> list[_File]:
+    """model.keras and every export that is there, each with the parity of that very file."""
+    from toolkit.export.record import read_exports
+    from toolkit.export.registry import FORMATS
+
+    files = [_File(KERAS_KEY, "keras", "fp32", arts.model, artifacts.sha256_file(arts.model), "reference",
+                   keras_accuracy, keras_accuracy)]
+    for entry in read_exports(arts).exports:
+        fmt = FORMATS.get(entry.key)
+        if fmt is None:
+            continue
+        path = arts.dir / entry.path
+        if not entry.exported:
+            notes.append(f"{arts.name} {fmt.key}: export failed ({entry.error}); not in the table")
+            continue
+        if not path.is_file():
+            notes.append(f"{arts.name} {fmt.key}: listed in exports.json but {path} is missing")
+            continue
+        sha = artifacts.sha256_file(path)
+        state = entry.parity_state(sha)
+        checked = entry.parity if state in ("pass", "fail") else None
+        if state == "stale":
+            notes.append(f"{arts.name} {fmt.key}: {path.name} changed since parity checked it; its parity "
+                         f"and accuracy are unknown until `toolkit parity --exp {arts.name}` reruns")
+        # Parity evaluated Keras and the export on the same images in one go: compare those.
+        reference = (checked.keras_accuracy if checked else None) or keras_accuracy
+        files.append(_File(fmt.key, fmt.format, fmt.precision, path, sha, state,
+                           checked.test_accuracy if checked else None, reference))
+    return files
+
+
+def _spec_rows(arts: artifacts.SpecArtifacts, *, latest: dict[tuple, InferenceResult],
+               peaks: dict[str, dict[str, float]], notes: list[str]) -> tuple[list[Row], int]:
+    """The rows of one spec and how many benchmark results measured files since replaced."""
+    from toolkit.specs import get_spec
+
+    metrics = arts.require_trained()
+    spec = get_spec(arts.name)
+    rows: list[Row] = []
+    stale = 0
+    for file in _files(arts, metrics.get("test_accuracy"), notes):
+        mine = [r for ident, r in latest.items() if ident[0] == arts.name and ident[1] == file.key]
+        fresh = [r for r in mine if r.case.sha256 == file.sha256]
+        stale += len(mine) - len(fresh)
+        groups: dict[tuple[str, str], list[InferenceResult]] = {}
+        for r in fresh:
+            device = f"{r.case.device}-{r.case.io}" if r.case.io else r.case.device
+            groups.setdefault((r.case.runtime, device), []).append(r)
+        for (runtime, device), results in sorted(groups.items()):
+            rows.append(_row(spec=spec, file=file, runtime=runtime, device=device, results=results,
+                             peaks=peaks))
+    return rows, stale
+
+
+def build_report(
+    root: str | Path | None = None,
+    *,
+    exps: Sequence[str] | None = None,
+    max_latency_ms: float | None = None,
+    max_size_mb: float | None = None,
+    tolerance: float = 0.001,
+) -> Report:
+    base = artifacts.resolve_root(root)
+    names = _spec_names(base, exps)
+    runs = read_runs(base)
     if not runs:
         raise ArtifactError(
             f"no benchmark results under {artifacts.bench_dir(base)}. "
             "Run `toolkit bench` or `pytest bench/ --benchmark-only` first"
         )
-    latest = _latest_results(runs)
-    peaks = _best_peaks(runs)
+    latest, peaks = _latest_results(runs), _best_peaks(runs)
     notes: list[str] = []
     rows: list[Row] = []
     stale = 0
     for name in names:
-        arts = artifacts.spec_artifacts(name, base)
-        metrics = arts.require_trained()
-        spec = get_spec(name)
-        keras_acc = metrics.get("test_accuracy")
-        files = [
-            (
-                engine.KERAS_KEY,
-                "keras",
-                "fp32",
-                arts.model,
-                artifacts.sha256_file(arts.model),
-                "reference",
-                keras_acc,
-                keras_acc,
-            )
-        ]
-        parity_doc = (
-            artifacts.read_json(arts.parity_json, what="parity results")
-            if arts.parity_json.is_file()
-            else None
-        )
-        for entry in registry.read_exports(arts):
-            fmt = registry.FORMATS.get(entry.get("key", ""))
-            if fmt is None:
-                continue
-            path = arts.dir / entry["path"]
-            if entry.get("status", "exported") != "exported":
-                notes.append(f"{name} {fmt.key}: export failed ({entry.get('error')}); not in the table")
-                continue
-            if not path.is_file():
-                notes.append(f"{name} {fmt.key}: listed in exports.json but {path} is missing")
-                continue
-            parity_info = entry.get("parity") if isinstance(entry.get("parity"), dict) else {}
-            # Parity evaluated Keras and the export on the same images in one go: compare those.
-            reference_acc = parity_info.get("keras_accuracy") or keras_acc
-            files.append(
-                (
-                    fmt.key,
-                    fmt.format,
-                    fmt.precision,
-                    path,
-                    entry.get("sha256"),
-                    engine._parity_status(entry),
-                    _accuracy_of(entry, parity_doc),
-                    reference_acc,
-                )
-            )
-        for key, fmt_name, precision, path, sha, parity, acc, ref_acc in files:
-            mine = [r for ident, r in latest.items() if ident[0] == name and ident[1] == key]
-            fresh = [r for r in mine if r.get("sha256") == sha]
-            stale += len(mine) - len(fresh)
-            groups: dict[tuple, list[dict[str, Any]]] = {}
-            for r in fresh:
-                device = f"{r['device']}-{r['io']}" if r.get("io") else r["device"]
-                groups.setdefault((r["runtime"], device), []).append(r)
-            for (runtime, device), results in sorted(groups.items()):
-                rows.append(
-                    _row(
-                        spec,
-                        key,
-                        fmt_name,
-                        precision,
-                        runtime,
-                        device,
-                        results,
-                        acc,
-                        ref_acc,
-                        parity,
-                        path,
-                        peaks,
-                    )
-                )
+        spec_rows, spec_stale = _spec_rows(artifacts.spec_artifacts(name, base), latest=latest, peaks=peaks,
+                                           notes=notes)
+        rows += spec_rows
+        stale += spec_stale
     if stale:
         notes.append(
             f"{stale} benchmark results measured files that have since been replaced "
@@ -249,11 +228,19 @@ def build_report(
     _mark_fronts(rows)
     budget = {"max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb}
     pick, text = recommend(rows, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, tolerance=tolerance)
+    notes += _load_notes(rows)
+    notes.append(_peak_note(peaks, runs))
+    return Report(base, rows, peaks, pick, text, budget, notes)
+
+
+def _load_notes(rows: Sequence[Row]) -> list[str]:
+    notes = []
     loads = [r.load_avg for r in rows if r.load_avg is not None]
-    if loads and max(loads) > engine.runtimes.cpu_count() * 0.75:
+    cores = runtimes.cpu_count()
+    if loads and max(loads) > cores * 0.75:
         notes.append(
             f"1-minute load average while these rows were measured: {min(loads):.1f}-{max(loads):.1f} "
-            f"on {engine.runtimes.cpu_count()} cores: other work shared the CPU, so timings are noisy"
+            f"on {cores} cores: other work shared the CPU, so timings are noisy"
         )
     over = [r for r in rows if r.pct_peak is not None and r.pct_peak > 100]
     if over:
@@ -261,48 +248,36 @@ def build_report(
             f"{len(over)} rows exceed 100% of the measured peak: the GEMM peak was measured while the CPU "
             "was shared and reads low; rerun `toolkit bench` on a quiet machine to re-measure it"
         )
-    notes.append(_peak_note(peaks, runs))
-    return Report(base, rows, peaks, pick, text, budget, notes)
+    return notes
 
 
-def _row(
-    spec, key, fmt_name, precision, runtime, device, results, acc, keras_acc, parity, path, peaks
-) -> Row:
-    by_threads: dict[int, dict[int, dict[str, Any]]] = {}
+def _row(*, spec, file: _File, runtime: str, device: str, results: Sequence[InferenceResult],
+         peaks: dict[str, dict[str, float]]) -> Row:
+    by_threads: dict[int, dict[int, InferenceResult]] = {}
     for r in results:
-        by_threads.setdefault(r["threads"], {})[r["batch"]] = r
+        by_threads.setdefault(r.case.threads, {})[r.case.batch] = r
     with_b1 = [t for t, b in by_threads.items() if 1 in b]
-    threads = min(with_b1, key=lambda t: by_threads[t][1]["p50_ms"]) if with_b1 else max(by_threads)
+    threads = min(with_b1, key=lambda t: by_threads[t][1].stats.p50_ms) if with_b1 else max(by_threads)
     chosen = by_threads[threads]
     b1 = chosen.get(1)
     big = chosen[max(chosen)] if max(chosen) > 1 else None
     row = Row(
-        spec.name,
-        key,
-        fmt_name,
-        precision,
-        runtime,
-        device,
-        threads,
-        acc,
-        keras_acc,
-        parity,
-        path.stat().st_size / 1e6,
-        spec.param_count(),
-        spec.mflops_per_image(),
-        measured_at=max(r.get("measured_at") or "" for r in results),
-        load_avg=max((r["load_avg_1m"] for r in chosen.values() if "load_avg_1m" in r), default=None),
+        spec=spec.name, key=file.key, format=file.format, precision=file.precision, runtime=runtime,
+        device=device, threads=threads, accuracy=file.accuracy, keras_accuracy=file.reference_accuracy,
+        parity=file.parity, size_mb=file.path.stat().st_size / 1e6, params=spec.param_count(),
+        mflops=spec.mflops_per_image(),
+        measured_at=max(r.measured_at or "" for r in results),
+        load_avg=max((r.load_avg_1m for r in chosen.values() if r.load_avg_1m is not None), default=None),
     )
     if b1:
-        row.p50_ms, row.p99_ms = b1["p50_ms"], b1["p99_ms"]
+        row.p50_ms, row.p99_ms = b1.stats.p50_ms, b1.stats.p99_ms
     if big:
-        row.throughput, row.throughput_batch = big["images_per_s"], big["batch"]
-        peak = engine.peak_for(
-            {k: {t: {"gflops": v} for t, v in d.items()} for k, d in peaks.items()}, precision, threads
-        )
+        row.throughput, row.throughput_batch = big.stats.images_per_s, big.case.batch
+        peak = peak_for({k: {t: {"gflops": v} for t, v in d.items()} for k, d in peaks.items()},
+                        file.precision, threads)
         if peak and device == "cpu":
             row.peak = peak
-            row.pct_peak = 100 * row.mflops * row.throughput / (peak * 1e3)
+            row.pct_peak = pct_of_peak(mflops_per_image=row.mflops, images_per_s=row.throughput, peak=peak)
     return row
 
 
@@ -368,10 +343,10 @@ def recommend(
     return pick, f"Recommended pick: {pick.label} — {why}."
 
 
-def _peak_note(peaks: dict[str, dict[str, float]], runs: Sequence[dict[str, Any]]) -> str:
+def _peak_note(peaks: dict[str, dict[str, float]], runs: Sequence[BenchRun]) -> str:
     kernel = None
     for run in reversed(runs):
-        for entry in ((run.get("peaks") or {}).get("fp32") or {}).values():
+        for entry in ((run.peaks or {}).get("fp32") or {}).values():
             kernel = kernel or entry.get("blas_kernel")
     fp32 = ", ".join(f"{t} thr {v:.0f}" for t, v in sorted(peaks["fp32"].items()))
     int8 = ", ".join(f"{t} thr {v:.0f}" for t, v in sorted(peaks["int8"].items()))
@@ -432,7 +407,7 @@ def table_rows(rep: Report) -> tuple[list[str], list[list[str]]]:
                 r.device,
                 str(r.threads),
                 _fmt(r.accuracy, ".4f"),
-                _fmt(r.delta, "+.4f") if r.key != engine.KERAS_KEY else "ref",
+                _fmt(r.delta, "+.4f") if r.key != KERAS_KEY else "ref",
                 r.parity,
                 f"{r.size_mb:.3f}",
                 f"{r.params:,}",
