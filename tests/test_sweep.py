@@ -90,6 +90,7 @@ def test_second_sweep_trains_nothing_and_table_matches(local_root):
     assert (local_root / "sweep.csv").read_text() == csv_before
 
 
+@pytest.mark.slow
 def test_failing_run_is_isolated_and_exit_code_is_7(tmp_path):
     name = SPECS[0]
     arts = artifacts.spec_artifacts(name, tmp_path)

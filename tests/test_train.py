@@ -29,6 +29,7 @@ def test_trained_root_has_complete_runs(trained_root):
     assert arts.model.stat().st_ino == (run_dir / "model.keras").stat().st_ino
 
 
+@pytest.mark.slow
 def test_reuse_determinism_and_no_promotion(tmp_path):
     first = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "a")
     again = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "a")
@@ -43,6 +44,7 @@ def test_reuse_determinism_and_no_promotion(tmp_path):
     assert seed1.run_dir.name == "seed1-e1-n1000" and seed1.run_dir.is_dir()
 
 
+@pytest.mark.slow
 def test_interrupt_keeps_previous_run_and_resume_finishes(tmp_path):
     root = tmp_path / "arts"
     previous = train.train(DNN, epochs=1, limit_train=1000, root=root)
@@ -71,6 +73,7 @@ def test_interrupt_keeps_previous_run_and_resume_finishes(tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_second_training_of_same_run_is_refused(tmp_path):
     arts = artifacts.spec_artifacts(DNN, tmp_path)
     with artifacts.exclusive_lock(arts.lock_file("seed0-e1-n1000"), what="holder"):
@@ -81,6 +84,7 @@ def test_second_training_of_same_run_is_refused(tmp_path):
         assert ok.metrics["seed"] == 2
 
 
+@pytest.mark.slow
 def test_augmented_spec_trains_and_exports_clean_model(tmp_path):
     from toolkit.models import load_model
 

@@ -33,9 +33,50 @@ RUN_FILES = ("model.keras", "history.json", "metrics.json")
 
 
 def resolve_root(root: str | Path | None = None) -> Path:
-    """Flag, then TOOLKIT_ARTIFACTS, then ./artifacts."""
+    """Flag, then TOOLKIT_ARTIFACTS, then ./artifacts. A regular file there is an ArtifactError."""
     chosen = root or os.environ.get(ARTIFACTS_ENV) or "artifacts"
-    return Path(chosen).expanduser().resolve()
+    path = Path(chosen).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        named = "--artifacts" if root else ARTIFACTS_ENV if os.environ.get(ARTIFACTS_ENV) else "the default"
+        raise ArtifactError(
+            f"{path} is a file; expected a folder for the artifacts root (from {named}). Fix: pass a "
+            f"folder, e.g. --artifacts {path.parent / 'artifacts'}, or move the file away"
+        )
+    return path
+
+
+# ---------------------------------------------------------------- writable folders
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def not_writable(folder: Path, exc: OSError) -> ArtifactError:
+    """"Cannot write there" as one line naming the folder and the fix."""
+    folder = Path(exc.filename).parent if exc.filename and Path(exc.filename) != folder else folder
+    return ArtifactError(
+        f"{folder}: cannot write there ({exc.strerror or exc}); expected a folder this user can write. "
+        f"Fix: make it writable (chmod u+w {folder}) or use another artifacts root "
+        f"(--artifacts DIR or {ARTIFACTS_ENV})"
+    )
+
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """Maps a permission or read-only-filesystem error of the enclosed file operations to
+    `not_writable`; any other error passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise
+        raise not_writable(folder, exc) from None
+
+
+def require_writable(folder: Path) -> None:
+    """Fail early, before any work, when an existing folder cannot be written (a missing one is
+    created, and checked, when the first file is written)."""
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise not_writable(folder, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
 def run_id(seed: int, epochs: int, limit_train: int | None = None) -> str:
@@ -49,17 +90,18 @@ def run_id(seed: int, epochs: int, limit_train: int | None = None) -> str:
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it into place only on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The temp name keeps the real suffix: Keras refuses to save to a name without ".keras".
-    fd, tmp = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
-    )
+    with _writing(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The temp name keeps the real suffix: Keras refuses to save to a name without ".keras".
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                   suffix=f".tmp{target.suffix}")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
-        os.replace(tmp_path, target)
+        with _writing(target.parent):
+            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
+            os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -73,8 +115,9 @@ def _umask() -> int:
 
 def make_private_dir(parent: Path, prefix: str) -> Path:
     """A fresh temp folder under `parent` with normal (umask) permissions."""
-    parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    with _writing(parent):
+        parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     os.chmod(path, 0o777 & ~_umask())
     return path
 
@@ -129,8 +172,10 @@ def link_or_copy(source: Path, target: Path) -> None:
 @contextlib.contextmanager
 def exclusive_lock(path: Path, *, what: str, wait: bool = False) -> Iterator[None]:
     """An flock held for the block; without `wait`, a holder elsewhere is a BusyError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    with _writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")  # noqa: SIM115 - closed by the `with fh` below
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

@@ -2,6 +2,8 @@
 
 This is the only place that catches ToolkitError: each command runs inside `_boundary`, which
 turns an error into one line on stderr and its exit code (a traceback only with --verbose).
+Errors of the option parser itself (an unknown option, a bad value) get the same one line, with
+exit code 2, from `_OneLineErrors`, the app's command group.
 Heavy libraries (TensorFlow, ONNX Runtime) are imported inside commands, never at start-up.
 """
 
@@ -22,19 +24,56 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
 from toolkit.errors import ToolkitError  # noqa: E402
 
+try:  # Typer 0.2x vendors Click as typer._click; older Typers run on Click itself
+    from typer._click import exceptions as click_errors  # noqa: E402
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as click_errors  # noqa: E402
+
+# Wide enough for the tables when piped or captured (rich would fall back to 80 columns).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+err_console = Console(stderr=True, highlight=False)
+
+
+def print_error(message: str) -> None:
+    # Messages are plain text: "[ray]" in "pip install '.[ray]'" is not rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors of the option parser (unknown option, bad or missing value) as one line,
+    `error: ...`, exit 2, like every other error of the CLI, instead of Click's boxed block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `toolkit` alone: the help, as before
+                return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+            command = exc.ctx.command_path if getattr(exc, "ctx", None) else "toolkit"
+            print_error(f"{exc.format_message().rstrip('.')}. See '{command} --help'")
+            sys.exit(exc.exit_code)
+        except click_errors.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        # Without standalone mode, Click returns the exit code of typer.Exit (our commands
+        # return None when they complete).
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="toolkit",
+    cls=_OneLineErrors,
     help="Train Fashion-MNIST classifiers from the seed's specs, export, verify and benchmark them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Wide enough for the tables when piped or captured (rich would fall back to 80 columns).
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
-err_console = Console(stderr=True, highlight=False)
 _state: dict[str, Any] = {"verbose": False}
 
 # Options shared by many commands, one definition each.
@@ -69,8 +108,7 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ToolkitError as exc:
             if _state["verbose"]:
                 err_console.print_exception()
-            # Messages are plain text: "[ray]" in "pip install '.[ray]'" is not rich markup.
-            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+            print_error(exc.message)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted:[/] nothing half-written was left behind")

@@ -140,6 +140,10 @@ def plan_sweep(patterns: Sequence[str] | None, *, seeds: int = 1, epochs: int | 
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     specs = [with_overrides(s, epochs=epochs) for s in match_specs(patterns)]
+    from toolkit.train import check_limit_train
+
+    for spec in specs:
+        check_limit_train(limit_train, fraction=spec.validation_fraction)
     runs = [RunStatus(spec, seed, limit_train) for spec in specs for seed in range(seeds)]
     return SweepState(runs, epochs, seeds, limit_train, backend)
 
@@ -191,7 +195,8 @@ def run_sweep(state: SweepState, *, root: str | Path | None = None,
             )
         _run_local(state, root, data_dir, monitor)
     else:
-        _run_ray(state, root, data_dir, address, max_concurrent, cpus_per_run, transfer, monitor)
+        _run_ray(state, root=root, data_dir=data_dir, address=address, max_concurrent=max_concurrent,
+                 cpus_per_run=cpus_per_run, transfer=transfer, monitor=monitor)
     state.finished = time.time()
     return state
 
@@ -273,7 +278,7 @@ class _ProgressBoard:
         return dict(self.epochs)
 
 
-def _ray_task(spec_name: str, seed: int, epochs: int, limit_train: int | None,
+def _ray_task(*, spec_name: str, seed: int, epochs: int, limit_train: int | None,
               data_dir: str | None, root: str, token: str, cpus: int, board) -> dict[str, Any]:
     """Train one run on a Ray worker.
 
@@ -364,7 +369,7 @@ def _start_ray(ray, address: str | None) -> bool:
     return True
 
 
-def _run_ray(state: SweepState, root: Path, data_dir, address: str | None,
+def _run_ray(state: SweepState, *, root: Path, data_dir, address: str | None,
              max_concurrent: int | None, cpus_per_run: int, transfer: str,
              monitor: Monitor | None) -> None:
     ray = import_ray()
@@ -395,8 +400,9 @@ def _run_ray(state: SweepState, root: Path, data_dir, address: str | None,
             while pending or inflight:
                 while pending and len(inflight) < window:
                     run = pending.pop(0)
-                    ref = task.remote(run.spec.name, run.seed, run.spec.epochs, run.limit_train,
-                                      data_arg, str(root), token, cpus_per_run, board)
+                    ref = task.remote(spec_name=run.spec.name, seed=run.seed, epochs=run.spec.epochs,
+                                      limit_train=run.limit_train, data_dir=data_arg, root=str(root),
+                                      token=token, cpus=cpus_per_run, board=board)
                     inflight[ref] = run
                     state.mark_running(run)
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)

@@ -9,7 +9,6 @@ training never touches the previous complete run.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import time
 import warnings
@@ -20,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import __version__, artifacts, data
+from toolkit import artifacts, data
+from toolkit.contract import package_versions
 from toolkit.errors import Interrupted, UsageError
 from toolkit.specs import Spec, get_spec, with_overrides
 
@@ -36,32 +36,38 @@ class TrainResult:
     promoted: bool
 
 
+TRAIN_IMAGES = data.FILES["train_images"].dims[0]  # 60,000: every verified dataset has them all
+
+
+def check_limit_train(limit_train: int | None, *, fraction: float, n_train: int = TRAIN_IMAGES) -> None:
+    """A usage error unless 10 <= limit <= the training images left after the validation holdout
+    (54,000 of 60,000 at the seed's 10%): a larger limit would silently shrink the holdout."""
+    if limit_train is None:
+        return
+    if limit_train < 10:
+        raise UsageError(f"--limit-train {limit_train} is too small; use at least 10 images")
+    available = n_train - int(round(n_train * fraction))
+    if limit_train > available:
+        raise UsageError(
+            f"--limit-train {limit_train:,} is more than the {available:,} training images left after the "
+            f"{n_train - available:,}-image validation holdout; use at most {available} (or leave it out "
+            "to train on all of them)"
+        )
+
+
 def split_indices(n_train: int, *, seed: int, fraction: float,
                   limit_train: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, validation) index split of the training set; a limit shrinks both."""
+    check_limit_train(limit_train, fraction=fraction, n_train=n_train)
     order = np.random.default_rng(seed).permutation(n_train)
     n_val = int(round(n_train * fraction))
     if limit_train:
-        if limit_train < 10:
-            raise UsageError(f"--limit-train {limit_train} is too small; use at least 10 images")
         n_val = max(10, int(round(limit_train * fraction / (1 - fraction))))
     val = order[:n_val]
     train = order[n_val:]
     if limit_train:
         train = train[:limit_train]
     return np.sort(train), np.sort(val)
-
-
-def package_versions() -> dict[str, str]:
-    from toolkit._tf import keras, tf
-
-    return {
-        "toolkit": __version__,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def train(
@@ -90,6 +96,7 @@ def train(
         raise UsageError(f"--seed must be >= 0, got {seed}")
     if limit_train is not None and limit_train <= 0:
         raise UsageError(f"--limit-train must be positive, got {limit_train}")
+    check_limit_train(limit_train, fraction=spec.validation_fraction)  # before the run id names it
     dataset = data.load(data_dir)
     arts = artifacts.spec_artifacts(spec.name, root)
     manifest = artifacts.make_manifest(

@@ -96,8 +96,7 @@ def check_opset(opset: int | None) -> int:
 def converter_metadata() -> dict[str, str]:
     return {
         "converter": f"tf2onnx {version_of('tf2onnx')}",
-        "tensorflow_version": version_of("tensorflow-cpu") if version_of("tensorflow-cpu") != "not installed"
-        else version_of("tensorflow"),
+        "tensorflow_version": version_of("tensorflow"),
         "keras_version": version_of("keras"),
         "onnx_version": version_of("onnx"),
     }
@@ -227,7 +226,11 @@ def toposort(proto) -> None:
     while pending:
         ready = [n for n in pending if all(i in available for i in n.input)]
         if not ready:
-            raise ValueError("ONNX graph has a cycle or an undefined input")
+            from toolkit.errors import ArtifactError
+
+            stuck = ", ".join(sorted(n.name or n.op_type for n in pending)[:5])
+            raise ArtifactError(f"the converted ONNX graph has a cycle or an input nothing produces (at "
+                                f"{stuck}), so it cannot be written; rerun with --verbose and report it")
         for node in ready:
             ordered.append(node)
             available.update(node.output)
