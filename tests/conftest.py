@@ -14,6 +14,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # beyond "better than chance".
 TINY_LIMIT = 3000
 TINY_SPECS = ("CNN_1L_Dropout_Exp6", "DNN_2L_Dropout_Exp2")
+# Fixtures that train or convert real models, or start Ray. A test that uses one (directly or
+# through another fixture) is marked slow, so `pytest -m 'not slow'` is the quick loop; tests
+# that train or convert by themselves carry the mark explicitly.
+SLOW_FIXTURES = {"trained_root", "local_root", "ray_instance"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
