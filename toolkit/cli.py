@@ -58,7 +58,7 @@ class _OneLineErrors(TyperGroup):
             command = exc.ctx.command_path if getattr(exc, "ctx", None) else "toolkit"
             print_error(f"{exc.format_message().rstrip('.')}. See '{command} --help'")
             sys.exit(exc.exit_code)
-        except click_errors.Abort:
+        except typer.Abort:
             print_error("aborted")
             sys.exit(1)
         # Without standalone mode, Click returns the exit code of typer.Exit (our commands
