@@ -281,8 +281,9 @@ def predict_cmd(
     for exc in outcome.failed:
         err_console.print(f"[red]failed:[/] {escape(exc.message)}", soft_wrap=True)
     if outcome.failed:
+        done = len(outcome.results)
         raise PartialFailure(f"{len(outcome.failed)} of {len(images)} images could not be read (listed "
-                             f"above); the other {len(outcome.results)} were classified")
+                             f"above); the other {done} {'was' if done == 1 else 'were'} classified")
 
 
 def _run_stage(*, exp: str, artifacts=None, data_dir=None) -> None:
