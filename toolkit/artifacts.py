@@ -79,9 +79,11 @@ def require_writable(folder: Path) -> None:
         raise not_writable(folder, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
-def run_id(seed: int, epochs: int, limit_train: int | None = None) -> str:
+def run_id(seed: int, epochs: int, limit_train: int | None = None, mixed_precision: str = "off") -> str:
+    """seed0-e20, seed1-e5-n3000, seed0-e20-bf16: float32 runs carry no precision suffix."""
     rid = f"seed{seed}-e{epochs}"
-    return f"{rid}-n{limit_train}" if limit_train else rid
+    rid = f"{rid}-n{limit_train}" if limit_train else rid
+    return rid if mixed_precision == "off" else f"{rid}-{mixed_precision}"
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -293,10 +295,13 @@ TRAINING_RECIPE = 2
 
 
 def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
-                  data_checksums: dict[str, str]) -> dict[str, Any]:
+                  data_checksums: dict[str, str], mixed_precision: str = "off") -> dict[str, Any]:
     """What identifies a run: reuse a run only when every field here matches. JSON-normalised
-    (tuples become lists) so it compares equal to the copy read back from metrics.json."""
-    manifest = {
+    (tuples become lists) so it compares equal to the copy read back from metrics.json.
+
+    `mixed_precision` is the resolved mode (toolkit.precision); float32 ("off") adds nothing, so
+    float32 manifests and run ids are exactly those of runs trained before the option existed."""
+    manifest: dict[str, Any] = {
         "spec_name": spec.name,
         "recipe": TRAINING_RECIPE,
         "spec": spec.summary(),
@@ -304,8 +309,10 @@ def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
         "epochs": epochs,
         "limit_train": limit_train,
         "data": dict(sorted(data_checksums.items())),
-        "run_id": run_id(seed, epochs, limit_train),
+        "run_id": run_id(seed, epochs, limit_train, mixed_precision),
     }
+    if mixed_precision != "off":
+        manifest["mixed_precision"] = mixed_precision
     return json.loads(json.dumps(manifest))
 
 

@@ -35,7 +35,8 @@ def build_model(spec: Spec) -> keras.Model:
         )(x)
         if rate:
             x = keras.layers.Dropout(rate, name=f"dropout_{i}")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name=OUTPUT_NAME)(x)
+    # float32 under every mixed-precision policy: the softmax and the loss need its range.
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name=OUTPUT_NAME, dtype="float32")(x)
     return keras.Model(inputs, outputs, name=spec.name)
 
 
