@@ -98,6 +98,13 @@ LimitOption = Annotated[
     int | None,
     typer.Option("--limit-train", help="Train on a seeded subset of N images (quick runs).", min=10),
 ]
+MixedPrecisionOption = Annotated[
+    str | None,
+    typer.Option("--mixed-precision", metavar="bf16|fp16|off|auto",
+                 help="Training arithmetic: bf16 or fp16 compute with float32 variables, off (float32, "
+                      "the exact recipe) or auto (the fastest this machine has). Default: the spec's "
+                      "recipe."),
+]
 
 
 def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -235,10 +242,12 @@ def train_cmd(
     data_dir: DataDirOption = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last completed epoch.")] = False,
     force: Annotated[bool, typer.Option(help="Retrain even if this run is complete.")] = False,
+    mixed_precision: MixedPrecisionOption = None,
 ) -> None:
     """Train one spec on the real data; writes ARTIFACTS/NAME/{model.keras,metrics.json,...}."""
     _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
-                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=force)
+                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=force,
+                      mixed_precision=mixed_precision)
 
 
 def _train_and_report(**kwargs: Any) -> dict[str, Any]:
@@ -246,6 +255,10 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
 
     spec = specs.get_spec(kwargs.pop("exp"))
     data_dir = kwargs.pop("data_dir")
+    if kwargs["resume"]:
+        train.check_resume_precision(spec, seed=kwargs["seed"], epochs=kwargs["epochs"],
+                                     limit_train=kwargs["limit_train"],
+                                     mixed_precision=kwargs["mixed_precision"], root=kwargs["artifacts"])
     _load_data(data_dir)  # verifies (or downloads) before the model is built
     result = train.train(spec, data_dir=data_dir, root=kwargs.pop("artifacts"), progress=True,
                          console=console, **kwargs)
@@ -256,7 +269,8 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
     print_table(f"{spec.name}: this run vs the seed's reported figures",
                 ["figure", "this run", "seed"], rows)
     console.print(f"Current run: {result.run_dir.parent.parent} (run {result.run_dir.name}, "
-                  f"{result.metrics['params']:,} params)")
+                  f"{result.metrics['params']:,} params, mixed precision "
+                  f"{result.metrics.get('mixed_precision', 'off')})")
     return result.metrics
 
 
@@ -273,11 +287,13 @@ def run_cmd(
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training.")] = False,
+    mixed_precision: MixedPrecisionOption = None,
 ) -> None:
     """The whole pipeline for one spec: train, then every later stage."""
     console.rule(f"[bold]train {exp}")
     _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
-                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=False)
+                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=False,
+                      mixed_precision=mixed_precision)
     for name, stage in RUN_STAGES:
         console.rule(f"[bold]{name} {exp}")
         stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
