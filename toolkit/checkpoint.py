@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def load_resume(partial: Path, manifest: dict[str, Any]) -> ResumeState | None:
             return None
         snapshot = Snapshot.load(partial / state["checkpoint"])
         return ResumeState(state["history"], int(state["epochs_done"]), float(state["seconds"]), snapshot)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
 
 

@@ -290,6 +290,10 @@ def run_cmd(
     mixed_precision: MixedPrecisionOption = None,
 ) -> None:
     """The whole pipeline for one spec: train, then every later stage."""
+    if mixed_precision:
+        from toolkit import precision
+
+        precision.resolve(mixed_precision)  # a bad mode is one line, before any stage starts
     console.rule(f"[bold]train {exp}")
     _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
                       artifacts=artifacts, data_dir=data_dir, resume=resume, force=False,
