@@ -96,7 +96,8 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_a_bf16_run_saves_the_float32_contract_and_its_exports_pass_parity(tmp_path, monkeypatch):
-    from tests.test_benchmark import export_for_tests
+    from test_benchmark import export_for_tests
+
     from toolkit.parity import read_parity
 
     _bf16_here(monkeypatch)
