@@ -84,7 +84,7 @@ def profile(config: str, exp: str, limit_train: int | None, after_mode: str | No
     train_ds, val_ds, n_train, _ = train._make_datasets(spec, dataset, seed=0, limit_train=limit_train,
                                                         initial_epoch=0)
     steps = int(np.ceil(n_train / spec.batch_size))
-    model = train._build(spec, mode)
+    model = train.build_training_model(spec, mode)
     out: dict = {"config": config, "mixed_precision": mode, "steps": steps, "images": n_train,
                  "batch_size": spec.batch_size}
     out.update(_compute(model, train_ds, val_ds, steps))
@@ -94,7 +94,8 @@ def profile(config: str, exp: str, limit_train: int | None, after_mode: str | No
                                                 steps_per_epoch=steps, verbose=0,
                                                 callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=epoch_end)]))
         epoch_end(-1, None)  # waits for the background write (a no-op before)
-        saved = model if mode == "off" else precision.float32_copy(model, lambda: train._build(spec, "off"))
+        saved = model if mode == "off" else precision.float32_copy(
+            model, lambda: train.build_training_model(spec, "off"))
         x_test, y_test = data.to_model_input(dataset.x_test), dataset.y_test.astype(np.int32)
         out["evaluation"] = _timed(lambda: saved.evaluate(x_test, y_test, batch_size=1024, verbose=0))
         out["save"] = _timed(lambda: saved.save(Path(tmp) / "model.keras"))

@@ -128,6 +128,32 @@ def test_mixed_models_keep_float32_variables_and_output_and_copy_back_exactly():
             assert np.array_equal(target.numpy(), source.numpy())
 
 
+@pytest.mark.slow
+def test_fused_adam_is_kerass_adam_up_to_rounding():
+    """Mixed modes train with TensorFlow's fused Adam kernel; float32 keeps Keras' own update."""
+    from toolkit._tf import keras
+    from toolkit.models import build_model, compile_model
+    from toolkit.train import build_training_model
+
+    spec = get_spec("DNN_2L_Dropout_Exp2")
+    assert type(build_training_model(spec, "off").optimizer).__name__ == "Adam"
+    assert type(build_training_model(spec, "bf16").optimizer).__name__ == "FusedAdam"
+    assert precision.training_optimizer("rmsprop", "bf16") == "rmsprop"
+    x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
+    models = []
+    for optimizer in (None, precision.training_optimizer("adam", "bf16")):
+        keras.utils.set_random_seed(0)
+        models.append(compile_model(build_model(spec), spec, optimizer=optimizer))
+        for _ in range(5):
+            models[-1].train_on_batch(x, np.arange(64) % 10)
+    stock, fused = models
+    for a, b in zip(stock.get_weights(), fused.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    for a, b in zip(stock.optimizer.variables, fused.optimizer.variables, strict=True):
+        assert a.path.rsplit("/", 1)[-1] == b.path.rsplit("/", 1)[-1]
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-7)
+
+
 # ---------------------------------------------------------------- resume state
 
 

@@ -40,10 +40,12 @@ def build_model(spec: Spec) -> keras.Model:
     return keras.Model(inputs, outputs, name=spec.name)
 
 
-def compile_model(model: keras.Model, spec: Spec) -> keras.Model:
+def compile_model(model: keras.Model, spec: Spec, *, optimizer=None) -> keras.Model:
+    """`optimizer`: an instance to train with instead of the spec's by name (mixed precision's
+    fused Adam, toolkit.precision.training_optimizer)."""
     # The model outputs probabilities, so the loss must not expect logits (the seed's bug).
     model.compile(
-        optimizer=spec.optimizer,
+        optimizer=optimizer or spec.optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
         metrics=["accuracy"],
     )

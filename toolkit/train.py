@@ -173,7 +173,7 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     state = load_resume(partial, manifest) if resume else None
     if state is None and partial.exists():
         shutil.rmtree(partial)
-    model = _build(spec, mode)
+    model = build_training_model(spec, mode)
     history: dict[str, list[float]] = {}
     initial_epoch, seconds_before = 0, 0.0
     if state is not None:
@@ -209,7 +209,7 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         if display is not None:
             display.stop()
     if mode != "off":  # model.keras and the exports hold the float32 model, as for float32 runs
-        model = precision.float32_copy(model, build=lambda: _build(spec, "off"))
+        model = precision.float32_copy(model, build=lambda: build_training_model(spec, "off"))
     x_test = data.to_model_input(dataset.x_test)
     test_loss, test_accuracy = model.evaluate(x_test, dataset.y_test.astype(np.int32),
                                               batch_size=1024, verbose=0)
@@ -247,12 +247,15 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     return _commit_run(arts, rid, model, history, metrics, partial)
 
 
-def _build(spec: Spec, mode: str):
-    """The spec's compiled model under `mode`'s policy; variables and output stay float32."""
+def build_training_model(spec: Spec, mode: str):
+    """The spec's model compiled for training in `mode` (the policy, and the optimizer that goes
+    with it); variables and output stay float32. Training, the profile and the training benchmark
+    all build through here."""
     from toolkit.models import build_model, compile_model
 
     with precision.policy_scope(mode):
-        model = compile_model(build_model(spec), spec)
+        model = compile_model(build_model(spec), spec,
+                              optimizer=precision.training_optimizer(spec.optimizer, mode))
     precision.check_float32_contract(model)
     return model
 

@@ -4,11 +4,11 @@
                                 threads=2)
     result = run_training_case(case, timer=own_timer, seconds=1.5)     # a TrainingResult
 
-A case builds the spec's model (untrained: a step costs the same) under the mode's Keras policy,
-outside the clock, and feeds it a few real Fashion-MNIST training batches, already tensors.
-The first calls trace and warm up the step; then each timed call is one `train_on_batch`
-(forward, backward, optimizer update, metrics). Images per second = batch / p50 step time.
-After the clock, every case checks what mixed precision must not change: variables and the
+A case builds the spec's model (untrained: a step costs the same) as `toolkit train` does in that
+mode (policy and optimizer), outside the clock, and feeds it a few real Fashion-MNIST training
+batches, already tensors. The first calls trace and warm up the step; then each timed call is
+one `train_on_batch` (forward, backward, optimizer update, metrics). Images per second = batch /
+p50 step time. After the clock, every case checks what mixed precision must not change: variables and the
 softmax output are float32 and the loss of every step was finite; a case that fails posts no
 time. Results go to their own file under ARTIFACTS/bench/ (kind "training", schema version 1),
 through `write_training_run` and read back by `read_training_runs` (one writer, one reader).
@@ -246,15 +246,12 @@ class _Prepared:
 
 
 def _prepare(case: BenchCase) -> _Prepared:
-    from toolkit import precision
     from toolkit._tf import keras, tf
-    from toolkit.models import build_model, compile_model
     from toolkit.specs import get_spec
+    from toolkit.train import build_training_model
 
-    spec = get_spec(case.spec)
     keras.utils.set_random_seed(0)
-    with precision.policy_scope(mode_of(case)):
-        model = compile_model(build_model(spec), spec)
+    model = build_training_model(get_spec(case.spec), mode_of(case))  # as `toolkit train` builds it
     x, y = _training_images()
     batches = []
     for i in range(BATCHES_CYCLED):
