@@ -162,7 +162,6 @@ def _make_datasets(spec: Spec, dataset: data.Dataset, *, seed: int, limit_train:
 def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, console) -> Path:
     from toolkit._tf import keras, tf
     from toolkit.callbacks import EpochHookCallback, PartialCheckpoint, RichProgress
-    from toolkit.checkpoint import load_resume
 
     seed, rid, limit_train = manifest["seed"], manifest["run_id"], manifest["limit_train"]
     mode = spec.mixed_precision
@@ -170,15 +169,7 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     # Same spec and seed give the same weights run to run on CPU.
     tf.config.experimental.enable_op_determinism()
     partial = arts.partial_dir(rid)
-    state = load_resume(partial, manifest) if resume else None
-    if state is None and partial.exists():
-        shutil.rmtree(partial)
-    model = build_training_model(spec, mode)
-    history: dict[str, list[float]] = {}
-    initial_epoch, seconds_before = 0, 0.0
-    if state is not None:
-        state.snapshot.restore(model)
-        history, initial_epoch, seconds_before = state.history, state.epochs_done, state.seconds
+    model, history, initial_epoch, seconds_before = _model_and_state(spec, manifest, partial, resume)
     train_ds, val_ds, n_train, n_val = _make_datasets(
         spec, dataset, seed=seed, limit_train=limit_train, initial_epoch=initial_epoch)
     steps = int(np.ceil(n_train / spec.batch_size))
@@ -245,6 +236,21 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         "manifest": manifest,
     }
     return _commit_run(arts, rid, model, history, metrics, partial)
+
+
+def _model_and_state(spec: Spec, manifest: dict[str, Any], partial: Path, resume: bool):
+    """(model, history, epochs done, seconds so far): a new model, or with --resume the last
+    committed epoch of the interrupted run (toolkit.checkpoint), restored into a fresh build."""
+    from toolkit.checkpoint import load_resume
+
+    state = load_resume(partial, manifest) if resume else None
+    if state is None and partial.exists():
+        shutil.rmtree(partial)
+    model = build_training_model(spec, spec.mixed_precision)
+    if state is None:
+        return model, {}, 0, 0.0
+    state.snapshot.restore(model)
+    return model, state.history, state.epochs_done, state.seconds
 
 
 def build_training_model(spec: Spec, mode: str):
