@@ -300,7 +300,7 @@ def run_training_case(case: BenchCase, *, timer: Any, seconds: float,
         t0 = time.perf_counter()
         _step(prep, i)
         warm.append(time.perf_counter() - t0)
-    rounds = plan_rounds(warm[1:], seconds, min_rounds=5, max_rounds=500)
+    rounds = plan_rounds(warm[1:], seconds, min_rounds=10, max_rounds=500)
     state = {"i": len(warm)}
 
     def target() -> None:
