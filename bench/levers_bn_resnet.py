@@ -38,19 +38,55 @@ LEVERS: dict[str, tuple[str, int, dict[str, str], dict[str, object]]] = {
     "bf16-b128-xla": ("bf16", 128, {}, {"jit_compile": True}),
     "bf16-b128-numpy-input": ("bf16", 128, {}, {"input": "numpy"}),
     "bf16-b128-intra2-inter1": ("bf16", 128, {}, {"threads": (2, 1)}),
+    "fp32-b128-fused-bn": ("off", 128, {}, {"fused_bn": True}),
+    "bf16-b128-fused-bn": ("bf16", 128, {}, {"fused_bn": True}),
+    "bf16-b256-fused-bn-numpy-input": ("bf16", 256, {}, {"fused_bn": True, "input": "numpy"}),
 }
 NETS = ("bn6", "resnet16")
 
 
-def _cbr(x, filters: int, stride: int = 1):
+def _bn(x, fused: bool = False):
+    """BatchNorm over the channel axis (axis 1 under channels_first)."""
+    import keras
+    from keras import layers
+
+    axis = 1 if keras.config.image_data_format() == "channels_first" else -1
+    return (_fused_bn_class()(axis=axis) if fused else layers.BatchNormalization(axis=axis))(x)
+
+
+def _fused_bn_class():
+    """Keras' BatchNormalization whose training step is TensorFlow's fused kernel
+    (FusedBatchNormV3, which oneDNN implements) instead of Keras 3's moments + normalize ops;
+    inference is unchanged. A lever to measure, not a layer the toolkit saves."""
+    import keras
+    import tensorflow as tf
+
+    class FusedBatchNorm(keras.layers.BatchNormalization):
+        def call(self, inputs, training=None, mask=None):
+            if not training or self.axis not in (-1, 3, 1) or len(inputs.shape) != 4:
+                return super().call(inputs, training=training, mask=mask)
+            fmt = "NCHW" if self.axis == 1 else "NHWC"
+            x = tf.cast(inputs, "float32") if inputs.dtype == tf.bfloat16 else inputs
+            y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=self.gamma, offset=self.beta, mean=tf.zeros_like(self.moving_mean),
+                variance=tf.ones_like(self.moving_variance), epsilon=self.epsilon, data_format=fmt,
+                is_training=True)
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum + var * (1 - momentum))
+            return tf.cast(y, inputs.dtype)
+
+    return FusedBatchNorm
+
+
+def _cbr(x, filters: int, stride: int = 1, fused: bool = False):
     from keras import layers
 
     x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    return layers.ReLU()(x)
+    return layers.ReLU()(_bn(x, fused))
 
 
-def build(net: str, channels_first: bool = False):
+def build(net: str, channels_first: bool = False, fused: bool = False):
     """bn6: cbr 16,16 / pool / 32,32 / pool / 64,64 / GAP (73 K params); resnet16: stem 16, three
     stages of two basic blocks at 16, 32, 64 (stride 2 between stages) / GAP (176 K params)."""
     import keras
@@ -62,18 +98,17 @@ def build(net: str, channels_first: bool = False):
         for i, width in enumerate((16, 32, 64)):
             if i:
                 x = layers.MaxPooling2D()(x)
-            x = _cbr(_cbr(x, width), width)
+            x = _cbr(_cbr(x, width, fused=fused), width, fused=fused)
     else:
-        x = _cbr(x, 16)
+        x = _cbr(x, 16, fused=fused)
         for stage, width in enumerate((16, 32, 64)):
             for block in range(2):
                 stride = 2 if stage and not block else 1
                 shortcut = x
-                y = _cbr(x, width, stride)
-                y = layers.BatchNormalization()(layers.Conv2D(width, 3, padding="same", use_bias=False)(y))
+                y = _cbr(x, width, stride, fused=fused)
+                y = _bn(layers.Conv2D(width, 3, padding="same", use_bias=False)(y), fused)
                 if stride != 1 or shortcut.shape[-1 if not channels_first else 1] != width:
-                    shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False)(shortcut)
-                    shortcut = layers.BatchNormalization()(shortcut)
+                    shortcut = _bn(layers.Conv2D(width, 1, strides=stride, use_bias=False)(shortcut), fused)
                 x = layers.ReLU()(layers.Add()([y, shortcut]))
     x = layers.GlobalAveragePooling2D(name="embedding")(x)
     outputs = layers.Dense(10, activation="softmax", name="probabilities", dtype="float32")(x)
@@ -96,7 +131,7 @@ def measure(net: str, lever: str, steps: int, warmup: int) -> dict:
         keras.config.set_image_data_format("channels_first")
     keras.utils.set_random_seed(0)
     with precision.policy_scope(precision.resolve(mode)):
-        model = build(net, bool(options.get("channels_first")))
+        model = build(net, bool(options.get("channels_first")), bool(options.get("fused_bn")))
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"],
                       jit_compile=bool(options.get("jit_compile")))
     dataset = data.load()
