@@ -3,6 +3,8 @@
     pytest bench/ --benchmark-only                      # the whole matrix (about 2-4 minutes here)
     pytest bench/ --benchmark-only --bench-exp 'CNN*' --bench-format onnx --bench-batch 1
     pytest bench/ --benchmark-disable --bench-smoke     # one tiny case, untimed: the README's smoke
+    pytest bench/ --benchmark-only --bench-repeats 3    # each case in 3 processes: 95% intervals
+    pytest bench/ --benchmark-only --bench-memory       # also peak RSS, load time, first call
 
 The driver is toolkit.benchmark.driver (shared with `toolkit bench`: planning, placement, peaks,
 the results file); this file only turns its plan into parametrized tests, adapts
@@ -24,7 +26,14 @@ from toolkit import runtimes  # noqa: E402
 from toolkit.artifacts import trained_specs  # noqa: E402
 from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks  # noqa: E402
 from toolkit.benchmark.peaks import machine_info as toolkit_machine_info  # noqa: E402
-from toolkit.benchmark.plan import DEFAULT_SECONDS, KERAS_RUNTIMES, BenchCase, parse_threads  # noqa: E402
+from toolkit.benchmark.plan import (  # noqa: E402
+    DEFAULT_SECONDS,
+    INFERENCE,
+    KERAS_RUNTIMES,
+    MEMORY,
+    BenchCase,
+    parse_threads,
+)
 from toolkit.contract import package_versions  # noqa: E402
 from toolkit.errors import ToolkitError  # noqa: E402
 
@@ -46,6 +55,8 @@ ENV = {
     "threads": "TOOLKIT_BENCH_THREADS",
     "seconds": "TOOLKIT_BENCH_SECONDS",
     "keras_threads": "TOOLKIT_BENCH_KERAS_THREADS",
+    "repeats": "TOOLKIT_BENCH_REPEATS",
+    "memory": "TOOLKIT_BENCH_MEMORY",
 }
 
 
@@ -87,6 +98,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "[TOOLKIT_BENCH_KERAS_THREADS]",
     )
     group.addoption(
+        "--bench-repeats",
+        type=int,
+        help="Measure each case in this many processes (this one, then workers); >= 2 gives a 95%% "
+        "interval (default 1 here; toolkit bench uses 3) [TOOLKIT_BENCH_REPEATS]",
+    )
+    group.addoption(
+        "--bench-memory",
+        action="store_true",
+        default=None,
+        help="Also run the memory cases: peak RSS, load time and first call of each file x runtime, each "
+        "in a fresh process [TOOLKIT_BENCH_MEMORY=1]",
+    )
+    group.addoption(
         "--bench-smoke",
         action="store_true",
         help="One tiny case (DNN_1L_No_Dropout_Exp1, onnx-fp32, batch 1, 1 thread, 0.2 s)",
@@ -115,14 +139,19 @@ class BenchState:
             threads = parse_threads(_option(config, "threads"))
             keras_threads = _option(config, "keras_threads")
             seconds = _option(config, "seconds")
+            repeats = _option(config, "repeats")
             self.session = BenchSession.open(BenchRequest(
                 root=None, exps=_option(config, "exp"), formats=_option(config, "format"),
                 runtime_keys=_option(config, "runtime"), device=_option(config, "device"),
                 batches=_option(config, "batch"), threads=threads,
                 seconds=float(seconds) if seconds is not None else DEFAULT_SECONDS,
                 keras_threads=int(keras_threads) if keras_threads else max(threads),
+                repeats=int(repeats) if repeats else 1,
+                memory=str(_option(config, "memory") or "").lower() in ("1", "true", "yes"),
                 fallback=True, source="pytest"))
             self.cases = self.session.cases
+        except ValueError as exc:
+            self.error = f"--bench-repeats / TOOLKIT_BENCH_REPEATS must be an integer ({exc})"
         except ToolkitError as exc:
             self.error = exc.message
 
@@ -130,7 +159,8 @@ class BenchState:
         if self.error or self.session is None:
             return [f"toolkit bench: {self.error}"]
         session = self.session
-        lines = [f"toolkit bench: {len(self.cases)} cases; artifacts root {session.root}"]
+        lines = [f"toolkit bench: {len(self.cases)} cases, each measured in {session.repeats} process(es); "
+                 f"artifacts root {session.root}"]
         if session.fallback_dir:
             specs = sorted({c.spec for c in self.cases})
             where = ("no trained model or export matching these filters under" if trained_specs(session.root)
@@ -160,15 +190,30 @@ class BenchState:
             return list(benchmark.stats.stats.data)
 
         benchmark.group = f"{case.spec} batch {case.batch}"
-        (outcome,) = run_benchmarks(self.session, cases=[case], timer=timer, timing=not benchmark.disabled)
-        if outcome.skipped:
-            pytest.skip(outcome.skipped)
-        if outcome.error is not None:
-            raise outcome.error
-        result = outcome.result
+        # Repeat 0 runs here under pytest-benchmark's clock, later repeats in worker processes.
+        outcomes = run_benchmarks(self.session, cases=[case], timer=timer, timing=not benchmark.disabled)
+        result = self._first_result(outcomes)
         benchmark.extra_info.update({k: v for k, v in result.to_dict().items() if k != "versions"})
         benchmark.extra_info["versions"] = result.versions
+        if len(outcomes) > 1:
+            benchmark.extra_info["p50_ms_per_process"] = [o.result.stats.p50_ms for o in outcomes]
         return result
+
+    def run_memory(self, case: BenchCase):
+        """A memory case (each repeat in a fresh child process); returns its measurements."""
+        assert self.session is not None
+        outcomes = run_benchmarks(self.session, cases=[case])
+        self._first_result(outcomes)
+        return [o.result for o in outcomes]
+
+    @staticmethod
+    def _first_result(outcomes):
+        if outcomes[0].skipped:
+            pytest.skip(outcomes[0].skipped)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        return outcomes[0].result
 
     def finish(self) -> list[Path]:
         return self.session.close() if self.session is not None else []
@@ -182,15 +227,23 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return config._toolkit_bench.header()  # type: ignore[attr-defined]
 
 
+# Fixture name -> the kind of the cases it takes.
+CASE_FIXTURES = {"bench_case": INFERENCE, "memory_case": MEMORY}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "bench_case" not in metafunc.fixturenames:
-        return
     state: BenchState = metafunc.config._toolkit_bench  # type: ignore[attr-defined]
-    if state.error:  # bad options, an unavailable --bench-device, or nothing to benchmark
-        params = [pytest.param(None, marks=pytest.mark.skip(reason=state.error), id="invalid-options")]
-    else:
-        params = [pytest.param(c, id=c.id) for c in state.cases]
-    metafunc.parametrize("bench_case", params)
+    for fixture, kind in CASE_FIXTURES.items():
+        if fixture not in metafunc.fixturenames:
+            continue
+        if state.error:  # bad options, an unavailable --bench-device, or nothing to benchmark
+            params = [pytest.param(None, marks=pytest.mark.skip(reason=state.error), id="invalid-options")]
+        else:
+            params = [pytest.param(c, id=c.id) for c in state.cases if c.kind == kind]
+        if not params and kind == MEMORY and state.session and MEMORY not in state.session.filters.kinds:
+            reason = "memory cases not requested (--bench-memory or TOOLKIT_BENCH_MEMORY=1)"
+            params = [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="not-requested")]
+        metafunc.parametrize(fixture, params)
 
 
 @pytest.fixture(scope="session")
@@ -209,19 +262,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     written = state.finish()
     if not results:
         return
+    from toolkit.report import rows_from_results
+    from toolkit.report_columns import BENCH_TABLE, columns_for
+
     tr = terminalreporter
-    tr.section("toolkit bench: images/s and latency percentiles (from raw per-call timings)")
-    tr.write_line(
-        f"{'case':<72} {'img/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'%peak':>6} {'top1':>7}"
-    )
-    for r in results:
-        check, stats = r.check, r.stats
-        top1 = f"{check['top1_mismatches']}/{check['top1_compared']}" if check["top1_checked"] else "-"
-        pct = f"{r.pct_of_peak:.0f}" if r.pct_of_peak is not None else "-"
-        tr.write_line(
-            f"{r.id:<72} {stats.images_per_s:>10,.0f} {stats.p50_ms:>9.3f} {stats.p90_ms:>9.3f} "
-            f"{stats.p99_ms:>9.3f} {pct:>6} {top1:>7}"
-        )
+    tr.section("toolkit bench: one row per file x runtime x device x threads (means across processes "
+               "± half the 95% interval)")
+    columns = columns_for(BENCH_TABLE)
+    cells = [[c.title for c in columns]]
+    cells += [[c.text(r, None) for c in columns] for r in rows_from_results(results, state.session.peaks)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        tr.write_line("  ".join(cell.rjust(w) if c.align == "right" else cell.ljust(w)
+                                for cell, w, c in zip(row, widths, columns, strict=True)))
     peaks = state.session.peaks
     if peaks:
         fp32 = ", ".join(f"{t} thr {v['gflops']:.0f}" for t, v in peaks["fp32"].items())

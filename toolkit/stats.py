@@ -165,4 +165,4 @@ def fmt_pm(interval: Interval | None, spec: str = ".3f") -> str:
 def fmt_p(p: float | None) -> str:
     if p is None:
         return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.995 else "1.00"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
