@@ -261,9 +261,13 @@ def _run_here(session: BenchSession, case: BenchCase, timer: Timer) -> CaseOutco
 
 def _run_group(session: BenchSession, placement: Placement, members: list[BenchCase],
                done: Callable[[CaseOutcome], None]) -> None:
+    # The Keras top-1 references this process already computed: a repeat worker of ONNX Runtime
+    # and LiteRT cases then checks its outputs without importing TensorFlow itself.
+    known = session._ctx.references if session._ctx is not None else {}
+    references = {spec: None if ref is None else ref.tolist() for spec, ref in known.items()}
     try:
         run_in_worker(members, root=session.root, seconds=session.seconds, tf_threads=placement.tf_threads,
-                      label=placement.label or "benchmark worker", on_outcome=done)
+                      label=placement.label or "benchmark worker", on_outcome=done, references=references)
     except WorkerDied as exc:
         finished = {o.case.id for o in exc.outcomes}
         for case in members:
