@@ -44,7 +44,7 @@ from toolkit.benchmark.memory import MemoryResult, read_memory_runs
 from toolkit.benchmark.peaks import PEAK_KINDS, pct_of_peak, peak_for, peak_value
 from toolkit.benchmark.plan import KERAS_KEY
 from toolkit.benchmark.results import BenchRun, CaseGroup, read_runs
-from toolkit.errors import ArtifactError, DataError
+from toolkit.errors import ArtifactError, DataError, NewerRecordError
 
 BENCH = "bench"  # Row.source of measured files; other sources are shown, never compared
 
@@ -100,10 +100,12 @@ class Row:
     number: int = 0  # 1-based position in the table, for cross references
     predictions: np.ndarray | None = field(default=None, repr=False)
     predictions_note: str = ""  # why there are none
+    seeds: stats.Spread | None = None  # test accuracy across the spec's completed seeds (>= 2)
     verdict: Comparison | None = None  # against the best row
     tied: bool = False  # not significantly less accurate than the best row
     fronts: dict[str, str] = field(default_factory=dict)  # cost -> "" | "front" | "tied"
     p50_overlaps: list[int] = field(default_factory=list)  # numbers of rows not separable in p50
+    throughput_overlaps: list[int] = field(default_factory=list)  # ... in throughput (same batch)
 
     @property
     def delta(self) -> float | None:
@@ -280,7 +282,13 @@ def _files(arts: artifacts.SpecArtifacts, keras_accuracy: float | None, notes: l
     from toolkit.parity import read_parity
 
     metrics = metrics or {}
-    parity = read_parity(arts)
+    try:
+        parity = read_parity(arts)
+    except NewerRecordError:
+        raise
+    except ArtifactError as exc:  # exports.json still says pass/fail; only the pairing is lost
+        notes.append(f"{exc.message}; per-image predictions of {arts.name} are not used")
+        parity = None
     model_sha = artifacts.sha256_file(arts.model)
     preds, why = _keras_predictions(arts, metrics, model_sha, parity)
     files = [_File(KERAS_KEY, "keras", "fp32", arts.model, model_sha, "reference", keras_accuracy,
@@ -350,6 +358,9 @@ def _bench_rows(join: _Join) -> list[Row]:
         spec_rows, spec_stale = _spec_rows(artifacts.spec_artifacts(name, join.base), join)
         rows += spec_rows
         stale += spec_stale
+        if not spec_rows:
+            join.notes.append(f"{name}: no benchmark result measured its current files; it is not in the "
+                              f"table. Run `toolkit bench --exp {name}`")
     if stale:
         join.notes.append(
             f"{stale} benchmark results measured files that have since been replaced "
@@ -572,11 +583,17 @@ def mark_fronts(rows: Sequence[Row], judge: Judge) -> None:
 
 
 def mark_overlaps(rows: Sequence[Row]) -> None:
+    """Row numbers whose 95% intervals overlap each row's: batch-1 p50, and throughput at the same
+    batch size (rows that cannot be told apart)."""
     for r in rows:
-        if r.p50_interval is None:
-            continue
-        r.p50_overlaps = [o.number for o in rows if o is not r and o.p50_interval is not None
-                          and o.p50_interval.overlaps(r.p50_interval)]
+        if r.p50_interval is not None:
+            r.p50_overlaps = [o.number for o in rows if o is not r and o.p50_interval is not None
+                              and o.p50_interval.overlaps(r.p50_interval)]
+        if r.throughput_interval is not None:
+            r.throughput_overlaps = [
+                o.number for o in rows if o is not r and o.throughput_interval is not None
+                and o.throughput_batch == r.throughput_batch
+                and o.throughput_interval.overlaps(r.throughput_interval)]
 
 
 # ---------------------------------------------------------------- the pick
@@ -682,19 +699,25 @@ def _labels(notes: list[str]) -> np.ndarray | None:
         return None
 
 
+MIN_SEEDS_FOR_RULE = 3  # a seed spread from fewer runs is shown, not used to tie rows
+
+
 def _spreads(base: Path, names: Sequence[str], notes: list[str]) -> dict[str, stats.Spread]:
-    """spec -> test accuracy across its completed seeds of the current run's recipe (>= 3)."""
+    """spec -> test accuracy across its completed seeds of the current run's recipe (>= 2)."""
     from toolkit.train import seed_spread
 
     out = {}
     for name in names:
         arts = artifacts.spec_artifacts(name, base)
         spread = seed_spread(arts, arts.require_trained())
-        if spread is not None and spread.n >= 3 and spread.std is not None:
-            out[name] = spread
-            notes.append(f"{name}: {spread.n} completed seeds of its recipe, test accuracy "
-                         f"{spread.mean:.4f} ± {spread.std:.4f} (sample std): a row of another spec within "
-                         "that spread of one of its rows is not separable from it")
+        if spread is None or spread.n < 2 or spread.std is None:
+            continue
+        out[name] = spread
+        use = ("a row of another spec within that spread of one of its rows is not separable from it"
+               if spread.n >= MIN_SEEDS_FOR_RULE else
+               f"shown only: the tie rule uses a seed spread from >= {MIN_SEEDS_FOR_RULE} seeds")
+        notes.append(f"{name}: {spread.n} completed seeds of its recipe, test accuracy {spread.mean:.4f} ± "
+                     f"{spread.std:.4f} (sample std; range {spread.low:.4f}-{spread.high:.4f}): {use}")
     return out
 
 
@@ -725,8 +748,12 @@ def build_report(
     for number, row in enumerate(rows, 1):
         row.number = number
     notes = join.notes
-    spreads = {} if tolerance is not None else _spreads(base, names, notes)
-    judge = Judge(labels=_labels(notes), spreads=spreads, tolerance=tolerance)
+    spreads = _spreads(base, names, notes)
+    for row in rows:
+        row.seeds = spreads.get(row.spec)
+    rule_spreads = {} if tolerance is not None else {
+        name: s for name, s in spreads.items() if s.n >= MIN_SEEDS_FOR_RULE}
+    judge = Judge(labels=_labels(notes), spreads=rule_spreads, tolerance=tolerance)
     mark_overlaps(rows)
     mark_fronts(rows, judge)
     budget = Budget(max_latency_ms, max_size_mb, max_memory_mb)

@@ -113,6 +113,17 @@ def _plain(key: str, title: str, attr: str, *, views: frozenset[str] = ALL_VIEWS
                   ((attr, lambda r, rep: getattr(r, attr)),), views, align)
 
 
+def _overlaps(key: str, title: str, measure: str, csv_name: str, views: frozenset[str]) -> Column:
+    """Which rows' 95% intervals of `measure` overlap this row's ("none"; "-" without an interval)."""
+    def text(r: Row, rep: Report | None) -> str:
+        if getattr(r, f"{measure}_interval") is None:
+            return "-"
+        return ",".join(map(str, getattr(r, key))) or "none"
+
+    return Column(key, title, text, ((csv_name, lambda r, rep: " ".join(map(str, getattr(r, key))) or None),),
+                  views)
+
+
 def _acc_low_high() -> tuple[Value, Value]:
     return _ci_bounds(lambda r: r.accuracy_interval)
 
@@ -141,6 +152,11 @@ COLUMNS: list[Column] = [
            (("test_accuracy", lambda r, rep: r.accuracy), ("test_images", lambda r, rep: r.images))),
     Column("accuracy_ci", "95% CI", _acc_ci,
            tuple(zip(("test_accuracy_ci95_low", "test_accuracy_ci95_high"), _acc_low_high(), strict=True))),
+    Column("seeds", "seeds mean ± sd",
+           lambda r, rep: "-" if r.seeds is None else f"{r.seeds.mean:.4f} ± {r.seeds.std:.4f} ({r.seeds.n})",
+           (("seeds_test_accuracy_mean", lambda r, rep: r.seeds.mean if r.seeds else None),
+            ("seeds_test_accuracy_std", lambda r, rep: r.seeds.std if r.seeds else None),
+            ("seeds_n", lambda r, rep: r.seeds.n if r.seeds else None))),
     Column("delta", "Δ vs Keras",
            lambda r, rep: "ref" if r.key == KERAS_KEY else _num(r.delta, "+.4f"),
            (("delta_vs_keras", lambda r, rep: r.delta),), frozenset({MARKDOWN})),
@@ -159,16 +175,15 @@ COLUMNS: list[Column] = [
     Column("p50", "p50 ms b1", lambda r, rep: _pm(r.p50_ms, r.p50_interval, ".3f"),
            (("p50_ms_batch1", lambda r, rep: r.p50_ms),
             *zip(("p50_ci95_low", "p50_ci95_high"), _p50_low_high(), strict=True)), COST_VIEWS),
-    Column("p50_overlaps", "p50 ≈ #",
-           lambda r, rep: (",".join(map(str, r.p50_overlaps)) or "none") if r.p50_interval else "-",
-           (("p50_not_separable_from", lambda r, rep: " ".join(map(str, r.p50_overlaps)) or None),),
-           COST_VIEWS),
+    _overlaps("p50_overlaps", "p50 ≈ #", "p50", "p50_not_separable_from", COST_VIEWS),
     Column("p99", "p99 ms b1", lambda r, rep: _num(r.p99_ms, ".3f"),
            (("p99_ms_batch1", lambda r, rep: r.p99_ms),), frozenset({MARKDOWN})),
     Column("throughput", "img/s", _throughput,
            (("images_per_s", lambda r, rep: r.throughput),
             *zip(("images_per_s_ci95_low", "images_per_s_ci95_high"), _thr_low_high(), strict=True),
             ("throughput_batch", lambda r, rep: r.throughput_batch)), COST_VIEWS),
+    _overlaps("throughput_overlaps", "img/s ≈ #", "throughput", "throughput_not_separable_from",
+              frozenset({MARKDOWN})),
     Column("processes", "procs", lambda r, rep: str(r.processes or "-"),
            (("processes", lambda r, rep: r.processes or None),), COST_VIEWS),
     Column("pct_peak", "% peak", lambda r, rep: _num(r.pct_peak, ".1f"),
@@ -240,12 +255,14 @@ def to_markdown(rep: Report, plots: Sequence[Path]) -> str:
         "the thread count the row was measured at (the one with the lowest batch-1 p50); throughput is at "
         "the largest benchmarked batch on the same thread count.",
         "",
-        "How to read it: `95% CI` is the Wilson interval of the test accuracy; `vs best` compares the row "
+        "How to read it: `95% CI` is the Wilson interval of the test accuracy; `seeds mean ± sd`: test "
+        "accuracy across the spec's completed seeds of one recipe (what separates two trainings); "
+        "`vs best` compares the row "
         f"with the most accurate row within the budget: {rep.rule}. `p50 ms b1` and `img/s` are means "
-        "across the processes that measured them (`procs`) ± half their 95% t-interval; `p50 ≈ #` lists "
-        "the rows whose batch-1 p50 interval overlaps this one (not separable). RSS is the peak resident "
-        "memory (VmHWM) of a fresh process serving batch 1 / batch 256 (at the largest benchmarked thread "
-        "count, whatever `thr` says); load = file to a ready runtime; "
+        "across the processes that measured them (`procs`) ± half their 95% t-interval; `p50 ≈ #` and "
+        "`img/s ≈ #` list the rows whose interval overlaps this one's (not separable). RSS is the peak "
+        "resident memory (VmHWM) of a fresh process serving batch 1 / batch 256 (at the largest "
+        "benchmarked thread count, whatever `thr` says); load = file to a ready runtime; "
         "1st call = the first batch-1 call; cold start = process start to the first answer (medians over "
         "the processes). Front: `L` latency, `S` size, `M` batch-1 memory; a row is dominated only by a "
         "row that costs less with non-overlapping intervals and is not significantly less accurate; `≈`: "
