@@ -32,6 +32,7 @@ COST_VIEWS = frozenset({TERMINAL_COST, MARKDOWN, BENCH_TABLE})
 ALL_VIEWS = REPORT_VIEWS | COST_VIEWS
 
 Value = Callable[[Row, Report | None], Any]
+MAX_LISTED = 6  # overlapping rows listed by number; more are counted
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ def _overlaps(key: str, title: str, measure: str, csv_name: str, views: frozense
     def text(r: Row, rep: Report | None) -> str:
         if getattr(r, f"{measure}_interval") is None:
             return "-"
-        return ",".join(map(str, getattr(r, key))) or "none"
+        numbers = getattr(r, key)
+        # A long list says less than its length; the CSV keeps every number.
+        return f"{len(numbers)} rows" if len(numbers) > MAX_LISTED else ",".join(map(str, numbers)) or "none"
 
     return Column(key, title, text, ((csv_name, lambda r, rep: " ".join(map(str, getattr(r, key))) or None),),
                   views)
