@@ -113,6 +113,8 @@ def test_parity_command_passes_and_writes_parity_json(exported_root):
     assert c == 0 and entry["accuracy_ci"][0] < entry["test_accuracy"] < entry["accuracy_ci"][1]
     flat = " ".join(result.output.split())
     assert "McNemar p" in flat and "1.000 (0/0)" in flat and "95% CI" in flat
+    half = (entry["accuracy_ci"][1] - entry["accuracy_ci"][0]) * 50
+    assert f"{entry['test_accuracy']:.2%} ±{half:.2f}" in flat
 
 
 def test_perturbed_model_fails_parity_with_exit_5(exported_root):

@@ -147,10 +147,12 @@ def _global(
         os.environ["TOOLKIT_VERBOSE"] = "1"
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]], **kwargs: Any) -> None:
+def print_table(title: str, columns: list[str], rows: list[list[Any]], *, no_wrap: tuple[str, ...] = (),
+                **kwargs: Any) -> None:
+    """A rich table; the columns named in `no_wrap` keep each cell on one line (others fold)."""
     table = Table(title=title, **kwargs)
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in no_wrap)
     for row in rows:
         table.add_row(*[str(v) for v in row])
     console.print(table)

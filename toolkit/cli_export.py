@@ -101,8 +101,7 @@ def print_status_table(name: str, root) -> None:
         rows.append([
             e.key, STATUS_TEXT.get(state, state), _mb(e.size_bytes), _fmt(parity.agreement, ".2%"),
             _fmt(parity.flipped, "d"), _fmt(parity.max_abs_diff, ".2e"), _fmt(parity.p99_abs_diff, ".2e"),
-            _fmt(parity.test_accuracy, ".2%"), _ci(parity.accuracy_ci),
-            f"{delta:+.2f}" if delta is not None else "-", _mcnemar(parity), note,
+            _accuracy(parity), f"{delta:+.2f}" if delta is not None else "-", _mcnemar(parity), note,
         ])
         if keras_acc is None and parity.keras_accuracy is not None and parity.images:
             keras_acc = interval_of_accuracy(parity.keras_accuracy, parity.images)
@@ -110,7 +109,8 @@ def print_status_table(name: str, root) -> None:
     if keras_acc is not None:
         title += f" (Keras accuracy {keras_acc.estimate:.2%}, 95% CI {_ci([keras_acc.low, keras_acc.high])})"
     print_table(title, ["export", "status", "MB", "top-1 agree", "flipped", "max |d|", "p99 |d|",
-                        "accuracy", "95% CI", "d acc pp", "McNemar p (b/c)", "failed check"], rows)
+                        "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"], rows,
+                no_wrap=("export", "status", "accuracy ± 95% CI", "McNemar p (b/c)"))
     console.print("McNemar p: exact two-sided test of the export against Keras on the same images; b = "
                   "images only Keras got right, c = only the export; p >= 0.05: no significant difference "
                   "in accuracy. '-': parity predates the test (rerun toolkit parity).")
@@ -118,6 +118,15 @@ def print_status_table(name: str, root) -> None:
 
 def _ci(bounds: Any) -> str:
     return f"{bounds[0]:.2%}-{bounds[1]:.2%}" if bounds else "-"
+
+
+def _accuracy(parity: Any) -> str:
+    """'92.59% ±0.51' (half the Wilson interval, in points; the bounds are in parity.json)."""
+    if parity.test_accuracy is None:
+        return "-"
+    if not parity.accuracy_ci:
+        return f"{parity.test_accuracy:.2%}"
+    return f"{parity.test_accuracy:.2%} ±{(parity.accuracy_ci[1] - parity.accuracy_ci[0]) * 50:.2f}"
 
 
 def _mcnemar(parity: Any) -> str:
