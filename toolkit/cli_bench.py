@@ -92,15 +92,7 @@ def run_bench(
                            memory=memory)
     session = BenchSession.open(request)
     planned = session.measurements()
-    n_memory = sum(c.kind == "memory" for c in session.cases)
-    memory_text = f" and {n_memory} memory cases" if n_memory else ""
-    processes = f"{repeats} separate process{'es' if repeats > 1 else ''}"
-    console.print(
-        f"Benchmarking {len(session.cases) - n_memory} cases{memory_text} from {session.root}, each in "
-        f"{processes} ({seconds:g} s timed per case and process; Keras cases run in one subprocess per "
-        "thread count, since TensorFlow fixes its thread count per process; memory cases each in a fresh "
-        "process)"
-    )
+    _announce(session, seconds)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, transient=True)
     try:
@@ -129,6 +121,18 @@ def run_bench(
         raise PartialFailure(f"{len(failures)} of {len(planned)} benchmark measurements failed (listed "
                              "above); the others were recorded")
     return results
+
+
+def _announce(session: Any, seconds: float) -> None:
+    n_memory = sum(c.kind == "memory" for c in session.cases)
+    memory_text = f" and {n_memory} memory cases" if n_memory else ""
+    processes = f"{session.repeats} separate process{'es' if session.repeats > 1 else ''}"
+    console.print(
+        f"Benchmarking {len(session.cases) - n_memory} cases{memory_text} from {session.root}, each in "
+        f"{processes} ({seconds:g} s timed per case and process; Keras cases run in one subprocess per "
+        "thread count, since TensorFlow fixes its thread count per process; memory cases each in a fresh "
+        "process)"
+    )
 
 
 def _print_results(results: list[Any], peaks: dict[str, Any]) -> None:

@@ -721,12 +721,7 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(scored) + 2.0), layout="constrained")
     ax.barh(ys, means, xerr=errs if any(errs) else None, color=colors, alpha=0.85, capsize=3,
             height=0.65, error_kw={"elinewidth": 1.2})
-    cis = [r.interval("test_accuracy") for r in scored]
-    if all(cis):
-        ax.errorbar(means, [y + 0.22 for y in ys], fmt="none", ecolor="0.35", elinewidth=0.8, capsize=2,
-                    xerr=[[m - c.low for m, c in zip(means, cis, strict=True)],
-                          [c.high - m for m, c in zip(means, cis, strict=True)]],
-                    label="95% CI of one run (Wilson, 10,000 test images)")
+    cis = _draw_intervals(ax, scored, means, ys)
     labelled = False
     for y, row in zip(ys, scored, strict=True):
         values = [float(r.metrics["test_accuracy"]) for r in row.runs if r.metrics]
@@ -740,10 +735,10 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
         ax.scatter([p[0] for p in seed_points], [p[1] for p in seed_points], marker="D", s=36,
                    color="#C44E52", zorder=4, label="seed's reported test accuracy")
     lows = [m - e for m, e in zip(means, errs, strict=True)] + [p[0] for p in seed_points]
-    lows += [c.low for c in cis if c]
+    lows += [c.low for c in cis]
     left = max(0.0, math.floor((min(lows) - 0.02) * 50) / 50)
     highs = [m + e for m, e in zip(means, errs, strict=True)] + [p[0] for p in seed_points]
-    highs += [c.high for c in cis if c]
+    highs += [c.high for c in cis]
     ax.set_xlim(left, min(1.0, max(highs) + 0.02))
     ax.set_yticks(ys, [r.spec.name for r in scored], fontsize=8)
     ax.set_xlabel("test accuracy (10,000 Fashion-MNIST test images)")
@@ -763,6 +758,18 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
     with artifacts.atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _draw_intervals(ax, scored: list[SpecRow], means: list[float], ys: list[int]) -> list[Interval]:
+    """Thin whiskers just above each bar: the 95% Wilson interval of one run at the mean."""
+    cis = [r.interval("test_accuracy") for r in scored]
+    if not all(cis):
+        return []
+    ax.errorbar(means, [y + 0.22 for y in ys], fmt="none", ecolor="0.35", elinewidth=0.8, capsize=2,
+                xerr=[[m - c.low for m, c in zip(means, cis, strict=True)],
+                      [c.high - m for m, c in zip(means, cis, strict=True)]],
+                label="95% CI of one run (Wilson, 10,000 test images)")
+    return cis
 
 
 @dataclass(frozen=True)
