@@ -266,8 +266,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     from toolkit.report_columns import BENCH_TABLE, columns_for
 
     tr = terminalreporter
-    tr.section("toolkit bench: one row per file x runtime x device x threads (means across processes "
-               "± half the 95% interval)")
+    tr.section("toolkit bench: one row per file x runtime x device x threads (geometric means across "
+               "processes, 95% intervals)")
     columns = columns_for(BENCH_TABLE)
     cells = [[c.title for c in columns]]
     cells += [[c.text(r, None) for c in columns] for r in rows_from_results(results, state.session.peaks)]

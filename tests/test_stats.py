@@ -64,6 +64,12 @@ def test_t_interval_and_seed_spread():
     assert ci.contains(2.5) and not ci.contains(7.0)
     assert stats.t_interval([0.5]) is None  # one process has no spread
     assert stats.t_interval([0.5, 0.5]).low == 0.5  # identical measurements: a point
+    # On the log scale (timings): geometric mean, positive bounds, a slow outlier widens upwards.
+    log = stats.t_interval([1.0, 2.0, 4.0], log=True)
+    assert log.estimate == pytest.approx(2.0) and log.method == "t, log scale"
+    assert log.low == pytest.approx(2 / 2**half) and log.high == pytest.approx(2 * 2**half)
+    assert stats.t_interval([0.5, 0.6, 9.0]).low < 0 < stats.t_interval([0.5, 0.6, 9.0], log=True).low
+    assert stats.t_interval([0.0, 1.0], log=True) is None  # a zero time has no logarithm
     spread = stats.seed_spread([0.90, 0.91, 0.92])
     assert spread.mean == pytest.approx(0.91) and spread.std == pytest.approx(0.01) and spread.n == 3
     assert stats.seed_spread([0.9]).std is None and stats.seed_spread([]) is None
@@ -74,3 +80,5 @@ def test_formatting():
     ci = stats.accuracy_interval(9259, 10_000)
     assert stats.fmt_interval(ci) == "0.9259 [0.9206, 0.9309]"
     assert stats.fmt_pm(stats.t_interval([1.0, 2.0, 3.0]), ".2f") == "2.00 ± 2.48"
+    assert stats.fmt_range(2.0, stats.t_interval([1.0, 2.0, 4.0], log=True), ".2f") == "2.00 (0.36-11.19)"
+    assert stats.fmt_range(2.0, None, ".2f") == "2.00" and stats.fmt_range(None, None) == "-"

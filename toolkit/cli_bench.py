@@ -143,7 +143,7 @@ def _print_results(results: list[Any], peaks: dict[str, Any]) -> None:
     columns = columns_for(BENCH_TABLE)
     print_table(
         "Benchmark: one row per file x runtime x device x threads (p50 at batch 1, img/s at the largest "
-        "batch: means across processes ± half the 95% interval; p50 ≈ #: rows whose p50 intervals overlap; "
+        "batch: geometric means across processes (95% interval); p50 ≈ #: rows whose p50 intervals overlap; "
         "memory: medians of fresh processes)",
         [c.title for c in columns],
         [[c.text(r, None) for c in columns] for r in rows],
@@ -247,7 +247,7 @@ def _print_report_table(rep: Any) -> None:
 
     titles = {TERMINAL: "Accuracy (95% Wilson interval; vs best: paired McNemar test against the most "
                         "accurate row within the budget)",
-              TERMINAL_COST: "Deployment cost (± half the 95% interval across processes; p50 ≈ #: rows not "
+              TERMINAL_COST: "Deployment cost (95% intervals across processes; p50 ≈ #: rows not "
                              "separable in batch-1 p50; front: L latency, S size, M memory, ≈ tied)"}
     for view, title in titles.items():
         table = Table(title=title, box=box.SIMPLE_HEAD)

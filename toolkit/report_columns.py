@@ -22,7 +22,7 @@ from typing import Any
 
 from toolkit.benchmark.plan import KERAS_KEY
 from toolkit.report import Report, Row
-from toolkit.stats import fmt_p
+from toolkit.stats import fmt_p, fmt_range
 
 # The terminal shows the report as two tables joined by the row number (one would not fit a
 # terminal): what each row is and how accurate (TERMINAL), then what it costs (TERMINAL_COST).
@@ -49,13 +49,7 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _pm(value: float | None, interval, spec: str) -> str:
-    """'0.481 ± 0.012' with an interval (half its width), the bare value without one."""
-    if value is None:
-        return "-"
-    if interval is None:
-        return format(value, spec)
-    return f"{format(value, spec)} ± {format(interval.half_width, spec)}"
+_pm = fmt_range  # '0.438 (0.396-0.484)' with an interval, the bare value without one
 
 
 def _verdict(r: Row, rep: Report | None) -> str:
@@ -66,7 +60,8 @@ def _verdict(r: Row, rep: Report | None) -> str:
         return "best"
     word = "tied" if v.better is None else ("worse" if v.better == "a" else "better")
     if v.p_value is not None:
-        return f"{word} p={fmt_p(v.p_value)}"
+        p = fmt_p(v.p_value)
+        return f"{word} p{'' if p.startswith('<') else '='}{p}"
     basis = "seed spread" if "seed" in v.basis else "tolerance" if "tolerance" in v.basis else "CI"
     return f"{word} ({basis})"
 
@@ -175,13 +170,13 @@ COLUMNS: list[Column] = [
            frozenset({MARKDOWN})),
     Column("mflops", "MFLOPs", lambda r, rep: f"{r.mflops:.2f}",
            (("mflops_per_image", lambda r, rep: round(r.mflops, 4)),), frozenset({MARKDOWN})),
-    Column("p50", "p50 ms b1", lambda r, rep: _pm(r.p50_ms, r.p50_interval, ".3f"),
+    Column("p50", "p50 ms b1 (95% CI)", lambda r, rep: _pm(r.p50_ms, r.p50_interval, ".3f"),
            (("p50_ms_batch1", lambda r, rep: r.p50_ms),
             *zip(("p50_ci95_low", "p50_ci95_high"), _p50_low_high(), strict=True)), COST_VIEWS),
     _overlaps("p50_overlaps", "p50 ≈ #", "p50", "p50_not_separable_from", COST_VIEWS),
     Column("p99", "p99 ms b1", lambda r, rep: _num(r.p99_ms, ".3f"),
            (("p99_ms_batch1", lambda r, rep: r.p99_ms),), frozenset({MARKDOWN})),
-    Column("throughput", "img/s", _throughput,
+    Column("throughput", "img/s (95% CI)", _throughput,
            (("images_per_s", lambda r, rep: r.throughput),
             *zip(("images_per_s_ci95_low", "images_per_s_ci95_high"), _thr_low_high(), strict=True),
             ("throughput_batch", lambda r, rep: r.throughput_batch)), COST_VIEWS),
@@ -261,8 +256,9 @@ def to_markdown(rep: Report, plots: Sequence[Path]) -> str:
         "How to read it: `95% CI` is the Wilson interval of the test accuracy; `seeds mean ± sd`: test "
         "accuracy across the spec's completed seeds of one recipe (what separates two trainings); "
         "`vs best` compares the row "
-        f"with the most accurate row within the budget: {rep.rule}. `p50 ms b1` and `img/s` are means "
-        "across the processes that measured them (`procs`) ± half their 95% t-interval; `p50 ≈ #` and "
+        f"with the most accurate row within the budget: {rep.rule}. `p50 ms b1` and `img/s` are geometric "
+        "means across the processes that measured them (`procs`) with their 95% t-interval on the log "
+        "scale (timings are positive and a shared CPU slows them by factors); `p50 ≈ #` and "
         "`img/s ≈ #` list the rows whose interval overlaps this one's (not separable). RSS is the peak "
         "resident memory (VmHWM) of a fresh process serving batch 1 / batch 256 (at the largest "
         "benchmarked thread count, whatever `thr` says); load = file to a ready runtime; "

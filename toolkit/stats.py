@@ -128,20 +128,30 @@ def seed_spread(values: Sequence[float]) -> Spread | None:
     return Spread(float(arr.mean()), std, float(arr.min()), float(arr.max()), int(arr.size))
 
 
-def t_interval(values: Sequence[float], *, confidence: float = CONFIDENCE) -> Interval | None:
+def t_interval(values: Sequence[float], *, confidence: float = CONFIDENCE,
+               log: bool = False) -> Interval | None:
     """The Student-t interval of the mean of `values` (independent measurements, e.g. one per
-    process); None with fewer than two values, since one measurement has no spread."""
+    process); None with fewer than two values, since one measurement has no spread.
+
+    With `log`, on the log scale: the estimate is the geometric mean and the bounds are the
+    exponentiated interval, for positive quantities whose noise is multiplicative (timings under
+    a shared CPU): the bounds stay positive and a slow outlier widens the interval upwards."""
     from scipy.stats import t
 
     arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if arr.size < 2:
+    if arr.size < 2 or (log and np.any(arr <= 0)):
         return None
-    mean = float(arr.mean())
-    sem = float(arr.std(ddof=1)) / math.sqrt(arr.size)
+    data = np.log(arr) if log else arr
+    mean = float(data.mean())
+    sem = float(data.std(ddof=1)) / math.sqrt(arr.size)
+    method = "t, log scale" if log else "t"
     if sem == 0:
-        return Interval(mean, mean, mean, int(arr.size), "t")
-    low, high = t.interval(confidence, arr.size - 1, loc=mean, scale=sem)
-    return Interval(mean, float(low), float(high), int(arr.size), "t")
+        low = high = mean
+    else:
+        low, high = (float(v) for v in t.interval(confidence, arr.size - 1, loc=mean, scale=sem))
+    if log:
+        return Interval(math.exp(mean), math.exp(low), math.exp(high), int(arr.size), method)
+    return Interval(mean, low, high, int(arr.size), method)
 
 
 # ---------------------------------------------------------------- formatting
@@ -153,6 +163,15 @@ def fmt_interval(interval: Interval | None, spec: str = ".4f", *, scale: float =
         return "-"
     return (f"{format(interval.estimate * scale, spec)} "
             f"[{format(interval.low * scale, spec)}, {format(interval.high * scale, spec)}]")
+
+
+def fmt_range(value: float | None, interval: Interval | None, spec: str = ".3f") -> str:
+    """'0.438 (0.396-0.484)': a value and its interval's bounds; the bare value without one."""
+    if value is None:
+        return "-"
+    if interval is None:
+        return format(value, spec)
+    return f"{format(value, spec)} ({format(interval.low, spec)}-{format(interval.high, spec)})"
 
 
 def fmt_pm(interval: Interval | None, spec: str = ".3f") -> str:

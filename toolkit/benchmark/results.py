@@ -144,8 +144,9 @@ class InferenceResult:
 @dataclass
 class CaseGroup:
     """The timed measurements of one case (its repeats, one per process): what tables and the
-    report show. Estimates are means across processes; intervals are 95% Student-t intervals
-    across them (toolkit.stats.t_interval), None with a single measurement."""
+    report show. Estimates are geometric means across processes and intervals 95% Student-t
+    intervals on the log scale (toolkit.stats.t_interval(log=True)): timings are positive and a
+    shared CPU slows them by factors. None with a single measurement."""
 
     results: list[InferenceResult]
 
@@ -159,7 +160,8 @@ class CaseGroup:
         return len(pids) + sum(r.pid is None for r in self.results)
 
     def _mean(self, name: str) -> float:
-        return float(np.mean([getattr(r.stats, name) for r in self.results]))
+        values = np.asarray([getattr(r.stats, name) for r in self.results], dtype=np.float64)
+        return float(np.exp(np.mean(np.log(values)))) if np.all(values > 0) else float(values.mean())
 
     @property
     def p50_ms(self) -> float:
@@ -175,11 +177,11 @@ class CaseGroup:
 
     @property
     def p50_interval(self) -> Interval | None:
-        return t_interval([r.stats.p50_ms for r in self.results])
+        return t_interval([r.stats.p50_ms for r in self.results], log=True)
 
     @property
     def throughput_interval(self) -> Interval | None:
-        return t_interval([r.stats.images_per_s for r in self.results])
+        return t_interval([r.stats.images_per_s for r in self.results], log=True)
 
     @property
     def rounds(self) -> int:
