@@ -666,10 +666,10 @@ def _no_pick(pool: Sequence[Row], budget: Budget) -> str:
 def _pick_text(pick: Row, best: Row, tied: Sequence[Row], budget: Budget) -> str:
     others = [r for r in tied if r is not pick]
     close = [r for r in others if r.number in pick.p50_overlaps]
-    where = f"within the {budget.describe()}" if budget.stated else "(no budget set: --max-latency-ms, " \
-        "--max-size-mb, --max-memory-mb)"
+    where = (f"within the {budget.describe()}" if budget.stated else
+             "(no budget set: --max-latency-ms, --max-size-mb, --max-memory-mb)")
     text = (f"Recommended pick: {pick.label} — the fastest of the {len(tied)} rows tied with the most "
-            f"accurate row {where} ({best.label}, {best.accuracy:.4f}). "
+            f"accurate row, {best.label} ({best.accuracy:.4f}), {where}. "
             f"accuracy {pick.accuracy:.4f}, p50 {pick.p50_ms:.3f} ms at batch 1 on {pick.threads} thread(s)")
     if pick.p50_interval is not None:
         text += f" (95% interval {pick.p50_interval.low:.3f}-{pick.p50_interval.high:.3f})"
