@@ -12,7 +12,7 @@ TOOLKIT = Path(__file__).resolve().parent.parent / "toolkit"
 # The low layers: what every stage may use. Nothing here imports a stage.
 LOW = {"toolkit", "toolkit.errors", "toolkit.artifacts", "toolkit.contract", "toolkit.quiet", "toolkit._tf",
        "toolkit.models", "toolkit.specs", "toolkit.data", "toolkit.records", "toolkit.precision",
-       "toolkit.checkpoint"}
+       "toolkit.checkpoint", "toolkit.stats"}
 # toolkit.models builds from a Spec, so specs sits with the low layers (it imports only contract/errors).
 
 
