@@ -79,9 +79,12 @@ def require_writable(folder: Path) -> None:
         raise not_writable(folder, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
-def run_id(seed: int, epochs: int, limit_train: int | None = None) -> str:
+def run_id(seed: int, epochs: int, limit_train: int | None = None, variant: str | None = None) -> str:
+    """seed0-e20, seed1-e5-n3000, seed0-e30-r1a2b3c4d (a recipe other than the spec's own)."""
     rid = f"seed{seed}-e{epochs}"
-    return f"{rid}-n{limit_train}" if limit_train else rid
+    if limit_train:
+        rid += f"-n{limit_train}"
+    return f"{rid}-{variant}" if variant else rid
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -293,9 +296,12 @@ TRAINING_RECIPE = 2
 
 
 def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
-                  data_checksums: dict[str, str]) -> dict[str, Any]:
+                  data_checksums: dict[str, str], variant: str | None = None,
+                  teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """What identifies a run: reuse a run only when every field here matches. JSON-normalised
-    (tuples become lists) so it compares equal to the copy read back from metrics.json."""
+    (tuples become lists) so it compares equal to the copy read back from metrics.json.
+    `variant` tags a recipe other than the spec's own; `teacher` is the run a student distils
+    from (both absent for the seed's specs, whose manifests are unchanged)."""
     manifest = {
         "spec_name": spec.name,
         "recipe": TRAINING_RECIPE,
@@ -304,8 +310,10 @@ def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
         "epochs": epochs,
         "limit_train": limit_train,
         "data": dict(sorted(data_checksums.items())),
-        "run_id": run_id(seed, epochs, limit_train),
+        "run_id": run_id(seed, epochs, limit_train, variant),
     }
+    if teacher is not None:
+        manifest["teacher"] = teacher
     return json.loads(json.dumps(manifest))
 
 
