@@ -147,10 +147,12 @@ def _global(
         os.environ["TOOLKIT_VERBOSE"] = "1"
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]], **kwargs: Any) -> None:
+def print_table(title: str, columns: list[str], rows: list[list[Any]], *, keep_whole: tuple[str, ...] = (),
+                **kwargs: Any) -> None:
+    """A rich table; the columns named in `keep_whole` are never wrapped (the others give way)."""
     table = Table(title=title, **kwargs)
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in keep_whole)
     for row in rows:
         table.add_row(*[str(v) for v in row])
     console.print(table)
@@ -283,8 +285,9 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
         console.print(f"Reused the completed run {result.run_dir} (same spec, seed, epochs, "
                       "data); pass --force to train it again.")
     rows = [list(r) for r in train.comparison_rows(result.metrics, spec)]
-    print_table(f"{spec.name}: this run vs the seed's reported figures",
-                ["figure", "this run", "seed"], rows)
+    title = (f"{spec.name}: this run vs the seed's reported figures" if spec.reported
+             else f"{spec.name}: this run (a new spec: the seed reports no figures for it)")
+    print_table(title, ["figure", "this run", "seed"], rows)
     for line in train.run_notes(result.metrics):
         console.print(line)
     console.print(f"Current run: {result.run_dir.parent.parent} (run {result.run_dir.name}, "
