@@ -35,12 +35,12 @@ def _seed_style(recipe: Recipe) -> bool:
 
 def learning_rate(recipe: Recipe, steps_per_epoch: int):
     """A float, or a stock Keras schedule: cosine to 0 over the run, after an optional linear
-    warm-up from 5% of the peak."""
+    warm-up from 5% of the peak (at most half the run, so a short --epochs run still decays)."""
     peak = recipe.learning_rate_value()
     if recipe.schedule == "constant":
         return peak
     total = steps_per_epoch * recipe.epochs
-    warm = int(round(recipe.warmup_epochs * steps_per_epoch))
+    warm = min(int(round(recipe.warmup_epochs * steps_per_epoch)), total // 2)
     if not warm:
         return keras.optimizers.schedules.CosineDecay(peak, total, alpha=0.0)
     return keras.optimizers.schedules.CosineDecay(peak * WARMUP_START, total - warm, alpha=0.0,

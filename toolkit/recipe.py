@@ -45,7 +45,7 @@ class Recipe:
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
     schedule: str = "constant"  # constant | cosine (to 0, after an optional linear warm-up)
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0  # at most half the run (a quick --epochs 1 run warms up for half of it)
     weight_decay: float = 0.0  # decoupled (Keras optimizers' weight_decay); BatchNorm and biases excluded
     label_smoothing: float = 0.0
     crop_padding: int = 0  # random crop after zero padding by this many pixels (0: off)
@@ -81,8 +81,6 @@ class Recipe:
             yield f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}"
         elif self.warmup_epochs and self.schedule == "constant":
             yield "warmup_epochs needs schedule cosine (allowed with constant: 0)"
-        elif _is_int(self.epochs) and self.warmup_epochs >= self.epochs > 0:
-            yield f"warmup_epochs must be below epochs ({self.epochs}), got {self.warmup_epochs}"
         yield from _fraction("weight_decay", self.weight_decay, "[0, 1)", high_open=True)
         yield from _fraction("label_smoothing", self.label_smoothing, "[0, 1)", high_open=True)
         yield from _fraction("erasing", self.erasing, "[0, 1]", high_open=False)

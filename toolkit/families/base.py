@@ -35,7 +35,7 @@ class Family:
     feature_maps: Callable[[Any], list[str]]
     describe: Callable[[Any], str]
     description: str = ""
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+    _cache: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def problems(self, arch: Any) -> list[str]:
         """Every problem of `arch` for this family; the counts run only on a sound one."""

@@ -3,8 +3,9 @@
     stem (optional): conv k x k, stride s -> BatchNorm -> ReLU
     stage i:         3x3 conv -> BatchNorm -> ReLU for each width; between stages the map is halved
                      by a 2x2 max pool ("maxpool") or by the stage's first conv at stride 2 ("stride")
-    head:            global average pooling (`embedding`), optional dense (then that is `embedding`),
-                     dropout, softmax
+    head:            global average pooling (or Flatten: pooling="flatten") (`embedding`), optional
+                     dense (then that is `embedding`), dropout, softmax
+An empty first stage means the stem alone works at full resolution: ((), (64,)) is stem -> pool -> 64.
 
 A strided or patchify stem (e.g. 4x4 at stride 4: 28x28 -> 7x7) makes the fast nets: on int8
 XNNPACK a stride-1 conv over the full 28x28 input costs ~30 us alone, whatever its width.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from toolkit.families import stages as st
 from toolkit.families.base import Family, check_choice, check_dropout, positive_ints
-from toolkit.families.graph import conv_bn_relu, gap_head
+from toolkit.families.graph import HEADS, conv_bn_relu, gap_head
 
 DOWNSAMPLE = ("maxpool", "stride")
 STEM_STRIDES = (1, 2, 4)
@@ -32,6 +33,7 @@ class BNConvArch:
     downsample: str = "maxpool"
     hidden_units: int = 0  # a dense layer after pooling (0: the pooled vector is the embedding)
     dropout: float = 0.0
+    pooling: str = "gap"  # "gap" (global average pooling) or "flatten"
 
 
 def forward(arch: BNConvArch, net):
@@ -44,13 +46,17 @@ def forward(arch: BNConvArch, net):
         for j, width in enumerate(widths, start=1):
             stride = 2 if (i > 1 and j == 1 and arch.downsample == "stride") else 1
             x = conv_bn_relu(net, x, width, 3, stride=stride, name=f"s{i}_conv{j}")
-    return gap_head(net, x, hidden_units=arch.hidden_units, dropout=arch.dropout)
+    return gap_head(net, x, hidden_units=arch.hidden_units, dropout=arch.dropout, pooling=arch.pooling)
 
 
 def check(arch: BNConvArch) -> Iterable[str]:
-    if not arch.stages or not all(isinstance(s, tuple) and s and positive_ints(s) for s in arch.stages):
-        yield ("stages must be a non-empty tuple of stages, each a non-empty tuple of positive conv widths, "
-               f"e.g. ((16,), (32,), (64,)); got {arch.stages!r}")
+    first_may_be_empty = bool(arch.stem_filters)
+    ok = bool(arch.stages) and all(
+        isinstance(s, tuple) and positive_ints(s) and (s or (i == 0 and first_may_be_empty))
+        for i, s in enumerate(arch.stages))
+    if not ok:
+        yield ("stages must be a non-empty tuple of stages, each a non-empty tuple of positive conv widths "
+               f"(the first may be () after a stem), e.g. ((16,), (32,), (64,)); got {arch.stages!r}")
     if not (isinstance(arch.stem_filters, int) and arch.stem_filters >= 0):
         yield f"stem_filters must be 0 (no stem) or a positive width, got {arch.stem_filters!r}"
     if arch.stem_filters:
@@ -60,6 +66,7 @@ def check(arch: BNConvArch) -> Iterable[str]:
     elif (arch.stem_stride, arch.stem_kernel) != (1, 3):
         yield "stem_stride/stem_kernel need a stem: set stem_filters > 0 (allowed without a stem: 1 and 3)"
     yield from check_choice(arch.downsample, DOWNSAMPLE, "downsample")
+    yield from check_choice(arch.pooling, HEADS, "pooling")
     if not (isinstance(arch.hidden_units, int) and arch.hidden_units >= 0):
         yield f"hidden_units must be 0 (none) or a positive width, got {arch.hidden_units!r}"
     yield from check_dropout(arch.dropout)
@@ -72,15 +79,17 @@ def check(arch: BNConvArch) -> Iterable[str]:
 
 def feature_maps(arch: BNConvArch) -> list[str]:
     names = ["stem_relu"] if arch.stem_filters else []
-    return names + [f"s{i}_conv{len(w)}_relu" for i, w in enumerate(arch.stages, start=1)]
+    return names + [f"s{i}_conv{len(w)}_relu" for i, w in enumerate(arch.stages, start=1) if w]
 
 
 def describe(arch: BNConvArch) -> str:
     parts = []
     if arch.stem_filters:
         parts.append(f"stem {arch.stem_filters} {arch.stem_kernel}x{arch.stem_kernel}/{arch.stem_stride}")
-    parts.append("stages " + " | ".join(",".join(map(str, s)) for s in arch.stages) + f" ({arch.downsample})")
-    head = f"GAP, dense {arch.hidden_units}" if arch.hidden_units else "GAP"
+    parts.append("stages " + " | ".join(",".join(map(str, s)) or "-" for s in arch.stages)
+                 + f" ({arch.downsample})")
+    head = "GAP" if arch.pooling == "gap" else "Flatten"
+    head += f", dense {arch.hidden_units}" if arch.hidden_units else ""
     parts.append(head + (f", dropout {arch.dropout:g}" if arch.dropout else ""))
     return "; ".join(parts)
 

@@ -214,16 +214,20 @@ def conv_bn_relu(net, x, filters: int, kernel: int = 3, *, stride: int = 1, padd
     return net.relu(x, name=f"{name}_relu") if relu else x
 
 
-def gap_head(net, x, *, hidden_units: int = 0, dropout: float = 0.0):
-    """Global average pooling, an optional dense layer, dropout, softmax. The `embedding` layer is
-    the dense layer when there is one, else the pooled vector."""
+HEADS = ("gap", "flatten")
+
+
+def gap_head(net, x, *, hidden_units: int = 0, dropout: float = 0.0, pooling: str = "gap"):
+    """Global average pooling (or Flatten), an optional dense layer, dropout, softmax. The
+    `embedding` layer is the dense layer when there is one, else the pooled (flattened) vector."""
+    reduce = net.gap if pooling == "gap" else net.flatten
     if hidden_units:
-        x = net.gap(x, name="pool")
+        x = reduce(x, name="pool")
         if dropout:
             x = net.dropout(x, dropout, name="pool_dropout")
         x = net.dense(x, hidden_units, activation="relu", name="embedding")
     else:
-        x = net.gap(x, name="embedding")
+        x = reduce(x, name="embedding")
     if dropout:
         x = net.dropout(x, dropout, name="dropout")
     return net.classifier(x)
