@@ -232,7 +232,11 @@ def test_int8io_file_predicts_and_benchmarks_through_its_quantization(exported, 
                      sha256=None, parity="unknown", trained=True)
     ctx = engine.BenchContext(root=root, images=images, inputs_source="real test images", seconds=0.05)
     bench = engine.run_case(case, ctx)
-    assert bench.timed and bench.stats.p50_ms > 0 and "quantized before timing" in bench.notes["io"]
+    assert bench.timed and bench.stats.p50_ms > 0 and "quantized before timing" in bench.notes["io_encoding"]
+    from toolkit.benchmark.results import InferenceResult
+
+    # Its notes stay notes: none of them overwrites a field of the case when the record is read back.
+    assert InferenceResult.from_dict(bench.to_dict(), path=tmp_path / "r.json") == bench
     check = bench.check
     assert check["top1_checked"] and check["top1_mismatches"] <= 0.05 * check["top1_compared"]
 

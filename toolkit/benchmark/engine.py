@@ -226,7 +226,7 @@ def prepare(case: BenchCase, ctx: BenchContext, cases: Sequence[BenchCase] = ())
         # An int8-I/O file is fed int8 images, as on a microcontroller: quantized here, outside the
         # clock, and its int8 output dequantized after it, for the check (toolkit.runtimes).
         encoded = [model.encode(batch) for batch in inputs]
-        notes["io"] = "int8 input/output: images quantized before timing, outputs dequantized after"
+        notes["io_encoding"] = "int8 input/output: quantized before timing, dequantized after"
         return Prepared(case, model, inputs, lambda i: model.run_encoded(encoded[i % len(encoded)]),
                         model.decode, checker, notes)
     return Prepared(case, model, inputs, lambda i: model.run(inputs[i % len(inputs)]), lambda out: out,
