@@ -220,10 +220,12 @@ _SPECS: tuple[Spec, ...] = (
 )
 
 # The specs added beyond the study (issue 12): each moves the accuracy-versus-cost front on one
-# axis. Architectures and recipes come from measured runs on this 2-core machine
-# (/work/scratch/arch/RESULTS.md in the team's notes); the figures in the comments are those runs'.
+# axis. Architectures and recipes come from measured runs on this 2-core machine (the team's
+# architecture notes); the figures in the comments are those runs' (bf16 training, 1 seed).
+# PROVISIONAL: the best candidates measured so far, pending the final designs.
 _NEW_SPECS: tuple[Spec, ...] = (
-    # Full-integer int8 TFLite <= 256 KiB, test accuracy >= 93.5%.
+    # Full-integer int8 TFLite <= 256 KiB, test accuracy >= 93.5%. Candidate fa_32_64_128_128:
+    # int8 254,960 bytes, ~42 us batch-1 int8; no full training measured yet.
     Spec(
         name="embedded",
         family="BNConv",
@@ -233,6 +235,7 @@ _NEW_SPECS: tuple[Spec, ...] = (
                       epochs=30, batch_size=128, selection="best"),
     ),
     # >= 94.5% test accuracy with <= 1 M parameters, int8 batch-1 p50 <= 0.5 ms on 1 thread.
+    # Measured (FR1): 20 epochs 93.63% test (best epoch 18 of 20), int8 ~0.12 ms; short of the target.
     Spec(
         name="frontier",
         family="BNConv",
@@ -242,6 +245,7 @@ _NEW_SPECS: tuple[Spec, ...] = (
                       epochs=20, batch_size=128, selection="best"),
     ),
     # Exp6's accuracy at <= 1/6 of its int8 batch-1 latency: a 4x4 patchify stem (28x28 -> 7x7).
+    # Measured (FA1): 91.00% test (best epoch 27 of 30), int8 105,032 bytes, 12.5 us; short of 92.59%.
     Spec(
         name="fast",
         family="BNConv",
