@@ -5,7 +5,8 @@
                      by a 2x2 max pool ("maxpool") or by the stage's first conv at stride 2 ("stride")
     head:            global average pooling (or Flatten: pooling="flatten") (`embedding`), optional
                      dense (then that is `embedding`), dropout, softmax
-An empty first stage means the stem alone works at full resolution: ((), (64,)) is stem -> pool -> 64.
+An empty stage only pools: with a stem, ((), (64,)) is stem -> pool -> 64 and ((64,), ()) is
+stem -> 64 -> pool (then the head).
 
 A strided or patchify stem (e.g. 4x4 at stride 4: 28x28 -> 7x7) makes the fast nets: on int8
 XNNPACK a stride-1 conv over the full 28x28 input costs ~30 us alone, whatever its width.
@@ -50,13 +51,15 @@ def forward(arch: BNConvArch, net):
 
 
 def check(arch: BNConvArch) -> Iterable[str]:
-    first_may_be_empty = bool(arch.stem_filters)
-    ok = bool(arch.stages) and all(
-        isinstance(s, tuple) and positive_ints(s) and (s or (i == 0 and first_may_be_empty))
-        for i, s in enumerate(arch.stages))
+    def may_be_empty(i: int) -> bool:  # a stem alone at full size; a later stage that only pools
+        return bool(arch.stem_filters) if i == 0 else arch.downsample == "maxpool"
+
+    ok = bool(arch.stages) and all(isinstance(s, tuple) and positive_ints(s) and (s or may_be_empty(i))
+                                   for i, s in enumerate(arch.stages))
     if not ok:
-        yield ("stages must be a non-empty tuple of stages, each a non-empty tuple of positive conv widths "
-               f"(the first may be () after a stem), e.g. ((16,), (32,), (64,)); got {arch.stages!r}")
+        yield ("stages must be a non-empty tuple of stages, each a tuple of positive conv widths (empty: "
+               "the first after a stem, a later one that only max-pools), e.g. ((16,), (32,), (64,)); "
+               f"got {arch.stages!r}")
     if not (isinstance(arch.stem_filters, int) and arch.stem_filters >= 0):
         yield f"stem_filters must be 0 (no stem) or a positive width, got {arch.stem_filters!r}"
     if arch.stem_filters:
