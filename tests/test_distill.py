@@ -87,7 +87,7 @@ def test_run_trains_the_teacher_first_and_the_student_records_it(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_soft_targets_are_the_teachers_flip_averaged_tempered_probabilities(tmp_path, dataset):
+def test_soft_targets_are_the_teachers_flip_averaged_tempered_probabilities(tmp_path, dataset, monkeypatch):
     from toolkit import distill, train
     from toolkit.data import to_model_input
     from toolkit.models import load_model
@@ -101,3 +101,13 @@ def test_soft_targets_are_the_teachers_flip_averaged_tempered_probabilities(tmp_
     tempered = np.exp(np.log(mean) / 2.0)
     np.testing.assert_allclose(got, tempered / tempered.sum(1, keepdims=True), atol=1e-5)
     assert got.max(1).mean() < mean.max(1).mean()  # a temperature above 1 softens
+    # Kept beside the teacher's run: a second student (or seed, or resume) does not predict again.
+    (cached,) = artifacts.spec_artifacts(TEACHER, tmp_path).distill_dir.glob("*.npy")
+    assert cached.name.startswith(record["model_sha256"][:16])
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the cached probabilities were not used")
+
+    monkeypatch.setattr(distill, "_predict_both_ways", no_model)
+    again = distill.teacher_probabilities(record, images, temperature=2.0, root=tmp_path)
+    np.testing.assert_array_equal(again, got)

@@ -5,6 +5,7 @@
     ROOT/NAME/runs/.<run-id>.partial/                     resume state of an unfinished run
     ROOT/NAME/runs/<run-id>.lock                          held while a run trains
     ROOT/NAME/export/, exports.json, parity.json, analysis/   later stages
+    ROOT/NAME/distill/                                    a teacher's probabilities for its students
     ROOT/bench/, ROOT/report.*, ROOT/sweep.*
 
 The current run's files are hard links to the files of one completed run (no duplicate
@@ -258,6 +259,11 @@ class SpecArtifacts:
     @property
     def recommend_dir(self) -> Path:
         return self.dir / "recommend"
+
+    @property
+    def distill_dir(self) -> Path:
+        """A teacher's probabilities on training images, kept for its students (toolkit.distill)."""
+        return self.dir / "distill"
 
     def is_trained(self) -> bool:
         return self.model.is_file() and self.metrics.is_file()

@@ -4,7 +4,7 @@
                                             # a student of the spec is a usage error (exit 2)
     info = teacher_record(spec, root)       # the teacher's current run; untrained: exit 4, with
                                             # the command that trains it
-    probs = teacher_probabilities(info, images)   # once per training run
+    probs = teacher_probabilities(info, images)   # once per teacher model and images (cached)
 
 The teacher's run (spec, run id, model sha256 and its own manifest) enters the student's
 manifest, so a retrained teacher means a new student run, never a silently reused one.
@@ -12,12 +12,14 @@ manifest, so a retrained teacher means a new student run, never a silently reuse
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from toolkit import artifacts
+from toolkit.contract import NUM_CLASSES
 from toolkit.errors import ArtifactError, UsageError
 from toolkit.specs import Spec, get_spec
 
@@ -72,23 +74,45 @@ def teacher_record(spec: Spec, root: str | Path | None) -> dict[str, Any] | None
 def teacher_probabilities(record: dict[str, Any], images: np.ndarray, *, temperature: float,
                           root: str | Path | None) -> np.ndarray:
     """The teacher's probabilities for `images` (float32 [N,28,28,1]), averaged with those of the
-    mirrored images (the student is trained on both orientations), softened by `temperature`."""
-    from toolkit._tf import tf
-    from toolkit.models import load_model
+    mirrored images (the student is trained on both orientations), softened by `temperature`.
 
+    Computed once per teacher model and set of images, and kept beside the teacher's run
+    (ROOT/TEACHER/distill/), so other seeds, students and resumed runs reuse them."""
     arts = artifacts.spec_artifacts(record["spec"], root)
     if artifacts.sha256_file(arts.model) != record["model_sha256"]:
         raise ArtifactError(f"{arts.model} changed while the student was being prepared; rerun the command")
-    model = load_model(arts.model, what="teacher model")
-    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    out = []
-    for start in range(0, len(images), PREDICT_BATCH):
-        batch = tf.constant(images[start:start + PREDICT_BATCH])
-        both = call(batch).numpy() + call(tf.reverse(batch, axis=[2])).numpy()
-        out.append(both / 2)
-    probs = np.concatenate(out).astype(np.float64)
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    key = hashlib.sha256(images.tobytes()).hexdigest()[:16]
+    cache = arts.distill_dir / f"{record['model_sha256'][:16]}-{key}.npy"
+    probs = _cached(cache, len(images))
+    if probs is None:
+        probs = _predict_both_ways(arts.model, images)
+        with artifacts.atomic_path(cache) as tmp:
+            np.save(tmp, probs)
+    probs = probs.astype(np.float64)
     if temperature != 1.0:
         logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
     return probs.astype(np.float32)
+
+
+def _cached(path: Path, n: int) -> np.ndarray | None:
+    try:
+        probs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # missing or damaged: computed again, never trusted
+    return probs if probs.shape == (n, NUM_CLASSES) and np.isfinite(probs).all() else None
+
+
+def _predict_both_ways(model_path: Path, images: np.ndarray) -> np.ndarray:
+    from toolkit._tf import tf
+    from toolkit.models import load_model
+
+    model = load_model(model_path, what="teacher model")
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    out = []
+    for start in range(0, len(images), PREDICT_BATCH):
+        batch = tf.constant(images[start:start + PREDICT_BATCH])
+        out.append((call(batch).numpy() + call(tf.reverse(batch, axis=[2])).numpy()) / 2)
+    return np.concatenate(out).astype(np.float32)
