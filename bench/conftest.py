@@ -2,7 +2,9 @@
 
     pytest bench/ --benchmark-only                      # the whole matrix (about 2-4 minutes here)
     pytest bench/ --benchmark-only --bench-exp 'CNN*' --bench-format onnx --bench-batch 1
-    pytest bench/ --benchmark-disable --bench-smoke     # one tiny case, untimed: the README's smoke
+    pytest bench/ --benchmark-disable --bench-smoke     # two tiny cases, untimed: the README's smoke
+    pytest bench/ --benchmark-only --bench-kind training --bench-train-precision off,bf16
+                                                        # training steps only: Exp6 in two modes
 
 The driver is toolkit.benchmark.driver (shared with `toolkit bench`: planning, placement, peaks,
 the results file); this file only turns its plan into parametrized tests, adapts
@@ -24,7 +26,14 @@ from toolkit import runtimes  # noqa: E402
 from toolkit.artifacts import trained_specs  # noqa: E402
 from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks  # noqa: E402
 from toolkit.benchmark.peaks import machine_info as toolkit_machine_info  # noqa: E402
-from toolkit.benchmark.plan import DEFAULT_SECONDS, KERAS_RUNTIMES, BenchCase, parse_threads  # noqa: E402
+from toolkit.benchmark.plan import (  # noqa: E402
+    DEFAULT_SECONDS,
+    INFERENCE,
+    KERAS_RUNTIMES,
+    TRAINING,
+    BenchCase,
+    parse_threads,
+)
 from toolkit.contract import package_versions  # noqa: E402
 from toolkit.errors import ToolkitError  # noqa: E402
 
@@ -35,7 +44,12 @@ SMOKE = {
     "threads": ["1"],
     "device": "cpu",
     "seconds": 0.2,
+    "train_exp": ["DNN_1L_No_Dropout_Exp1"],
+    "train_precision": ["off"],
+    "train_batch": ["64"],
 }
+LIST_OPTIONS = ("exp", "format", "runtime", "batch", "threads", "kind", "train_exp", "train_precision",
+                "train_batch")
 # Option -> environment variable used when the option is not given.
 ENV = {
     "exp": "TOOLKIT_BENCH_EXP",
@@ -46,7 +60,12 @@ ENV = {
     "threads": "TOOLKIT_BENCH_THREADS",
     "seconds": "TOOLKIT_BENCH_SECONDS",
     "keras_threads": "TOOLKIT_BENCH_KERAS_THREADS",
+    "kind": "TOOLKIT_BENCH_KIND",
+    "train_exp": "TOOLKIT_BENCH_TRAIN_EXP",
+    "train_precision": "TOOLKIT_BENCH_TRAIN_PRECISION",
+    "train_batch": "TOOLKIT_BENCH_TRAIN_BATCH",
 }
+FIXTURE_KINDS = {"bench_case": INFERENCE, "training_case": TRAINING}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,9 +106,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "[TOOLKIT_BENCH_KERAS_THREADS]",
     )
     group.addoption(
+        "--bench-kind", action="append",
+        help="inference, training or both (default) [TOOLKIT_BENCH_KIND]",
+    )
+    group.addoption(
+        "--bench-train-exp", action="append",
+        help="Training cases: spec name or glob; repeat (default CNN_1L_Dropout_Exp6) "
+        "[TOOLKIT_BENCH_TRAIN_EXP]",
+    )
+    group.addoption(
+        "--bench-train-precision", action="append",
+        help="Training cases: off, bf16, fp16 (default all three; a type this machine lacks is skipped) "
+        "[TOOLKIT_BENCH_TRAIN_PRECISION]",
+    )
+    group.addoption(
+        "--bench-train-batch", action="append",
+        help="Training cases: batch sizes or 'spec' (the spec's own), e.g. spec,128 (default) "
+        "[TOOLKIT_BENCH_TRAIN_BATCH]",
+    )
+    group.addoption(
         "--bench-smoke",
         action="store_true",
-        help="One tiny case (DNN_1L_No_Dropout_Exp1, onnx-fp32, batch 1, 1 thread, 0.2 s)",
+        help="Two tiny cases, each DNN_1L_No_Dropout_Exp1: onnx-fp32 inference at batch 1 on 1 thread "
+        "(0.2 s), and a float32 training step at batch 64",
     )
 
 
@@ -97,7 +136,7 @@ def _option(config: pytest.Config, name: str) -> Any:
     value = config.getoption(f"--bench-{name.replace('_', '-')}")
     if value is None and os.environ.get(ENV[name]):
         value = os.environ[ENV[name]]
-        if name in ("exp", "format", "runtime", "batch", "threads"):
+        if name in LIST_OPTIONS:
             value = [value]
     if value is None and config.getoption("--bench-smoke") and name in SMOKE:
         value = SMOKE[name]
@@ -121,7 +160,9 @@ class BenchState:
                 batches=_option(config, "batch"), threads=threads,
                 seconds=float(seconds) if seconds is not None else DEFAULT_SECONDS,
                 keras_threads=int(keras_threads) if keras_threads else max(threads),
-                fallback=True, source="pytest"))
+                fallback=True, source="pytest", kinds=_kinds(_option(config, "kind")),
+                train_exps=_option(config, "train_exp"), train_precisions=_option(config, "train_precision"),
+                train_batches=_option(config, "train_batch")))
             self.cases = self.session.cases
         except ToolkitError as exc:
             self.error = exc.message
@@ -146,6 +187,12 @@ class BenchState:
                 "in subprocesses")
         if "gpu" in session.filters.devices and not session.cuda:
             lines.append("toolkit bench: no CUDA execution provider here: GPU cases are skipped")
+        training = [c for c in self.cases if c.kind == TRAINING]
+        if training:
+            lines.append(
+                f"toolkit bench: {len(training)} training-step cases (spec x precision x batch, untrained "
+                f"models, real training images) on {training[0].device}, TensorFlow at {training[0].threads} "
+                "threads")
         return lines
 
     def run(self, benchmark, case: BenchCase):
@@ -159,7 +206,7 @@ class BenchState:
                 return None
             return list(benchmark.stats.stats.data)
 
-        benchmark.group = f"{case.spec} batch {case.batch}"
+        benchmark.group = f"{case.spec} {'training ' if case.kind == TRAINING else ''}batch {case.batch}"
         (outcome,) = run_benchmarks(self.session, cases=[case], timer=timer, timing=not benchmark.disabled)
         if outcome.skipped:
             pytest.skip(outcome.skipped)
@@ -182,15 +229,25 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return config._toolkit_bench.header()  # type: ignore[attr-defined]
 
 
+def _kinds(values: list[str] | None) -> tuple[str, ...]:
+    parts = [p.strip().lower() for raw in values or [] for p in str(raw).split(",") if p.strip()]
+    return tuple(parts) or (INFERENCE, TRAINING)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "bench_case" not in metafunc.fixturenames:
-        return
-    state: BenchState = metafunc.config._toolkit_bench  # type: ignore[attr-defined]
-    if state.error:  # bad options, an unavailable --bench-device, or nothing to benchmark
-        params = [pytest.param(None, marks=pytest.mark.skip(reason=state.error), id="invalid-options")]
-    else:
-        params = [pytest.param(c, id=c.id) for c in state.cases]
-    metafunc.parametrize("bench_case", params)
+    for fixture, kind in FIXTURE_KINDS.items():
+        if fixture not in metafunc.fixturenames:
+            continue
+        state: BenchState = metafunc.config._toolkit_bench  # type: ignore[attr-defined]
+        cases = [c for c in state.cases if c.kind == kind]
+        if state.error:  # bad options, an unavailable --bench-device, or nothing to benchmark
+            params = [pytest.param(None, marks=pytest.mark.skip(reason=state.error), id="invalid-options")]
+        elif not cases:
+            reason = f"no {kind} cases in this run (--bench-kind {', '.join(state.session.request.kinds)})"
+            params = [pytest.param(None, marks=pytest.mark.skip(reason=reason), id=f"no-{kind}-cases")]
+        else:
+            params = [pytest.param(c, id=c.id) for c in cases]
+        metafunc.parametrize(fixture, params)
 
 
 @pytest.fixture(scope="session")
@@ -210,6 +267,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if not results:
         return
     tr = terminalreporter
+    inference = [r for r in results if r.case.kind == INFERENCE]
+    training = [r for r in results if r.case.kind == TRAINING]
+    if inference:
+        _inference_summary(tr, inference, state.session.peaks)
+    if training:
+        _training_summary(tr, training)
+    tr.write_line(
+        f"load average at the end: {os.getloadavg()[0]:.2f} on {runtimes.cpu_count()} cores "
+        "(timings taken while other work runs are noisy)"
+    )
+    for path in written:
+        tr.write_line(f"results recorded in {path}")
+
+
+def _inference_summary(tr, results, peaks) -> None:
     tr.section("toolkit bench: images/s and latency percentiles (from raw per-call timings)")
     tr.write_line(
         f"{'case':<72} {'img/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'%peak':>6} {'top1':>7}"
@@ -222,7 +294,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             f"{r.id:<72} {stats.images_per_s:>10,.0f} {stats.p50_ms:>9.3f} {stats.p90_ms:>9.3f} "
             f"{stats.p99_ms:>9.3f} {pct:>6} {top1:>7}"
         )
-    peaks = state.session.peaks
     if peaks:
         fp32 = ", ".join(f"{t} thr {v['gflops']:.0f}" for t, v in peaks["fp32"].items())
         int8 = ", ".join(f"{t} thr {v['gops']:.0f}" for t, v in peaks["int8"].items())
@@ -231,9 +302,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             f"measured peaks: numpy fp32 GEMM GFLOP/s: {fp32} (OpenBLAS kernel {kernel}); "
             f"ONNX Runtime int8 GEMM GOP/s: {int8}"
         )
-    tr.write_line(
-        f"load average at the end: {os.getloadavg()[0]:.2f} on {runtimes.cpu_count()} cores "
-        "(timings taken while other work runs are noisy)"
-    )
-    for path in written:
-        tr.write_line(f"results recorded in {path} (read by `toolkit report`)")
+
+
+def _training_summary(tr, results) -> None:
+    tr.section("toolkit bench: training steps, images/s after warm-up (batch / p50 step time)")
+    tr.write_line(f"{'spec':<28} {'precision':>9} {'batch':>6} {'img/s':>9} {'p50 ms':>9} {'p90 ms':>9} "
+                  f"{'steps':>6} {'vs fp32':>8}")
+    fp32 = {(r.case.spec, r.case.batch): r.stats.images_per_s for r in results if r.case.precision == "fp32"}
+    for r in results:
+        base = fp32.get((r.case.spec, r.case.batch))
+        case, stats = r.case, r.stats
+        ratio = f"{stats.images_per_s / base:.2f}x" if base else "-"
+        tr.write_line(f"{case.spec:<28} {case.precision:>9} {case.batch:>6} {stats.images_per_s:>9,.0f} "
+                      f"{stats.p50_ms:>9.1f} {stats.p90_ms:>9.1f} {stats.rounds:>6} {ratio:>8}")

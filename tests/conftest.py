@@ -26,6 +26,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def default_run_id(name: str, *, seed: int = 0, epochs: int = 1, limit_train: int | None = TINY_LIMIT) -> str:
+    """The run id `train.train(name, ...)` gives without --mixed-precision: the spec's recipe,
+    resolved on this machine (Exp6 trains in bf16 where the CPU has it, in float32 elsewhere)."""
+    from toolkit import artifacts, precision
+    from toolkit.specs import get_spec
+
+    mode = precision.resolve(get_spec(name).mixed_precision)
+    return artifacts.run_id(seed, epochs, limit_train, mode)
+
+
 @pytest.fixture(scope="session")
 def dataset():
     from toolkit import data

@@ -367,3 +367,56 @@ def make_benched_root(tmp_path_factory, trained_root: Path) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def benched_root(tmp_path_factory, trained_root) -> tuple[Path, str]:
     return make_benched_root(tmp_path_factory, trained_root)
+
+
+# ---------------------------------------------------------------- training-step cases
+
+
+@pytest.mark.slow
+def test_training_case_times_real_steps_and_round_trips_its_record(tmp_path):
+    from toolkit.benchmark import results, training
+    from toolkit.benchmark.engine import own_timer
+
+    (case,) = training.plan_training_cases(["DNN_1L_No_Dropout_Exp1"], precisions=["off"], batches=["32"],
+                                           threads=2)
+    assert case.kind == "training" and case.id == "DNN_1L_No_Dropout_Exp1-train-fp32-keras-train-cpu-b32-t2"
+    result = training.run_training_case(case, timer=own_timer, seconds=0.05)
+    assert result.timed and result.stats.rounds >= 10 and result.warmup_steps == training.WARMUP_STEPS + 1
+    assert result.check["variables_float32"] and result.check["steps_checked"] == result.stats.rounds + 4
+    assert result.stats.images_per_s == pytest.approx(32 / (result.stats.p50_ms / 1e3))
+    assert result.policy == "float32" and result.params == 50_890
+    path = training.write_training_run(tmp_path, training.TrainingRun(source="pytest", results=[result]))
+    doc = json.loads(path.read_text())
+    assert doc["kind"] == "training" and doc["schema_version"] == 1 and "-training-" in path.name
+    (run,) = training.read_training_runs(tmp_path)
+    assert [r.to_dict() for r in run.results] == [result.to_dict()]
+    assert results.read_runs(tmp_path) == []  # the inference reader skips training files
+
+
+def test_training_plan_options():
+    from toolkit.benchmark import training
+    from toolkit.errors import UsageError
+
+    cases = training.plan_training_cases(["CNN_1L_Dropout_Exp6"], precisions=["off,bf16"],
+                                         batches=["spec,128", "512"], threads=2)
+    expected = [("fp32", 512), ("bf16", 512), ("fp32", 128), ("bf16", 128)]
+    assert [(c.precision, c.batch) for c in cases] == expected
+    with pytest.raises(UsageError, match="training precision 'auto'"):
+        training.plan_training_cases(None, precisions=["auto"], threads=2)
+    with pytest.raises(UsageError, match="integers or 'spec'"):
+        training.plan_training_cases(None, batches=["big"], threads=2)
+
+
+def test_a_training_case_of_a_type_the_machine_lacks_is_skipped(monkeypatch):
+    from toolkit import precision
+    from toolkit.benchmark import kinds, training
+
+    monkeypatch.setattr(precision, "detect", lambda: precision.Capabilities(frozenset({"avx2"})))
+    (case,) = training.plan_training_cases(["DNN_1L_No_Dropout_Exp1"], precisions=["bf16"], batches=["32"],
+                                           threads=1)
+
+    class Env:
+        cuda, tensorflow, keras_threads = False, True, 1
+
+    placement = kinds.kind_of(case).place(case, Env())
+    assert placement.where == kinds.SKIP and "needs a CPU with avx512_bf16 or amx_bf16" in placement.reason

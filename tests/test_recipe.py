@@ -70,7 +70,7 @@ def test_a_changed_recipe_gets_its_own_run_id_and_the_spec_its_own():
     tag = specs.run_variant(specs.with_overrides(fast, learning_rate=0.01))
     assert tag and tag.startswith("r")
     assert tag == specs.run_variant(specs.with_overrides(fast, learning_rate=0.01))  # stable
-    assert artifacts.run_id(0, 30, None, tag) == f"seed0-e30-{tag}"
+    assert artifacts.run_id(0, 30, None, variant=tag) == f"seed0-e30-{tag}"
 
 
 @pytest.mark.parametrize("args,needle", [

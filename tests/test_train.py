@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import default_run_id
 
 from toolkit import artifacts, train
 from toolkit.errors import BusyError, Interrupted, UsageError
@@ -24,7 +25,7 @@ def test_trained_root_has_complete_runs(trained_root):
     assert metrics["manifest"]["data"]["t10k-images-idx3-ubyte"].startswith("5b4141f0")
     history = json.loads(arts.history.read_text())
     assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    run_dir = arts.run_dir("seed0-e1-n3000")
+    run_dir = arts.run_dir(default_run_id("CNN_1L_Dropout_Exp6"))
     # The current run is the kept run itself (hard links), not a second copy.
     assert arts.model.stat().st_ino == (run_dir / "model.keras").stat().st_ino
 

@@ -80,12 +80,14 @@ def require_writable(folder: Path) -> None:
         raise not_writable(folder, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
-def run_id(seed: int, epochs: int, limit_train: int | None = None, variant: str | None = None) -> str:
-    """seed0-e20, seed1-e5-n3000, seed0-e30-r1a2b3c4d (a recipe other than the spec's own)."""
+def run_id(seed: int, epochs: int, limit_train: int | None = None, mixed_precision: str = "off",
+           variant: str | None = None) -> str:
+    """seed0-e20, seed1-e5-n3000, seed0-e20-bf16, seed0-e30-r1a2b3c4d (a recipe other than the
+    spec's own). Float32 runs carry no precision suffix."""
     rid = f"seed{seed}-e{epochs}"
-    if limit_train:
-        rid += f"-n{limit_train}"
-    return f"{rid}-{variant}" if variant else rid
+    rid = f"{rid}-n{limit_train}" if limit_train else rid
+    rid = f"{rid}-{variant}" if variant else rid
+    return rid if mixed_precision == "off" else f"{rid}-{mixed_precision}"
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -302,13 +304,16 @@ TRAINING_RECIPE = 2
 
 
 def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
-                  data_checksums: dict[str, str], variant: str | None = None,
+                  data_checksums: dict[str, str], mixed_precision: str = "off", variant: str | None = None,
                   teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """What identifies a run: reuse a run only when every field here matches. JSON-normalised
     (tuples become lists) so it compares equal to the copy read back from metrics.json.
+
+    `mixed_precision` is the resolved mode (toolkit.precision); float32 ("off") adds nothing, so
+    float32 manifests and run ids are exactly those of runs trained before the option existed.
     `variant` tags a recipe other than the spec's own; `teacher` is the run a student distils
     from (both absent for the seed's specs, whose manifests are unchanged)."""
-    manifest = {
+    manifest: dict[str, Any] = {
         "spec_name": spec.name,
         "recipe": TRAINING_RECIPE,
         "spec": spec.summary(),
@@ -316,10 +321,12 @@ def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
         "epochs": epochs,
         "limit_train": limit_train,
         "data": dict(sorted(data_checksums.items())),
-        "run_id": run_id(seed, epochs, limit_train, variant),
+        "run_id": run_id(seed, epochs, limit_train, mixed_precision, variant),
     }
     if teacher is not None:
         manifest["teacher"] = teacher
+    if mixed_precision != "off":
+        manifest["mixed_precision"] = mixed_precision
     return json.loads(json.dumps(manifest))
 
 

@@ -98,6 +98,13 @@ LimitOption = Annotated[
     int | None,
     typer.Option("--limit-train", help="Train on a seeded subset of N images (quick runs).", min=10),
 ]
+MixedPrecisionOption = Annotated[
+    str | None,
+    typer.Option("--mixed-precision", metavar="bf16|fp16|off|auto",
+                 help="Training arithmetic: bf16 or fp16 compute with float32 variables, off (float32, "
+                      "the exact recipe) or auto (the fastest this machine has). Default: the spec's "
+                      "recipe."),
+]
 
 
 def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -264,13 +271,14 @@ def train_cmd(
     force: Annotated[bool, typer.Option(help="Retrain even if this run is complete.")] = False,
     teacher: TeacherOption = None,
     recipe: RecipeOption = None,
+    mixed_precision: MixedPrecisionOption = None,
 ) -> None:
     """Train one spec on the real data; writes ARTIFACTS/NAME/{model.keras,metrics.json,...}."""
     from toolkit.recipe import parse_overrides
 
     _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train, artifacts=artifacts,
                       data_dir=data_dir, resume=resume, force=force, teacher=teacher,
-                      recipe=parse_overrides(recipe))
+                      recipe=parse_overrides(recipe), mixed_precision=mixed_precision)
 
 
 def _train_and_report(**kwargs: Any) -> dict[str, Any]:
@@ -278,6 +286,10 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
 
     spec = specs.get_spec(kwargs.pop("exp"))
     data_dir = kwargs.pop("data_dir")
+    if kwargs["resume"]:
+        train.check_resume_precision(spec, seed=kwargs["seed"], epochs=kwargs["epochs"],
+                                     limit_train=kwargs["limit_train"],
+                                     mixed_precision=kwargs["mixed_precision"], root=kwargs["artifacts"])
     _load_data(data_dir)  # verifies (or downloads) before the model is built
     result = train.train(spec, data_dir=data_dir, root=kwargs.pop("artifacts"), progress=True,
                          console=console, **kwargs)
@@ -291,7 +303,8 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
     for line in train.run_notes(result.metrics):
         console.print(line)
     console.print(f"Current run: {result.run_dir.parent.parent} (run {result.run_dir.name}, "
-                  f"{result.metrics['params']:,} params)")
+                  f"{result.metrics['params']:,} params, mixed precision "
+                  f"{result.metrics.get('mixed_precision', 'off')})")
     return result.metrics
 
 
@@ -310,17 +323,22 @@ def run_cmd(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training.")] = False,
     teacher: TeacherOption = None,
     recipe: RecipeOption = None,
+    mixed_precision: MixedPrecisionOption = None,
 ) -> None:
     """The whole pipeline for one spec: train (its untrained teachers first, with the same seed,
     epochs and limit), then every later stage."""
     from toolkit.recipe import parse_overrides
 
+    if mixed_precision:
+        from toolkit import precision
+
+        precision.resolve(mixed_precision)  # a bad mode is one line, before any stage starts
     overrides = parse_overrides(recipe)
     common = dict(epochs=epochs, seed=seed, limit_train=limit_train, artifacts=artifacts, data_dir=data_dir)
     minutes = _train_teachers_first(exp, teacher=teacher, recipe=overrides, **common)
     console.rule(f"[bold]train {exp}")
     metrics = _train_and_report(exp=exp, resume=resume, force=False, teacher=teacher, recipe=overrides,
-                                **common)
+                                mixed_precision=mixed_precision, **common)
     if minutes:
         spent = ", ".join(f"teacher {name} {m:.1f} min" for name, m in minutes.items())
         console.print(f"Training minutes: {spent} (trained first, for this run); student {exp} "

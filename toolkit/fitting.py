@@ -1,5 +1,5 @@
 """What a spec's recipe (toolkit.recipe) means in Keras: optimizer and schedule, loss and targets,
-best-epoch selection, resuming. Imports TensorFlow: import lazily (toolkit.train does).
+best-epoch selection. Imports TensorFlow: import lazily (toolkit.train does).
 
 The seed's recipe maps to exactly what the toolkit compiled before recipes existed (the
 optimizer by name at Keras's default rate, sparse cross-entropy on integer labels), so the seed
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts
+from toolkit import artifacts, precision
 from toolkit._tf import keras
 from toolkit.contract import NUM_CLASSES
 from toolkit.recipe import Recipe
@@ -47,9 +47,11 @@ def learning_rate(recipe: Recipe, steps_per_epoch: int):
                                                   warmup_target=peak, warmup_steps=warm)
 
 
-def make_optimizer(recipe: Recipe, steps_per_epoch: int):
+def make_optimizer(recipe: Recipe, steps_per_epoch: int, mode: str = "off"):
+    """The recipe's optimizer; `mode` is the run's mixed-precision mode (toolkit.precision)."""
     if _seed_style(recipe):
-        return recipe.optimizer  # Keras builds it at its defaults, as the seed did
+        # Keras builds it by name at its defaults, as the seed did (mixed modes: fused Adam).
+        return precision.training_optimizer(recipe.optimizer, mode)
     rate = learning_rate(recipe, steps_per_epoch)
     decay = recipe.weight_decay or None
     if recipe.optimizer == "sgd":
@@ -65,13 +67,14 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int):
     return opt
 
 
-def compile_model(model, spec: Spec, steps_per_epoch: int):
+def compile_model(model, spec: Spec, steps_per_epoch: int, *, mode: str = "off"):
     # The model outputs probabilities, so the loss must not expect logits (the seed's bug).
     if spec.recipe.dense_targets:
         loss = keras.losses.CategoricalCrossentropy(from_logits=False)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=False)
-    model.compile(optimizer=make_optimizer(spec.recipe, steps_per_epoch), loss=loss, metrics=["accuracy"])
+    optimizer = make_optimizer(spec.recipe, steps_per_epoch, mode)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model
 
 
@@ -94,27 +97,6 @@ def eval_targets(recipe: Recipe, labels: np.ndarray) -> np.ndarray:
     """Validation and test targets: the plain labels, in the form the loss takes."""
     labels = np.asarray(labels).astype(np.int32)
     return np.eye(NUM_CLASSES, dtype=np.float32)[labels] if recipe.dense_targets else labels
-
-
-# ---------------------------------------------------------------- resume
-
-
-def restore(spec: Spec, model_builder, checkpoint: Path, steps_per_epoch: int):
-    """The model and optimizer state of a resume checkpoint. Keras forgets an optimizer's
-    weight-decay exclusions when it loads one, so such a recipe gets a fresh optimizer whose
-    variables are then copied over; others load as they were saved."""
-    loaded = keras.saving.load_model(checkpoint, safe_mode=True)
-    if not spec.recipe.weight_decay:
-        return loaded
-    model = compile_model(model_builder(spec), spec, steps_per_epoch)
-    model.set_weights(loaded.get_weights())
-    model.optimizer.build(model.trainable_variables)
-    source, target = loaded.optimizer.variables, model.optimizer.variables
-    if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
-        raise RuntimeError(f"{checkpoint}: optimizer state does not match the recipe's optimizer")
-    for dst, src in zip(target, source, strict=True):
-        dst.assign(src)
-    return model
 
 
 # ---------------------------------------------------------------- selection

@@ -78,7 +78,8 @@ class RunStatus:
 
     @property
     def key(self) -> str:
-        return f"{self.spec.name}/{artifacts.run_id(self.seed, self.spec.epochs, self.limit_train)}"
+        rid = artifacts.run_id(self.seed, self.spec.epochs, self.limit_train, self.spec.mixed_precision)
+        return f"{self.spec.name}/{rid}"
 
     @property
     def done(self) -> bool:
@@ -130,8 +131,10 @@ class SweepState:
 
 
 def plan_sweep(patterns: Sequence[str] | None, *, seeds: int = 1, epochs: int | None = None,
-               limit_train: int | None = None, backend: str = "local") -> SweepState:
-    """The runs of a sweep: every spec matching `patterns` (default the study's 17) x seeds 0..N-1."""
+               limit_train: int | None = None, backend: str = "local",
+               mixed_precision: str | None = None) -> SweepState:
+    """The runs of a sweep: every spec matching `patterns` (default the study's 17) x seeds 0..N-1, each
+    in `mixed_precision` (default: each spec's recipe), resolved here for this machine."""
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     if epochs is not None and epochs < 1:
@@ -140,9 +143,13 @@ def plan_sweep(patterns: Sequence[str] | None, *, seeds: int = 1, epochs: int | 
         raise UsageError(f"--limit-train must be at least 10, got {limit_train}")
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    from toolkit import precision
+
     # Without patterns a sweep reproduces the study's tables: its 17 specs.
     chosen = match_specs(patterns) if patterns else study_specs()
-    specs = [with_overrides(s, epochs=epochs) for s in chosen]
+    specs = [with_overrides(s, epochs=epochs,
+                            mixed_precision=precision.resolve(mixed_precision or s.mixed_precision))
+             for s in chosen]
     from toolkit.train import check_limit_train
 
     for spec in specs:
@@ -162,7 +169,8 @@ def _manifest(run: RunStatus, checksums: dict[str, str], root: Path) -> dict[str
         return None
     return artifacts.make_manifest(run.spec, seed=run.seed, epochs=run.spec.epochs,
                                    limit_train=run.limit_train, data_checksums=checksums,
-                                   variant=run_variant(run.spec), teacher=teacher)
+                                   mixed_precision=run.spec.mixed_precision, variant=run_variant(run.spec),
+                                   teacher=teacher)
 
 
 def _describe(exc: BaseException) -> str:
@@ -291,7 +299,8 @@ class _ProgressBoard:
 
 
 def _ray_task(*, spec_name: str, seed: int, epochs: int, limit_train: int | None,
-              data_dir: str | None, root: str, token: str, cpus: int, board) -> dict[str, Any]:
+              data_dir: str | None, root: str, token: str, cpus: int, board,
+              mixed_precision: str = "off") -> dict[str, Any]:
     """Train one run on a Ray worker.
 
     Workers are reused between the tasks of one sweep: a fresh process per task paid ~8 s of
@@ -309,14 +318,14 @@ def _ray_task(*, spec_name: str, seed: int, epochs: int, limit_train: int | None
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, cpus)))
     from toolkit import train as train_mod
 
-    key = f"{spec_name}/{artifacts.run_id(seed, epochs, limit_train)}"
+    key = f"{spec_name}/{artifacts.run_id(seed, epochs, limit_train, mixed_precision)}"
 
     def hook(epoch: int, total: int, logs: dict[str, float]) -> None:
         board.report.remote(key, epoch, logs)
 
     shared = (Path(root) / token).is_file()
     common = dict(seed=seed, epochs=epochs, limit_train=limit_train, data_dir=data_dir,
-                  promote=False, on_epoch=hook)
+                  promote=False, on_epoch=hook, mixed_precision=mixed_precision)
     try:
         if shared:
             result = train_mod.train(spec_name, root=root, resume=True, **common)
@@ -416,7 +425,8 @@ def _run_ray(state: SweepState, *, root: Path, data_dir, address: str | None,
                     run = pending.pop(0)
                     ref = task.remote(spec_name=run.spec.name, seed=run.seed, epochs=run.spec.epochs,
                                       limit_train=run.limit_train, data_dir=data_arg, root=str(root),
-                                      token=token, cpus=cpus_per_run, board=board)
+                                      token=token, cpus=cpus_per_run, board=board,
+                                      mixed_precision=run.spec.mixed_precision)
                     inflight[ref] = run
                     state.mark_running(run)
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
@@ -632,6 +642,9 @@ def describe_settings(state: SweepState) -> str:
     n_specs = len({r.spec.name for r in state.runs})
     seeds = f"{state.seeds} seeds (0..{state.seeds - 1})" if state.seeds > 1 else "1 seed (0)"
     text = f"{n_specs} spec{'s' if n_specs != 1 else ''} × {seeds}, epochs: {epochs}"
+    modes = sorted({r.spec.mixed_precision for r in state.runs})
+    if modes != ["off"]:
+        text += f", mixed precision: {', '.join(modes)}"
     if state.limit_train:
         text += f", training subset: {state.limit_train} images"
     return text

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts, data
+from toolkit import artifacts, data, precision
 from toolkit.contract import package_versions
 from toolkit.errors import Interrupted, UsageError
 from toolkit.specs import Spec, get_spec, run_variant, with_overrides
@@ -86,20 +86,24 @@ def train(
     console=None,
     teacher: str | None = None,
     recipe: dict[str, Any] | None = None,
+    mixed_precision: str | None = None,
 ) -> TrainResult:
     """Train `exp` (or reuse the completed run with the same manifest) and return its metrics.
 
     `promote` makes the run the spec's current run (what `toolkit train` does); sweeps and
     stability analyses pass False so they never replace another seed's current run. `teacher`
     and `recipe` (field: value) change the spec's recipe for this run; such a run gets its own
-    run id (a recipe tag), so it never replaces the spec's own run.
+    run id (a recipe tag), so it never replaces the spec's own run. `mixed_precision` (bf16,
+    fp16, off, auto; None: the spec's default) is resolved here, once: the run id, manifest and
+    metrics name the resolved mode (toolkit.precision).
     """
     from toolkit import distill
 
     spec = get_spec(exp) if isinstance(exp, str) else exp
     changes = dict(recipe or {})
     changes.update({k: v for k, v in (("teacher", teacher), ("epochs", epochs)) if v is not None})
-    spec = with_overrides(spec, **changes)
+    mode = precision.resolve(mixed_precision or spec.mixed_precision)
+    spec = with_overrides(spec, **changes, mixed_precision=mode)
     if seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}")
     if limit_train is not None and limit_train <= 0:
@@ -111,6 +115,7 @@ def train(
     manifest = artifacts.make_manifest(
         spec, seed=seed, epochs=spec.epochs, limit_train=limit_train,
         data_checksums=dataset.checksums, variant=run_variant(spec), teacher=teacher_run,
+        mixed_precision=mode,
     )
     rid = manifest["run_id"]
     with artifacts.exclusive_lock(arts.lock_file(rid), what=f"run {spec.name}/{rid}"):
@@ -179,9 +184,9 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     from toolkit import fitting
     from toolkit._tf import keras, tf
     from toolkit.callbacks import EpochHookCallback, PartialCheckpoint, RichProgress
-    from toolkit.models import build_model
 
     seed, rid, limit_train = manifest["seed"], manifest["run_id"], manifest["limit_train"]
+    mode = spec.mixed_precision
     keras.utils.set_random_seed(seed)
     # Same spec and seed give the same weights run to run on CPU.
     tf.config.experimental.enable_op_determinism()
@@ -189,16 +194,8 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     n_train = len(split_indices(len(dataset.y_train), seed=seed, fraction=spec.validation_fraction,
                                 limit_train=limit_train)[0])
     steps = int(np.ceil(n_train / spec.batch_size))
-    state = _load_partial(partial, manifest) if resume else None
-    if state is None:
-        if partial.exists():
-            shutil.rmtree(partial)
-        model = fitting.compile_model(build_model(spec), spec, steps)
-        history: dict[str, list[float]] = {}
-        initial_epoch, seconds_before = 0, 0.0
-    else:
-        model = fitting.restore(spec, build_model, partial / "checkpoint.keras", steps)
-        history, initial_epoch, seconds_before = state
+    model, history, initial_epoch, seconds_before = _model_and_state(spec, manifest, partial, resume,
+                                                                     steps_per_epoch=steps)
     train_ds, val_ds, n_train, n_val = _make_datasets(
         spec, dataset, seed=seed, limit_train=limit_train, initial_epoch=initial_epoch,
         teacher_run=manifest.get("teacher"), root=arts.root)
@@ -208,24 +205,31 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     callbacks: list[keras.callbacks.Callback] = [c for c in (best, checkpoint) if c is not None]
     if on_epoch is not None:
         callbacks.append(EpochHookCallback(on_epoch, spec.epochs))
-    display = RichProgress(spec, steps, initial_epoch, console) if progress else None
-    if display is not None:
+    display = None
+    if progress:
+        header = (f"{spec.name} · seed {seed} · {spec.epochs} epochs · batch {spec.batch_size} · "
+                  f"{n_train:,} training images · {precision.describe(mode)}")
+        display = RichProgress(spec, steps, initial_epoch, console, header=header, n_train=n_train)
         callbacks.append(display)
     try:
         if initial_epoch < spec.epochs:
             warnings.filterwarnings("ignore", message=".*shuffle=True.*", category=UserWarning)
             model.fit(train_ds, validation_data=val_ds, epochs=spec.epochs, steps_per_epoch=steps,
                       initial_epoch=initial_epoch, verbose=0, callbacks=callbacks)
+        checkpoint.finish()
     except KeyboardInterrupt:
-        done = checkpoint.epochs_done
+        done = checkpoint.finish()  # the epoch being written is committed before we report it
         raise Interrupted(
             f"training of {spec.name} interrupted after {done}/{spec.epochs} epochs; the "
-            f"previous complete run is untouched. Resume with: toolkit train --exp {spec.name} "
-            f"--seed {seed} --epochs {spec.epochs} --resume"
+            f"previous complete run is untouched. Resume with: "
+            f"{resume_command(spec.name, seed, spec.epochs, limit_train, mode)}"
         ) from None
     finally:
         if display is not None:
             display.stop()
+    if mode != "off":  # model.keras and the exports hold the float32 model, as for float32 runs
+        model = precision.float32_copy(
+            model, build=lambda: build_training_model(spec, "off", steps_per_epoch=steps))
     history = checkpoint.history
     # Selection decides on the validation holdout only, before the test set is ever looked at.
     kept = (best.apply(model) if best is not None else None) or spec.epochs
@@ -243,13 +247,17 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         "val_accuracy": figures["val_accuracy"],
         "val_loss": figures["val_loss"],
         "train_seconds": round(checkpoint.seconds, 2),
+        # Training and validation images per second over the run's epochs.
+        "images_per_second": round(n_train * spec.epochs / checkpoint.seconds, 1),
+        # The resolved mode; the test figures are always of the saved float32 model.
+        "mixed_precision": mode,
         "epochs": spec.epochs,
         "selection": spec.recipe.selection,
         "selected_epoch": kept,
         "seed": seed,
         "limit_train": limit_train,
-        # Data order after a resume matches an uninterrupted run; dropout randomness does not
-        # bit-for-bit (Keras does not restore its seed generators' progress), so say so.
+        # A resumed run restores weights, optimizer state and dropout seed states, and sees the
+        # same data order, so it continues as an uninterrupted run would (augmentation aside).
         "resumed_from_epoch": initial_epoch or None,
         "train_images": n_train,
         "val_images": n_val,
@@ -262,6 +270,67 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         "manifest": manifest,
     }
     return _commit_run(arts, rid, model, history, metrics, partial)
+
+
+def _model_and_state(spec: Spec, manifest: dict[str, Any], partial: Path, resume: bool, *,
+                     steps_per_epoch: int):
+    """(model, history, epochs done, seconds so far): a new model, or with --resume the last
+    committed epoch of the interrupted run (toolkit.checkpoint), restored into a fresh build (so
+    an optimizer's weight-decay exclusions and schedule are the recipe's, not a loaded copy's)."""
+    from toolkit.checkpoint import load_resume
+
+    state = load_resume(partial, manifest) if resume else None
+    if state is None and partial.exists():
+        shutil.rmtree(partial)
+    model = build_training_model(spec, spec.mixed_precision, steps_per_epoch=steps_per_epoch)
+    if state is None:
+        return model, {}, 0, 0.0
+    state.snapshot.restore(model)
+    return model, state.history, state.epochs_done, state.seconds
+
+
+def build_training_model(spec: Spec, mode: str, *, steps_per_epoch: int | None = None):
+    """The spec's model compiled for training in `mode` (the policy, and the recipe's optimizer
+    for it); variables and output stay float32. Training, the profile and the training benchmark
+    all build through here. `steps_per_epoch` shapes a scheduled learning rate (default: the
+    full training split's, which is what benchmarks and profiles of one step need)."""
+    from toolkit import fitting
+    from toolkit.models import build_model
+
+    steps = steps_per_epoch or int(np.ceil(TRAIN_IMAGES * (1 - spec.validation_fraction) / spec.batch_size))
+    with precision.policy_scope(mode):
+        model = fitting.compile_model(build_model(spec), spec, steps, mode=mode)
+    precision.check_float32_contract(model)
+    return model
+
+
+def resume_command(name: str, seed: int, epochs: int, limit_train: int | None, mode: str) -> str:
+    """The command that continues this interrupted run."""
+    limit = f" --limit-train {limit_train}" if limit_train else ""
+    return (f"toolkit train --exp {name} --seed {seed} --epochs {epochs}{limit} "
+            f"--mixed-precision {mode} --resume")
+
+
+def check_resume_precision(exp: str | Spec, *, seed: int = 0, epochs: int | None = None,
+                           limit_train: int | None = None, mixed_precision: str | None = None,
+                           root: str | Path | None = None) -> None:
+    """`--resume` of a run whose interrupted state was trained in another precision is a
+    UsageError naming the command that continues it (a different precision is another run)."""
+    spec = get_spec(exp) if isinstance(exp, str) else exp
+    mode = precision.resolve(mixed_precision or spec.mixed_precision)
+    epochs = epochs or spec.epochs
+    arts = artifacts.spec_artifacts(spec.name, root)
+    if (arts.partial_dir(artifacts.run_id(seed, epochs, limit_train, mode)) / "progress.json").is_file():
+        return
+    for other in precision.RESOLVED:
+        rid = artifacts.run_id(seed, epochs, limit_train, other)
+        if other != mode and (arts.partial_dir(rid) / "progress.json").is_file():
+            raise UsageError(
+                f"--resume: the interrupted run {spec.name}/{rid} trained with --mixed-precision {other}, "
+                f"not {mode}; a run resumes in its own precision. Continue it with: "
+                f"{resume_command(spec.name, seed, epochs, limit_train, other)} (or leave out --resume "
+                f"to start a {mode} run)"
+            )
 
 
 def _commit_run(arts, rid, model, history, metrics, partial: Path) -> Path:
@@ -286,26 +355,15 @@ def _commit_run(arts, rid, model, history, metrics, partial: Path) -> Path:
     return final
 
 
-def _load_partial(partial: Path, manifest: dict[str, Any]):
-    """(history, epochs done, seconds so far) of a resumable run, or None."""
-    try:
-        state = artifacts.read_json(partial / "progress.json")
-    except Exception:
-        return None
-    if state.get("manifest") != manifest or not (partial / "checkpoint.keras").is_file():
-        return None
-    return state["history"], int(state["epochs_done"]), float(state["seconds"])
-
-
 def comparison_rows(metrics: dict[str, Any], spec: Spec) -> list[tuple[str, str, str]]:
     """(figure, this run, seed's reported) rows for the end-of-training table."""
     reported = spec.reported
     rows = []
     for key in ("test_accuracy", "train_accuracy", "val_accuracy", "train_loss", "val_loss",
-                "test_loss", "train_seconds"):
+                "test_loss", "train_seconds", "images_per_second"):
         ours = metrics.get(key)
         theirs = getattr(reported, key, None) if reported else None
-        fmt = "{:.2f}" if key == "train_seconds" else "{:.4f}"
+        fmt = {"train_seconds": "{:.2f}", "images_per_second": "{:,.0f}"}.get(key, "{:.4f}")
         rows.append((key, fmt.format(ours) if ours is not None else "-",
                      fmt.format(theirs) if theirs is not None else "-"))
     return rows

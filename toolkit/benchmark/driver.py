@@ -34,8 +34,11 @@ from toolkit.benchmark.engine import (
 from toolkit.benchmark.kinds import HERE, SKIP, CaseOutcome, Placement, kind_of
 from toolkit.benchmark.peaks import measure_peaks
 from toolkit.benchmark.plan import (
+    CASE_KINDS,
     DEFAULT_SECONDS,
-    KERAS_RUNTIMES,
+    FALLBACK_ORIGIN,
+    INFERENCE,
+    TRAINING,
     BenchCase,
     Filters,
     parse_batches,
@@ -45,7 +48,7 @@ from toolkit.benchmark.plan import (
     plan_fallback_cases,
 )
 from toolkit.benchmark.worker import WorkerDied, run_in_worker
-from toolkit.errors import ArtifactError, DeviceUnavailableError, ToolkitError
+from toolkit.errors import ArtifactError, DeviceUnavailableError, ToolkitError, UsageError
 
 
 @dataclass
@@ -65,6 +68,10 @@ class BenchRequest:
     keras_threads: int | None = None
     fallback: bool = False  # nothing to plan: build untrained default specs in a temp folder
     source: str = "cli"
+    kinds: Sequence[str] = (INFERENCE,)  # and/or TRAINING: spec x precision x batch training steps
+    train_exps: Sequence[str] | None = None  # training cases (toolkit.benchmark.training defaults)
+    train_precisions: Sequence[str] | None = None
+    train_batches: Sequence[str | int] | None = None
 
 
 class BenchSession:
@@ -82,16 +89,35 @@ class BenchSession:
         self.cuda = runtimes.RUNTIMES["onnxruntime-cuda"].available()
         self.tensorflow = tensorflow_available()
         self.fallback_dir: Path | None = None
-        self.cases: list[BenchCase] = plan_cases(self.root, self.filters)
-        if not self.cases and request.fallback:
-            self.fallback_dir = Path(tempfile.mkdtemp(prefix="toolkit-bench-"))
-            self.cases = plan_fallback_cases(self.fallback_dir, self.filters)
+        self.cases: list[BenchCase] = self._plan_inference() + self._plan_training()
         self.outcomes: list[CaseOutcome] = []
         self.peaks: dict[str, Any] | None = None
         self.written: list[Path] = []
         self._ctx: BenchContext | None = None
         self._built: dict[str, dict[str, str]] = {}
         self._closed = False
+
+    def _plan_inference(self) -> list[BenchCase]:
+        if INFERENCE not in self.request.kinds:
+            return []
+        cases = plan_cases(self.root, self.filters)
+        if not cases and self.request.fallback:
+            self.fallback_dir = Path(tempfile.mkdtemp(prefix="toolkit-bench-"))
+            cases = plan_fallback_cases(self.fallback_dir, self.filters)
+        return cases
+
+    def _plan_training(self) -> list[BenchCase]:
+        unknown = sorted(set(self.request.kinds) - set(CASE_KINDS))
+        if unknown:
+            raise UsageError(f"unknown benchmark kind(s) {unknown}; known: {', '.join(CASE_KINDS)}")
+        if TRAINING not in self.request.kinds:
+            return []
+        from toolkit.benchmark.training import plan_training_cases
+
+        # Training uses every core TensorFlow is given: one count, this process' if fixed.
+        threads = self.keras_threads or max(self.thread_counts)
+        return plan_training_cases(self.request.train_exps, precisions=self.request.train_precisions,
+                                   batches=self.request.train_batches, threads=threads)
 
     @classmethod
     def open(cls, request: BenchRequest) -> BenchSession:
@@ -128,7 +154,7 @@ class BenchSession:
         thread count is set first, before anything touches TensorFlow."""
         if self._ctx is None:
             tf_threads = None
-            needs_tf = any(c.runtime in KERAS_RUNTIMES or c.trained for c in self.cases) or self.fallback_dir
+            needs_tf = any(kind_of(c).needs_tensorflow(c) for c in self.cases) or self.fallback_dir
             if self.keras_threads is not None and self.tensorflow and needs_tf:
                 tf_threads = configure_tf_threads(self.keras_threads)
             self._ctx = BenchContext.create(self.root, seconds=self.seconds)
@@ -142,12 +168,12 @@ class BenchSession:
 
     def ensure_files(self, case: BenchCase) -> None:
         """Fallback mode: build and export the untrained spec of `case` once, before its first case."""
-        if self.fallback_dir is None:
+        if self.fallback_dir is None or case.origin != FALLBACK_ORIGIN:
             return
         from toolkit.benchmark.fallback import build_fallback
 
         if case.spec not in self._built:
-            keys = sorted({c.key for c in self.cases if c.spec == case.spec})
+            keys = sorted({c.key for c in self.cases if c.spec == case.spec and c.origin == FALLBACK_ORIGIN})
             self.context()  # TensorFlow's thread count is set before the build touches TF
             self._built[case.spec] = build_fallback(case.spec, self.fallback_dir, keys)
         status = self._built[case.spec].get(case.key, "not built")

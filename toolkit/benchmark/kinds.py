@@ -8,10 +8,11 @@ A kind answers, for its cases:
 - `read(doc, path)` / `write(root, ...)`: its results, from a worker's output and to its file
   under ARTIFACTS/bench/ (each kind writes files of its own `kind`).
 
-"inference" is the only kind today. Planned ones plug in here without touching the driver:
-training-step cases (TensorFlow, so a worker per thread count, like Keras inference), memory
-and cold-start cases (each in a fresh process: group=(case.id,)), repeated measurements in
-separate processes (group=(case.id, repeat)).
+Kinds: "inference" (a model file on a runtime) and "training" (one training step of a spec
+in a mixed-precision mode: toolkit.benchmark.training; TensorFlow, so a worker per thread count,
+like Keras inference). Planned ones plug in here without touching the driver: memory and
+cold-start cases (each in a fresh process: group=(case.id,)), repeated measurements in separate
+processes (group=(case.id, repeat)).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from toolkit.benchmark.plan import INFERENCE, KERAS_RUNTIMES, BenchCase
+from toolkit.benchmark.plan import INFERENCE, KERAS_RUNTIMES, TRAINING, BenchCase
 from toolkit.errors import ToolkitError, UsageError
 
 HERE, WORKER, SKIP = "here", "worker", "skip"
@@ -55,6 +56,8 @@ class Environment(Protocol):
 class CaseKind(Protocol):
     name: str
 
+    def needs_tensorflow(self, case: BenchCase) -> bool: ...
+
     def place(self, case: BenchCase, env: Environment) -> Placement: ...
 
     def run(self, case: BenchCase, ctx: Any, *, timer: Any, cases: Sequence[BenchCase]) -> Any: ...
@@ -72,24 +75,16 @@ class InferenceKind:
 
     name = INFERENCE
 
+    def needs_tensorflow(self, case: BenchCase) -> bool:
+        return case.runtime in KERAS_RUNTIMES or case.trained  # trained: the Keras reference
+
     def place(self, case: BenchCase, env: Environment) -> Placement:
         if case.device == "gpu" and not env.cuda:
             return Placement(SKIP, reason="no CUDA execution provider in ONNX Runtime here; install the "
                                           "`gpu` extra on an NVIDIA host")
         if case.runtime not in KERAS_RUNTIMES:
             return Placement(HERE)
-        if not env.tensorflow:
-            return Placement(SKIP, reason="TensorFlow is not installed here (ONNX Runtime/LiteRT cases "
-                                          "still run)")
-        if env.keras_threads is None:  # TensorFlow fixes its thread count once per process
-            return Placement(WORKER, group=("tensorflow", case.threads), tf_threads=case.threads,
-                             label=f"Keras cases, TensorFlow at {case.threads} threads (subprocess)")
-        if case.threads != env.keras_threads:
-            return Placement(SKIP, reason=(
-                f"TensorFlow fixes its thread count once per process and this one runs {env.keras_threads}; "
-                f"use --bench-keras-threads {case.threads}, or `toolkit bench`, which runs each count in "
-                "its own process"))
-        return Placement(HERE)
+        return _place_tensorflow(case, env)
 
     def run(self, case: BenchCase, ctx: Any, *, timer: Any, cases: Sequence[BenchCase]) -> Any:
         from toolkit.benchmark.engine import run_case
@@ -119,7 +114,63 @@ class InferenceKind:
         return write_run(root, BenchRun(source=source, results=results, peaks=peaks, extra=extra))
 
 
-KINDS: dict[str, CaseKind] = {INFERENCE: InferenceKind()}
+def _place_tensorflow(case: BenchCase, env: Environment) -> Placement:
+    """TensorFlow cases: a worker per thread count, or here at this process' fixed count."""
+    if not env.tensorflow:
+        return Placement(SKIP, reason="TensorFlow is not installed here (ONNX Runtime/LiteRT cases "
+                                      "still run)")
+    if env.keras_threads is None:  # TensorFlow fixes its thread count once per process
+        return Placement(WORKER, group=("tensorflow", case.threads), tf_threads=case.threads,
+                         label=f"Keras cases, TensorFlow at {case.threads} threads (subprocess)")
+    if case.threads != env.keras_threads:
+        return Placement(SKIP, reason=(
+            f"TensorFlow fixes its thread count once per process and this one runs {env.keras_threads}; "
+            f"use --bench-keras-threads {case.threads}, or `toolkit bench`, which runs each count in "
+            "its own process"))
+    return Placement(HERE)
+
+
+class TrainingKind:
+    """One training step of a spec in a mixed-precision mode and batch size: images/s."""
+
+    name = TRAINING
+
+    def needs_tensorflow(self, case: BenchCase) -> bool:
+        return True
+
+    def place(self, case: BenchCase, env: Environment) -> Placement:
+        from toolkit.benchmark.training import mode_of
+        from toolkit.precision import resolve
+
+        if not env.tensorflow:
+            return _place_tensorflow(case, env)
+        try:
+            resolve(mode_of(case))
+        except UsageError as exc:  # timing TensorFlow's emulation of a missing type says nothing
+            return Placement(SKIP, reason=exc.message)
+        return _place_tensorflow(case, env)
+
+    def run(self, case: BenchCase, ctx: Any, *, timer: Any, cases: Sequence[BenchCase]) -> Any:
+        from toolkit.benchmark.training import run_training_case
+
+        return run_training_case(case, timer=timer, seconds=ctx.seconds, tf_threads=ctx.keras_threads)
+
+    def finish(self, result: Any, peaks: dict[str, Any] | None) -> None:
+        return None
+
+    def read(self, doc: dict[str, Any], *, path: Path | None) -> Any:
+        from toolkit.benchmark.training import TrainingResult
+
+        return TrainingResult.from_dict(doc, path=path or Path("<benchmark worker output>"))
+
+    def write(self, root: Path, *, source: str, results: list[Any], peaks: dict[str, Any] | None,
+              extra: dict[str, Any]) -> Path:
+        from toolkit.benchmark.training import TrainingRun, write_training_run
+
+        return write_training_run(root, TrainingRun(source=source, results=results))
+
+
+KINDS: dict[str, CaseKind] = {INFERENCE: InferenceKind(), TRAINING: TrainingKind()}
 
 
 def kind_of(case: BenchCase) -> CaseKind:

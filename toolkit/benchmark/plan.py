@@ -25,6 +25,9 @@ DEFAULT_SECONDS = 1.5  # timed seconds per case (rounds are planned from the war
 FALLBACK_SPECS = ("CNN_1L_Dropout_Exp6", "DNN_1L_No_Dropout_Exp1")
 GPU_IO_MODES = ("iobind", "e2e")  # input already on the device / host copies in the timed span
 INFERENCE = "inference"
+FALLBACK_ORIGIN = "temporary-untrained"  # cases of the fresh-clone fallback (files built on demand)
+TRAINING = "training"  # toolkit.benchmark.training
+CASE_KINDS = (INFERENCE, TRAINING)
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,7 @@ def plan_fallback_cases(folder: Path, filters: Filters) -> list[BenchCase]:
     specs = match_specs(list(filters.exps)) if filters.exps else [get_spec(n) for n in FALLBACK_SPECS]
     cases: list[BenchCase] = []
     for spec in specs:
-        common = dict(spec=spec.name, size_bytes=0, sha256=None, trained=False, origin="temporary-untrained")
+        common = dict(spec=spec.name, size_bytes=0, sha256=None, trained=False, origin=FALLBACK_ORIGIN)
         rts = filters.runtimes_for(KERAS_RUNTIMES)
         if rts and filters.keeps_format(KERAS_KEY):
             base = dict(common, key=KERAS_KEY, format="keras", precision="fp32", parity="reference",
