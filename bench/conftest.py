@@ -5,6 +5,8 @@
     pytest bench/ --benchmark-disable --bench-smoke     # two tiny cases, untimed: the README's smoke
     pytest bench/ --benchmark-only --bench-kind training --bench-train-precision off,bf16
                                                         # training steps only: Exp6 in two modes
+    pytest bench/ --benchmark-only --bench-repeats 3    # each case in 3 processes: 95% intervals
+    pytest bench/ --benchmark-only --bench-memory       # also peak RSS, load time, first call
 
 The driver is toolkit.benchmark.driver (shared with `toolkit bench`: planning, placement, peaks,
 the results file); this file only turns its plan into parametrized tests, adapts
@@ -30,6 +32,7 @@ from toolkit.benchmark.plan import (  # noqa: E402
     DEFAULT_SECONDS,
     INFERENCE,
     KERAS_RUNTIMES,
+    MEMORY,
     TRAINING,
     BenchCase,
     parse_threads,
@@ -64,6 +67,8 @@ ENV = {
     "train_exp": "TOOLKIT_BENCH_TRAIN_EXP",
     "train_precision": "TOOLKIT_BENCH_TRAIN_PRECISION",
     "train_batch": "TOOLKIT_BENCH_TRAIN_BATCH",
+    "repeats": "TOOLKIT_BENCH_REPEATS",
+    "memory": "TOOLKIT_BENCH_MEMORY",
 }
 FIXTURE_KINDS = {"bench_case": INFERENCE, "training_case": TRAINING}
 
@@ -125,6 +130,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "[TOOLKIT_BENCH_TRAIN_BATCH]",
     )
     group.addoption(
+        "--bench-repeats",
+        type=int,
+        help="Measure each case in this many processes (this one, then workers); >= 2 gives a 95%% "
+        "interval (default 1 here; toolkit bench uses 3) [TOOLKIT_BENCH_REPEATS]",
+    )
+    group.addoption(
+        "--bench-memory",
+        action="store_true",
+        default=None,
+        help="Also run the memory cases: peak RSS, load time and first call of each file x runtime, each "
+        "in a fresh process [TOOLKIT_BENCH_MEMORY=1]",
+    )
+    group.addoption(
         "--bench-smoke",
         action="store_true",
         help="Two tiny cases, each DNN_1L_No_Dropout_Exp1: onnx-fp32 inference at batch 1 on 1 thread "
@@ -154,6 +172,7 @@ class BenchState:
             threads = parse_threads(_option(config, "threads"))
             keras_threads = _option(config, "keras_threads")
             seconds = _option(config, "seconds")
+            repeats = _option(config, "repeats")
             self.session = BenchSession.open(BenchRequest(
                 root=None, exps=_option(config, "exp"), formats=_option(config, "format"),
                 runtime_keys=_option(config, "runtime"), device=_option(config, "device"),
@@ -162,8 +181,12 @@ class BenchState:
                 keras_threads=int(keras_threads) if keras_threads else max(threads),
                 fallback=True, source="pytest", kinds=_kinds(_option(config, "kind")),
                 train_exps=_option(config, "train_exp"), train_precisions=_option(config, "train_precision"),
-                train_batches=_option(config, "train_batch")))
+                train_batches=_option(config, "train_batch"),
+                repeats=int(repeats) if repeats else 1,
+                memory=str(_option(config, "memory") or "").lower() in ("1", "true", "yes")))
             self.cases = self.session.cases
+        except ValueError as exc:
+            self.error = f"--bench-repeats / TOOLKIT_BENCH_REPEATS must be an integer ({exc})"
         except ToolkitError as exc:
             self.error = exc.message
 
@@ -171,7 +194,8 @@ class BenchState:
         if self.error or self.session is None:
             return [f"toolkit bench: {self.error}"]
         session = self.session
-        lines = [f"toolkit bench: {len(self.cases)} cases; artifacts root {session.root}"]
+        lines = [f"toolkit bench: {len(self.cases)} cases, each measured in {session.repeats} process(es); "
+                 f"artifacts root {session.root}"]
         if session.fallback_dir:
             specs = sorted({c.spec for c in self.cases})
             where = ("no trained model or export matching these filters under" if trained_specs(session.root)
@@ -207,15 +231,30 @@ class BenchState:
             return list(benchmark.stats.stats.data)
 
         benchmark.group = f"{case.spec} {'training ' if case.kind == TRAINING else ''}batch {case.batch}"
-        (outcome,) = run_benchmarks(self.session, cases=[case], timer=timer, timing=not benchmark.disabled)
-        if outcome.skipped:
-            pytest.skip(outcome.skipped)
-        if outcome.error is not None:
-            raise outcome.error
-        result = outcome.result
+        # Repeat 0 runs here under pytest-benchmark's clock, later repeats in worker processes.
+        outcomes = run_benchmarks(self.session, cases=[case], timer=timer, timing=not benchmark.disabled)
+        result = self._first_result(outcomes)
         benchmark.extra_info.update({k: v for k, v in result.to_dict().items() if k != "versions"})
         benchmark.extra_info["versions"] = result.versions
+        if len(outcomes) > 1:
+            benchmark.extra_info["p50_ms_per_process"] = [o.result.stats.p50_ms for o in outcomes]
         return result
+
+    def run_memory(self, case: BenchCase):
+        """A memory case (each repeat in a fresh child process); returns its measurements."""
+        assert self.session is not None
+        outcomes = run_benchmarks(self.session, cases=[case])
+        self._first_result(outcomes)
+        return [o.result for o in outcomes]
+
+    @staticmethod
+    def _first_result(outcomes):
+        if outcomes[0].skipped:
+            pytest.skip(outcomes[0].skipped)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        return outcomes[0].result
 
     def finish(self) -> list[Path]:
         return self.session.close() if self.session is not None else []
@@ -234,16 +273,26 @@ def _kinds(values: list[str] | None) -> tuple[str, ...]:
     return tuple(parts) or (INFERENCE, TRAINING)
 
 
+# Fixture name -> the kind of the cases it takes.
+CASE_FIXTURES = {"bench_case": INFERENCE, "training_case": TRAINING, "memory_case": MEMORY}
+
+
+def _no_cases_reason(state: BenchState, kind: str) -> str:
+    if kind == MEMORY:
+        return "memory cases not requested (--bench-memory or TOOLKIT_BENCH_MEMORY=1)"
+    return f"no {kind} cases in this run (--bench-kind {', '.join(state.session.request.kinds)})"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    for fixture, kind in FIXTURE_KINDS.items():
+    state: BenchState = metafunc.config._toolkit_bench  # type: ignore[attr-defined]
+    for fixture, kind in CASE_FIXTURES.items():
         if fixture not in metafunc.fixturenames:
             continue
-        state: BenchState = metafunc.config._toolkit_bench  # type: ignore[attr-defined]
         cases = [c for c in state.cases if c.kind == kind]
         if state.error:  # bad options, an unavailable --bench-device, or nothing to benchmark
             params = [pytest.param(None, marks=pytest.mark.skip(reason=state.error), id="invalid-options")]
         elif not cases:
-            reason = f"no {kind} cases in this run (--bench-kind {', '.join(state.session.request.kinds)})"
+            reason = _no_cases_reason(state, kind)
             params = [pytest.param(None, marks=pytest.mark.skip(reason=reason), id=f"no-{kind}-cases")]
         else:
             params = [pytest.param(c, id=c.id) for c in cases]
@@ -267,7 +316,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if not results:
         return
     tr = terminalreporter
-    inference = [r for r in results if r.case.kind == INFERENCE]
+    inference = [r for r in results if r.case.kind != TRAINING]  # memory results join their rows
     training = [r for r in results if r.case.kind == TRAINING]
     if inference:
         _inference_summary(tr, inference, state.session.peaks)
@@ -282,18 +331,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 
 
 def _inference_summary(tr, results, peaks) -> None:
-    tr.section("toolkit bench: images/s and latency percentiles (from raw per-call timings)")
-    tr.write_line(
-        f"{'case':<72} {'img/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'%peak':>6} {'top1':>7}"
-    )
-    for r in results:
-        check, stats = r.check, r.stats
-        top1 = f"{check['top1_mismatches']}/{check['top1_compared']}" if check["top1_checked"] else "-"
-        pct = f"{r.pct_of_peak:.0f}" if r.pct_of_peak is not None else "-"
-        tr.write_line(
-            f"{r.id:<72} {stats.images_per_s:>10,.0f} {stats.p50_ms:>9.3f} {stats.p90_ms:>9.3f} "
-            f"{stats.p99_ms:>9.3f} {pct:>6} {top1:>7}"
-        )
+    from toolkit.report import rows_from_results
+    from toolkit.report_columns import BENCH_TABLE, columns_for
+
+    tr.section("toolkit bench: one row per file x runtime x device x threads (geometric means across "
+               "processes, 95% intervals)")
+    columns = columns_for(BENCH_TABLE)
+    cells = [[c.title for c in columns]]
+    cells += [[c.text(r, None) for c in columns] for r in rows_from_results(results, peaks)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        tr.write_line("  ".join(cell.rjust(w) if c.align == "right" else cell.ljust(w)
+                                for cell, w, c in zip(row, widths, columns, strict=True)))
     if peaks:
         fp32 = ", ".join(f"{t} thr {v['gflops']:.0f}" for t, v in peaks["fp32"].items())
         int8 = ", ".join(f"{t} thr {v['gops']:.0f}" for t, v in peaks["int8"].items())

@@ -281,23 +281,34 @@ def test_bench_cli_usage_errors(tmp_path):
     assert result.exit_code == 2 and "batch sizes must be integers" in result.output
     result = runner.invoke(app, ["bench", "--artifacts", str(tmp_path), "--format", "onnx-fp64"])
     assert result.exit_code == 2 and "no format matches" in result.output
+    result = runner.invoke(app, ["bench", "--artifacts", str(tmp_path), "--repeats", "0"])
+    assert result.exit_code == 2 and "--repeats" in result.output
     result = runner.invoke(app, ["bench", "--artifacts", str(tmp_path)])
     assert result.exit_code == 4 and "nothing to benchmark" in result.output
 
 
 def test_bench_cli_runs_and_records(benched_root):
     root, output = benched_root
-    files = sorted((root / "bench").glob("*-cli-*.json"))
+    files = sorted(p for p in (root / "bench").glob("*-cli-*.json") if not p.name.endswith("-memory.json"))
     assert files, output
-    doc = json.loads(files[-1].read_text())
+    doc = json.loads(files[0].read_text())  # the first run: every format, two repeats, no memory
     ids = {r["id"] for r in doc["results"]}
     assert "DNN_2L_Dropout_Exp2-onnx-fp32-onnxruntime-cpu-b64-t1" in ids
+    assert "DNN_2L_Dropout_Exp2-onnx-fp32-onnxruntime-cpu-b64-t1-r1" in ids  # its second process
     assert "DNN_2L_Dropout_Exp2-keras-fp32-keras-cpu-b1-t1" in ids  # ran in a TF subprocess at 1 thread
-    keras = next(r for r in doc["results"] if r["runtime"] == "keras")
-    assert keras["tf_threads"] == 1 and keras["check"]["top1_checked"]
+    keras = [r for r in doc["results"] if r["runtime"] == "keras"]
+    assert all(r["tf_threads"] == 1 and r["check"]["top1_checked"] for r in keras)
+    assert len({r["pid"] for r in keras}) == 2  # one TensorFlow worker per repeat
     assert doc["peaks"]["fp32"] and doc["peaks"]["int8"]
     assert doc["schema_version"] == 2 and doc["kind"] == "inference"
-    assert "Benchmark (p50/p90/p99" in output
+    assert "Benchmark: one row per file x runtime x device x threads" in output
+    memory = json.loads(next((root / "bench").glob("*-memory.json")).read_text())
+    assert memory["kind"] == "memory" and memory["schema_version"] == 1
+    assert {r["runtime"] for r in memory["results"]} == {"onnxruntime"} and len(memory["results"]) == 4
+    assert all(r["peaks_mb"]["serving_b1"] > r["peaks_mb"]["python_numpy"] > 0 for r in memory["results"])
+    # The second run (memory) checked its p50s against the first run's intervals.
+    assert "p50s of this run" in _BENCHED["memory_output"] and "fall inside the 95% intervals" in \
+        _BENCHED["memory_output"]
 
 
 def test_bench_cli_gpu_unavailable(benched_root):
@@ -329,8 +340,9 @@ def export_for_tests(root: Path, name: str, keys: tuple[str, ...]) -> None:
 
 
 def make_benched_root(tmp_path_factory, trained_root: Path) -> tuple[Path, str]:
-    """A copy of the 1-epoch DNN_2L_Dropout_Exp2 with two exports, benchmarked once by the CLI
-    (ONNX Runtime in-process, Keras in its TensorFlow subprocess). Shared by test_report.py."""
+    """A copy of the 1-epoch DNN_2L_Dropout_Exp2 with two exports, benchmarked by the CLI: every
+    case in two processes (ONNX Runtime here and in a worker, Keras in TensorFlow workers), then
+    the ONNX files again with their memory cases. Shared by test_report.py."""
     import shutil
 
     if "root" not in _BENCHED:
@@ -355,12 +367,24 @@ def make_benched_root(tmp_path_factory, trained_root: Path) -> tuple[Path, str]:
             "onnxruntime",
             "--runtime",
             "keras",
+            "--repeats",
+            "2",
+            "--no-memory",
         ]
         for key in ("keras-fp32", *BENCH_FORMATS):
             args += ["--format", key]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
+        # Then the memory cases of the ONNX files (Keras would import TensorFlow in every child),
+        # with their inference cases measured again: the interval check of a second run.
+        memory = ["bench", "--artifacts", str(root), "--exp", BENCH_SPEC, "--device", "cpu",
+                  "--seconds", "0.1", "--batch", "1,64", "--threads", "1", "--runtime", "onnxruntime",
+                  "--repeats", "2",
+                  *(arg for key in BENCH_FORMATS for arg in ("--format", key))]
+        second = runner.invoke(app, memory)
+        assert second.exit_code == 0, second.output
         _BENCHED["root"] = (root, result.output)
+        _BENCHED["memory_output"] = second.output
     return _BENCHED["root"]
 
 
@@ -420,3 +444,86 @@ def test_a_training_case_of_a_type_the_machine_lacks_is_skipped(monkeypatch):
 
     placement = kinds.kind_of(case).place(case, Env())
     assert placement.where == kinds.SKIP and "needs a CPU with avx512_bf16 or amx_bf16" in placement.reason
+
+
+# ---------------------------------------------------------------- repeats and memory
+
+
+def test_memory_child_measures_one_runtime_in_a_fresh_process(tmp_path, ctx):
+    """Peak RSS after each stage of a fresh child that imports only ONNX Runtime, load time, first
+    call and cold start; the stages only grow, and the baselines are the first two readings."""
+    from toolkit.benchmark import memory
+
+    path = _onnx_model(tmp_path / "tiny.onnx")
+    case = _case(path, batch=16, kind="memory")
+    assert case.id.endswith("-onnxruntime-cpu-memory-b16-t1")
+    result = memory.measure(case, ctx.images[:32])
+    assert result.pid != os.getpid() and result.unavailable is None
+    assert result.imported["onnxruntime"] and not result.imported["tensorflow"]
+    assert not result.imported["ai_edge_litert"]
+    peaks = [result.peaks_mb[s] for s in ("python_numpy", "runtime_imported", "loaded", "serving_b1",
+                                          "serving_batch")]
+    assert 5 < peaks[0] < peaks[1] and peaks == sorted(peaks)  # numpy, then ORT: a real difference
+    ms = result.ms
+    assert ms["load"] > 0 and ms["first_call"] > 0 and ms["cold_start"] > ms["load"] + ms["first_call"]
+    from toolkit.benchmark.memory import MemoryResult
+
+    assert MemoryResult.from_dict(result.to_dict(), path=tmp_path / "x.json") == result
+
+
+def test_memory_that_cannot_be_read_is_unavailable_never_zero(monkeypatch, tmp_path):
+    import builtins
+    import sys
+
+    from toolkit import report
+    from toolkit.benchmark import memchild
+    from toolkit.benchmark.memory import MemoryResult
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on a platform without it
+    value, why = memchild.peak_rss_mb()
+    assert value is None and "no /proc/self/status and no resource module" in why
+    (tmp_path / "x.onnx").touch()
+    case = _case(tmp_path / "x.onnx", kind="memory")
+    result = MemoryResult(case=case, peaks_mb=dict.fromkeys(memchild.STAGES), unavailable=why,
+                          ms={"load": 12.0, "first_call": 1.0})
+    row = report.Row(spec=case.spec, key=case.key, format="onnx", precision="fp32", runtime=case.runtime,
+                     device="cpu", threads=1, accuracy=None, keras_accuracy=None, parity="pass", size_mb=1,
+                     params=1, mflops=1)
+    report._attach_memory(row, [result])
+    from toolkit.report_columns import BY_KEY
+
+    assert BY_KEY["rss_b1"].text(row, None) == "-" and BY_KEY["load"].text(row, None) == "12"
+    assert row.memory_note == f"memory unavailable: {why}"
+
+
+@pytest.mark.slow  # starts worker processes
+def test_repeats_run_in_separate_processes_and_give_intervals(tmp_path):
+    from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks
+    from toolkit.benchmark.results import interval_check, read_runs
+
+    path = _onnx_model(tmp_path / "tiny.onnx")
+    case = _case(path, batch=1)
+    runs = []
+    for _ in range(2):  # two back-to-back runs, as the README's interval check
+        session = BenchSession(BenchRequest(root=tmp_path / "root", seconds=0.2, threads=["1"], repeats=3))
+        outcomes = run_benchmarks(session, cases=[case], timing=False)
+        assert len(outcomes) == 1  # without timing only repeat 0 runs (a check run)
+        outcomes = run_benchmarks(session, cases=[case])
+        assert [o.case.repeat for o in outcomes] == [0, 1, 2] and all(o.result for o in outcomes)
+        pids = {o.result.pid for o in outcomes}
+        assert len(pids) == 3 and os.getpid() in pids  # repeat 0 here, 1 and 2 in workers
+        runs.append(session.close()[0])
+    first, second = read_runs(tmp_path / "root")
+    (group,) = first.groups
+    assert group.processes == 3 and group.case.repeat == 0 and group.p50_interval is not None
+    assert group.p50_interval.contains(group.p50_ms)
+    check = interval_check(first, second.groups)
+    assert check.compared == 1 and check.inside + len(check.outside) == 1

@@ -12,7 +12,7 @@ TOOLKIT = Path(__file__).resolve().parent.parent / "toolkit"
 # The low layers: what every stage may use. Nothing here imports a stage.
 LOW = {"toolkit", "toolkit.errors", "toolkit.artifacts", "toolkit.contract", "toolkit.quiet", "toolkit._tf",
        "toolkit.models", "toolkit.specs", "toolkit.data", "toolkit.records", "toolkit.recipe",
-       "toolkit.precision", "toolkit.checkpoint"}
+       "toolkit.precision", "toolkit.checkpoint", "toolkit.stats"}
 # toolkit.models builds from a Spec, so specs sits with the low layers (it imports only contract/errors,
 # the recipe and the model families). The families package is low as a whole.
 FAMILIES = sorted((TOOLKIT / "families").glob("*.py"))

@@ -96,6 +96,25 @@ def test_parity_command_passes_and_writes_parity_json(exported_root):
     assert entry["input_name"] == "image" and entry["output_names"] == ["probabilities"]
     assert entry["output_shape"] == [10_000, 10]
     assert doc["tolerances"]["fp32"] == {"min_agreement": 0.999, "max_abs_diff": 1e-4}
+    # Each file's top-1 classes are kept beside the record, with the paired test against Keras.
+    from toolkit import artifacts
+    from toolkit.data import load
+
+    labels = load().y_test
+    export_top1 = artifacts.load_predictions(exported_root / SPEC / entry["predictions"]["file"],
+                                             entry["predictions"])
+    keras_top1 = artifacts.load_predictions(exported_root / SPEC / doc["keras"]["predictions"]["file"],
+                                            doc["keras"]["predictions"])
+    assert export_top1.dtype == np.uint8 and export_top1.shape == (10_000,)
+    assert np.mean(export_top1 == labels) == pytest.approx(entry["test_accuracy"])
+    assert np.mean(keras_top1 == labels) == pytest.approx(doc["keras"]["test_accuracy"])
+    b, c = entry["discordant"]
+    assert b == np.sum((keras_top1 == labels) & (export_top1 != labels)) and entry["mcnemar_p"] == 1.0
+    assert c == 0 and entry["accuracy_ci"][0] < entry["test_accuracy"] < entry["accuracy_ci"][1]
+    flat = " ".join(result.output.split())
+    assert "McNemar p" in flat and "1.000 (0/0)" in flat and "95% CI" in flat
+    half = (entry["accuracy_ci"][1] - entry["accuracy_ci"][0]) * 50
+    assert f"{entry['test_accuracy']:.2%} ±{half:.2f}" in flat
 
 
 def test_perturbed_model_fails_parity_with_exit_5(exported_root):

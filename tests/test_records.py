@@ -143,3 +143,31 @@ def test_written_records_carry_version_and_kind(legacy_root):
     written = json.loads(path.read_text())
     assert written["schema_version"] == 2 and written["kind"] == "inference"
     assert [r.to_dict() for r in read_runs(legacy_root)[-1].results] == [r.to_dict() for r in run.results]
+
+
+def test_memory_files_are_their_own_kind(legacy_root):
+    """A memory results file is read by its owner only; a newer schema is refused naming the file;
+    a legacy inference file groups into cases of one measurement (no interval)."""
+    from toolkit.benchmark.memory import read_memory_runs
+    from toolkit.errors import NewerRecordError
+
+    (run,) = read_runs(legacy_root)
+    groups = run.groups
+    assert len(groups) == len(run.results)
+    assert all(g.processes == 1 and g.p50_interval is None for g in groups)
+    case = run.results[0].case.to_dict() | {"kind": "memory"}
+    entry = case | {"id": "x", "peaks_mb": {"python_numpy": 38.0, "serving_b1": None},
+                    "ms": {"load": 12.5}, "unavailable": "no VmHWM here"}
+    path = legacy_root / "bench" / "20990101T000000-cli-3-memory.json"
+    path.write_text(json.dumps({"schema_version": 1, "kind": "memory", "results": [entry]}))
+    assert len(read_runs(legacy_root)) == 1  # the inference reader skips it
+    (memory,) = read_memory_runs(legacy_root)
+    (result,) = memory.results
+    assert result.peaks_mb["python_numpy"] == 38.0 and result.peaks_mb["serving_b1"] is None
+    assert result.ms["load"] == 12.5 and result.ms["first_call"] is None and result.unavailable
+    _rewrite(path, lambda doc: doc.update(schema_version=2))
+    with pytest.raises(NewerRecordError, match="memory benchmark results has schema_version 2"):
+        read_memory_runs(legacy_root)
+    _rewrite(path, lambda doc: (doc.update(schema_version=1), doc["results"][0].pop("peaks_mb")))
+    with pytest.raises(ArtifactError, match="'peaks_mb'"):
+        read_memory_runs(legacy_root)

@@ -1,11 +1,13 @@
 """The artifacts layout in one place: paths, atomic writes, locks and run manifests.
 
     ROOT/NAME/{model.keras, metrics.json, history.json}   the spec's current run
-    ROOT/NAME/runs/<run-id>/{same three files}            every completed run, kept
+      (+ test_predictions.npy: its top-1 class of each test image, where the run wrote one)
+    ROOT/NAME/runs/<run-id>/{same files}                  every completed run, kept
     ROOT/NAME/runs/.<run-id>.partial/                     resume state of an unfinished run
     ROOT/NAME/runs/<run-id>.lock                          held while a run trains
     ROOT/NAME/export/, exports.json, parity.json, analysis/   later stages
     ROOT/NAME/distill/                                    a teacher's probabilities for its students
+    ROOT/NAME/predictions/<key>.npy                       top-1 per test image of each checked file
     ROOT/bench/, ROOT/report.*, ROOT/sweep.*
 
 The current run's files are hard links to the files of one completed run (no duplicate
@@ -18,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,6 +34,9 @@ from toolkit.errors import ArtifactError, BusyError
 
 ARTIFACTS_ENV = "TOOLKIT_ARTIFACTS"
 RUN_FILES = ("model.keras", "history.json", "metrics.json")
+# Files a run may have besides RUN_FILES: runs written before they existed are still complete.
+OPTIONAL_RUN_FILES = ("test_predictions.npy",)
+PREDICTIONS_FILE = "test_predictions.npy"
 
 
 def resolve_root(root: str | Path | None = None) -> Path:
@@ -243,6 +249,18 @@ class SpecArtifacts:
         return self.runs_dir / f"{rid}.lock"
 
     @property
+    def test_predictions(self) -> Path:
+        return self.dir / PREDICTIONS_FILE
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.dir / "predictions"
+
+    def predictions_file(self, key: str) -> Path:
+        """Where parity keeps the top-1 classes it measured for `key` (an export, or keras-fp32)."""
+        return self.predictions_dir / f"{key}.npy"
+
+    @property
     def export_dir(self) -> Path:
         return self.dir / "export"
 
@@ -344,7 +362,75 @@ def completed_run(arts: SpecArtifacts, manifest: dict[str, Any]) -> Path | None:
 
 
 def promote(arts: SpecArtifacts, rdir: Path) -> None:
-    """Make a completed run the spec's current run; metrics.json last marks it complete."""
+    """Make a completed run the spec's current run; metrics.json last marks it complete. An
+    optional file the run lacks is removed from the current run, never left from another run."""
     with exclusive_lock(arts.dir / ".current.lock", what=f"{arts.name} current run", wait=True):
+        for name in OPTIONAL_RUN_FILES:
+            if (rdir / name).is_file():
+                link_or_copy(rdir / name, arts.dir / name)
+            else:
+                (arts.dir / name).unlink(missing_ok=True)
         for name in RUN_FILES:
             link_or_copy(rdir / name, arts.dir / name)
+
+
+def sibling_runs(arts: SpecArtifacts, manifest: dict[str, Any]) -> list[Path]:
+    """Completed runs of the spec trained with one recipe: every manifest field equal to
+    `manifest`'s except the seed (and the run id naming it). Sorted by seed."""
+    def recipe(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in m.items() if k not in ("seed", "run_id")}
+
+    wanted = recipe(manifest)
+    found: list[tuple[int, Path]] = []
+    if not arts.runs_dir.is_dir():
+        return []
+    for rdir in arts.runs_dir.iterdir():
+        if rdir.name.startswith(".") or not all((rdir / f).is_file() for f in RUN_FILES):
+            continue
+        try:
+            recorded = json.loads((rdir / "metrics.json").read_text())["manifest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(recorded, dict) and recipe(recorded) == wanted:
+            found.append((int(recorded.get("seed", 0)), rdir))
+    return [p for _, p in sorted(found)]
+
+
+# ---------------------------------------------------------------- per-image predictions
+
+
+def save_predictions(target: Path, top1: Any) -> dict[str, Any]:
+    """Write top-1 classes (uint8 [N], about 10 KB for the test set) atomically as .npy; returns
+    the reference a record keeps: {"file": name, "sha256": ..., "images": N}."""
+    import numpy as np
+
+    arr = np.asarray(top1)
+    if arr.ndim != 1 or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+        raise ValueError(f"top-1 predictions must be a 1-D array of classes 0..255, got shape {arr.shape}")
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.uint8), allow_pickle=False)
+    data = buf.getvalue()
+    write_bytes(target, data)
+    return {"file": target.name, "sha256": hashlib.sha256(data).hexdigest(), "images": int(arr.size)}
+
+
+def load_predictions(path: Path, reference: dict[str, Any] | None = None) -> Any:
+    """The uint8 array saved by `save_predictions`; with `reference`, its sha256 and length must
+    match it (a file replaced or truncated since its record was written is an ArtifactError)."""
+    import numpy as np
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: per-image predictions not found") from None
+    if reference is not None and reference.get("sha256") not in (None, hashlib.sha256(data).hexdigest()):
+        raise ArtifactError(f"{path}: per-image predictions changed since their record was written")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(f"{path}: per-image predictions are corrupted ({exc})") from None
+    if arr.ndim != 1 or arr.dtype != np.uint8:
+        raise ArtifactError(f"{path}: expected uint8 [N] top-1 classes, found {arr.dtype} {list(arr.shape)}")
+    if reference is not None and reference.get("images") not in (None, arr.size):
+        raise ArtifactError(f"{path}: {arr.size} predictions, its record says {reference['images']}")
+    return arr

@@ -154,12 +154,12 @@ def _global(
         os.environ["TOOLKIT_VERBOSE"] = "1"
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]], *, keep_whole: tuple[str, ...] = (),
+def print_table(title: str, columns: list[str], rows: list[list[Any]], *, no_wrap: tuple[str, ...] = (),
                 **kwargs: Any) -> None:
-    """A rich table; the columns named in `keep_whole` are never wrapped (the others give way)."""
+    """A rich table; the columns named in `no_wrap` keep each cell on one line (others fold)."""
     table = Table(title=title, **kwargs)
     for col in columns:
-        table.add_column(col, overflow="fold", no_wrap=col in keep_whole)
+        table.add_column(col, overflow="fold", no_wrap=col in no_wrap)
     for row in rows:
         table.add_row(*[str(v) for v in row])
     console.print(table)
@@ -291,21 +291,36 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
                                      limit_train=kwargs["limit_train"],
                                      mixed_precision=kwargs["mixed_precision"], root=kwargs["artifacts"])
     _load_data(data_dir)  # verifies (or downloads) before the model is built
-    result = train.train(spec, data_dir=data_dir, root=kwargs.pop("artifacts"), progress=True,
-                         console=console, **kwargs)
+    root = kwargs.pop("artifacts")
+    result = train.train(spec, data_dir=data_dir, root=root, progress=True, console=console, **kwargs)
     if result.reused:
         console.print(f"Reused the completed run {result.run_dir} (same spec, seed, epochs, "
                       "data); pass --force to train it again.")
     rows = [list(r) for r in train.comparison_rows(result.metrics, spec)]
     title = (f"{spec.name}: this run vs the seed's reported figures" if spec.reported
              else f"{spec.name}: this run (a new spec: the seed reports no figures for it)")
-    print_table(title, ["figure", "this run", "seed"], rows)
+    print_table(title, ["figure", "this run", "95% interval (Wilson)", "seed"], rows)
+    _print_seed_spread(spec.name, root, result.metrics)
     for line in train.run_notes(result.metrics):
         console.print(line)
     console.print(f"Current run: {result.run_dir.parent.parent} (run {result.run_dir.name}, "
                   f"{result.metrics['params']:,} params, mixed precision "
                   f"{result.metrics.get('mixed_precision', 'off')})")
     return result.metrics
+
+
+def _print_seed_spread(name: str, root: Path | None, metrics: dict[str, Any]) -> None:
+    """Across seeds, not the test-set interval, is what separates two trainings: say it."""
+    from toolkit import artifacts, train
+
+    spread = train.seed_spread(artifacts.spec_artifacts(name, root), metrics)
+    if spread is None or spread.n < 2:
+        console.print("Test accuracy across seeds: only this seed of this recipe is complete; train "
+                      "others (--seed 1, --seed 2) to see the spread that separates two trainings.")
+        return
+    console.print(f"Test accuracy across the {spread.n} completed seeds of this recipe: mean "
+                  f"{spread.mean:.4f} ± {spread.std:.4f} (sample std), range "
+                  f"{spread.low:.4f}-{spread.high:.4f}.")
 
 
 # Stages of `toolkit run`, in order. Later features append theirs: (name, fn(exp, root, opts)).

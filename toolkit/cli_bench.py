@@ -27,6 +27,17 @@ ThreadsOption = Annotated[
     list[str] | None, typer.Option("--threads", help="Thread counts, e.g. 1,all (default).")
 ]
 SecondsOption = Annotated[float, typer.Option("--seconds", min=0.05, help="Timed seconds per case.")]
+RepeatsOption = Annotated[
+    int,
+    typer.Option("--repeats", min=1, help="Measure each case in this many separate processes (>= 2 gives "
+                                          "a 95% interval; 3 by default)."),
+]
+MemoryOption = Annotated[
+    bool,
+    typer.Option("--memory/--no-memory", help="Also measure peak memory, load time and first call per "
+                                              "runtime x file, each in a fresh process."),
+]
+DEFAULT_REPEATS = 3
 
 
 @command("bench")
@@ -38,6 +49,8 @@ def bench_cmd(
     batch: BatchOption = None,
     threads: ThreadsOption = None,
     seconds: SecondsOption = 1.5,
+    repeats: RepeatsOption = DEFAULT_REPEATS,
+    memory: MemoryOption = True,
     artifacts: ArtifactsOption = None,
 ) -> None:
     """Benchmark every export (and model.keras) on each runtime; results go to ARTIFACTS/bench/."""
@@ -49,6 +62,8 @@ def bench_cmd(
         batch=batch,
         threads=threads,
         seconds=seconds,
+        repeats=repeats,
+        memory=memory,
         artifacts=artifacts,
     )
 
@@ -62,6 +77,8 @@ def run_bench(
     batch: list[str] | None = None,
     threads: list[str] | None = None,
     seconds: float = 1.5,
+    repeats: int = DEFAULT_REPEATS,
+    memory: bool = True,
     artifacts: Path | None = None,
 ) -> list[Any]:
     from rich.markup import escape
@@ -71,17 +88,16 @@ def run_bench(
     from toolkit.errors import PartialFailure
 
     request = BenchRequest(root=artifacts, exps=exp, formats=formats, runtime_keys=runtime_keys,
-                           device=device, batches=batch, threads=threads, seconds=seconds)
+                           device=device, batches=batch, threads=threads, seconds=seconds, repeats=repeats,
+                           memory=memory)
     session = BenchSession.open(request)
-    console.print(
-        f"Benchmarking {len(session.cases)} cases from {session.root} ({seconds:g} s timed per case; Keras "
-        "cases run in one subprocess per thread count, since TensorFlow fixes its thread count per process)"
-    )
+    planned = session.measurements()
+    _announce(session, seconds)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, transient=True)
     try:
         with progress:
-            task = progress.add_task("planning", total=len(session.cases))
+            task = progress.add_task("planning", total=len(planned))
             outcomes = run_benchmarks(session, on_start=lambda what: progress.update(task, description=what),
                                       on_done=lambda _: progress.advance(task))
     finally:
@@ -95,33 +111,42 @@ def run_bench(
     results = [o.result for o in outcomes if o.result is not None]
     if results:
         _print_results(results, session.peaks or {})
-        console.print(f"Results recorded in {paths[0]}; `toolkit report` joins them with accuracy and "
-                      "parity.")
+        console.print(f"Results recorded in {', '.join(map(str, paths))}; `toolkit report` joins them with "
+                      "accuracy and parity.")
+        _print_interval_check(session.root, results, paths)
     failures = [o for o in outcomes if o.error is not None]
     for o in failures:
         err_console.print(f"[red]failed:[/] {o.case.id}: {escape(o.error.message)}", soft_wrap=True)
     if failures:
-        raise PartialFailure(f"{len(failures)} of {len(session.cases)} benchmark cases failed (listed "
+        raise PartialFailure(f"{len(failures)} of {len(planned)} benchmark measurements failed (listed "
                              "above); the others were recorded")
     return results
 
 
+def _announce(session: Any, seconds: float) -> None:
+    n_memory = sum(c.kind == "memory" for c in session.cases)
+    memory_text = f" and {n_memory} memory cases" if n_memory else ""
+    processes = f"{session.repeats} separate process{'es' if session.repeats > 1 else ''}"
+    console.print(
+        f"Benchmarking {len(session.cases) - n_memory} cases{memory_text} from {session.root}, each in "
+        f"{processes} ({seconds:g} s timed per case and process; Keras cases run in one subprocess per "
+        "thread count, since TensorFlow fixes its thread count per process; memory cases each in a fresh "
+        "process)"
+    )
+
+
 def _print_results(results: list[Any], peaks: dict[str, Any]) -> None:
-    rows = []
-    for r in results:
-        check, stats, case = r.check, r.stats, r.case
-        top1 = f"{check['top1_mismatches']}/{check['top1_compared']} flips" if check["top1_checked"] \
-            else "shape+finite"
-        device = f"{case.device}-{case.io}" if case.io else case.device
-        rows.append([case.spec, case.key, case.runtime, device, case.batch, case.threads,
-                     f"{stats.images_per_s:,.0f}", f"{stats.p50_ms:.3f}", f"{stats.p90_ms:.3f}",
-                     f"{stats.p99_ms:.3f}", f"{r.pct_of_peak:.1f}" if r.pct_of_peak is not None else "-",
-                     stats.rounds, top1])
+    from toolkit.report import rows_from_results
+    from toolkit.report_columns import BENCH_TABLE, columns_for
+
+    rows = rows_from_results(results, peaks)
+    columns = columns_for(BENCH_TABLE)
     print_table(
-        "Benchmark (p50/p90/p99 from raw per-call timings; images/s = batch / p50)",
-        ["spec", "format", "runtime", "device", "batch", "thr", "img/s", "p50 ms", "p90 ms", "p99 ms",
-         "% peak", "rounds", "output check"],
-        rows,
+        "Benchmark: one row per file x runtime x device x threads (p50 at batch 1, img/s at the largest "
+        "batch: geometric means across processes (95% interval); p50 ≈ #: rows whose p50 intervals overlap; "
+        "memory: medians of fresh processes)",
+        [c.title for c in columns],
+        [[c.text(r, None) for c in columns] for r in rows],
     )
     if not peaks:
         return
@@ -142,14 +167,19 @@ def report_cmd(
     max_size_mb: Annotated[
         float | None, typer.Option("--max-size-mb", min=0, help="Budget: file size (MB).")
     ] = None,
+    max_memory_mb: Annotated[
+        float | None,
+        typer.Option("--max-memory-mb", min=0, help="Budget: peak resident memory serving batch 1 (MB)."),
+    ] = None,
     tolerance: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--accuracy-tolerance",
             min=0,
-            help="Accuracy gap (0.001 = 0.1 pt) treated as a tie when picking; the faster one wins.",
+            help="Override the statistical tie rule: rows within this accuracy gap of the best (0.001 = 0.1 "
+                 "pt) count as tied. Default: tied = not significantly less accurate (McNemar p >= 0.05).",
         ),
-    ] = 0.001,
+    ] = None,
     exp: ExpsOption = None,
     artifacts: ArtifactsOption = None,
 ) -> None:
@@ -159,6 +189,7 @@ def report_cmd(
         artifacts=artifacts,
         max_latency_ms=max_latency_ms,
         max_size_mb=max_size_mb,
+        max_memory_mb=max_memory_mb,
         tolerance=tolerance,
     )
 
@@ -169,15 +200,15 @@ def make_report(
     artifacts: Path | None = None,
     max_latency_ms: float | None = None,
     max_size_mb: float | None = None,
-    tolerance: float = 0.001,
+    max_memory_mb: float | None = None,
+    tolerance: float | None = None,
 ) -> Any:
     from toolkit import report
     from toolkit.artifacts import require_writable, resolve_root
 
     require_writable(resolve_root(artifacts))  # before the joining work, not after it
-    rep = report.build_report(
-        artifacts, exps=exp, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, tolerance=tolerance
-    )
+    rep = report.build_report(artifacts, exps=exp, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
+                              max_memory_mb=max_memory_mb, tolerance=tolerance)
     paths = report.write_report(rep)
     _print_report_table(rep)
     console.print(rep.pick_text)
@@ -187,28 +218,52 @@ def make_report(
     return rep
 
 
+def _print_interval_check(root: Path, results: list[Any], written: list[Path]) -> None:
+    """Do this run's p50s fall inside the previous run's 95% intervals? (The check that the
+    intervals hold; it needs a previous run with repeats on the same files.)"""
+    from toolkit.benchmark import results as bench_results
+
+    groups = bench_results.group_results([r for r in results if isinstance(r, bench_results.InferenceResult)])
+    runs = bench_results.read_runs(root)
+    previous = bench_results.previous_run(runs, groups, exclude=written)
+    if previous is None or not groups:
+        return
+    check = bench_results.interval_check(previous, groups)
+    if not check.compared:
+        return
+    console.print(f"Interval check: {check.inside} of {check.compared} p50s of this run "
+                  f"({check.fraction:.0%}) fall inside the 95% intervals of the previous run "
+                  f"({previous.path.name if previous.path else 'earlier run'}, written "
+                  f"{previous.written_at}).")
+    for line in check.outside:
+        console.print(f"  outside: {line}", soft_wrap=True)
+
+
 def _print_report_table(rep: Any) -> None:
     from rich import box
     from rich.table import Table
 
-    from toolkit import report
+    from toolkit.report_columns import BASELINE_TITLES, TERMINAL, TERMINAL_COST, baseline_rows, columns_for
 
-    columns, rows = report.table_rows(rep)
+    titles = {TERMINAL: "Accuracy (95% Wilson interval; vs best: paired McNemar test against the most "
+                        "accurate row within the budget)",
+              TERMINAL_COST: "Deployment cost (95% intervals across processes; p50 ≈ #: rows not "
+                             "separable in batch-1 p50; front: L latency, S size, M memory, ≈ tied)"}
+    for view, title in titles.items():
+        table = Table(title=title, box=box.SIMPLE_HEAD)
+        columns = columns_for(view)
+        for col in columns:
+            table.add_column(col.title, no_wrap=True, justify=col.align)
+        for row in rep.rows:
+            table.add_row(*[col.text(row, rep) for col in columns])
+        console.print(table)
     # params and MFLOPs are per spec: stated once below the table to keep it within a terminal.
-    drop = {columns.index("params"), columns.index("MFLOPs")}
-    table = Table(
-        title="Accuracy vs deployment cost (front: L = Pareto accuracy/latency, S = accuracy/size)",
-        box=box.SIMPLE_HEAD,
-    )
-    for i, col in enumerate(columns):
-        if i not in drop:
-            table.add_column(col, no_wrap=True, justify="left" if i < 4 else "right")
-    for row in rows:
-        table.add_row(*[v for i, v in enumerate(row) if i not in drop])
-    console.print(table)
     for spec in dict.fromkeys(r.spec for r in rep.rows):
         first = next(r for r in rep.rows if r.spec == spec)
         console.print(f"{spec}: {first.params:,} parameters, {first.mflops:.2f} MFLOPs per image")
+    if rep.baselines:
+        print_table("Memory baselines (peak RSS of the fresh processes before loading the model)",
+                    BASELINE_TITLES, baseline_rows(rep))
 
 
 def _bench_stage(*, exp: str, artifacts: Path | None, **_: Any) -> None:

@@ -93,6 +93,7 @@ def print_status_table(name: str, root) -> None:
     only for the file it checked (a replaced file shows as stale)."""
     from toolkit import artifacts as arts_mod
     from toolkit.export.record import NOT_RUN, ParitySummary, read_exports
+    from toolkit.stats import interval_of_accuracy
 
     arts = arts_mod.spec_artifacts(name, root)
     entries = read_exports(arts).exports
@@ -111,16 +112,20 @@ def print_status_table(name: str, root) -> None:
             e.key, STATUS_TEXT.get(state, state), _mb(e.size_bytes), _kib(e.arena_bytes),
             _fmt(parity.agreement, ".2%"),
             _fmt(parity.flipped, "d"), _fmt(parity.max_abs_diff, ".2e"), _fmt(parity.p99_abs_diff, ".2e"),
-            _fmt(parity.test_accuracy, ".2%"), f"{delta:+.2f}" if delta is not None else "-",
+            _accuracy(parity), f"{delta:+.2f}" if delta is not None else "-", _mcnemar(parity),
             ", ".join(dict.fromkeys(_check_name(f) for f in failures)),
         ])
-        keras_acc = keras_acc if keras_acc is not None else parity.keras_accuracy
+        if keras_acc is None and parity.keras_accuracy is not None and parity.images:
+            keras_acc = interval_of_accuracy(parity.keras_accuracy, parity.images)
     title = f"{name}: exports and parity on the 10,000 test images"
     if keras_acc is not None:
-        title += f" (Keras accuracy {keras_acc:.2%})"
+        title += f" (Keras accuracy {keras_acc.estimate:.2%}, 95% CI {_ci([keras_acc.low, keras_acc.high])})"
     columns = ["export", "status", "MB", "arena KiB", "top-1 agree", "flipped", "max |d|", "p99 |d|",
-               "accuracy", "d acc pp", "failed check"]
-    print_table(title, columns, rows, keep_whole=("export", "status"))
+               "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"]
+    print_table(title, columns, rows, no_wrap=("export", "status", "accuracy ± 95% CI", "McNemar p (b/c)"))
+    console.print("McNemar p: exact two-sided test of the export against Keras on the same images; b = "
+                  "images only Keras got right, c = only the export; p >= 0.05: no significant difference "
+                  "in accuracy. '-': parity predates the test (rerun toolkit parity).")
     if details:
         console.print("Failed checks, by how much:", soft_wrap=True)
         for line in details:
@@ -132,6 +137,28 @@ def _check_name(failure: str) -> str:
     "top-1 agreement", "model.keras changed since this export")."""
     match = re.match(r"[A-Za-z][\w\-./]*(?: [A-Za-z][\w\-./]*)*", failure)
     return match.group(0) if match else failure[:40]
+
+
+def _ci(bounds: Any) -> str:
+    return f"{bounds[0]:.2%}-{bounds[1]:.2%}" if bounds else "-"
+
+
+def _accuracy(parity: Any) -> str:
+    """'92.59% ±0.51' (half the Wilson interval, in points; the bounds are in parity.json)."""
+    if parity.test_accuracy is None:
+        return "-"
+    if not parity.accuracy_ci:
+        return f"{parity.test_accuracy:.2%}"
+    return f"{parity.test_accuracy:.2%} ±{(parity.accuracy_ci[1] - parity.accuracy_ci[0]) * 50:.2f}"
+
+
+def _mcnemar(parity: Any) -> str:
+    from toolkit.stats import fmt_p
+
+    if parity.mcnemar_p is None:
+        return "-"
+    b, c = parity.discordant or ("?", "?")
+    return f"{fmt_p(parity.mcnemar_p)} ({b}/{c})"
 
 
 def _verdict(failed_exports: list[str], failed_parity: list[str]) -> None:

@@ -25,8 +25,10 @@ from toolkit.contract import CLASSIFIER, IOContract
 from toolkit.errors import ArtifactError, NewerRecordError
 from toolkit.export.record import ParitySummary
 from toolkit.export.registry import FORMATS, export_path
+from toolkit.stats import accuracy_interval, paired_predictions
 
 BATCH = 1000
+KERAS_KEY = "keras-fp32"  # the reference's name among the predictions files, as in the benchmarks
 SCHEMA_VERSION = 2  # 2: each result names the sha256 of the file it checked; 1: without it
 WHAT = "parity results"
 
@@ -77,6 +79,12 @@ class ParityResult:
     would_pass_with: dict[str, Any] = field(default_factory=dict)
     sha256_matches_export: bool | None = None
     sha256: str | None = None  # of the file checked (None in version-1 records, or if it was missing)
+    # Added without a version bump (older readers ignore them; absent in older records):
+    accuracy_ci: list[float] | None = None  # 95% Wilson interval of test_accuracy
+    mcnemar_p: float | None = None  # exact McNemar, export vs Keras, on the same test images
+    discordant: list[int] | None = None  # [Keras right & export wrong, export right & Keras wrong]
+    predictions: dict[str, Any] | None = None  # {"file": "predictions/KEY.npy", "sha256", "images"}
+    top1: Any = field(default=None, repr=False, compare=False)  # this check's classes; not written
 
     @property
     def passed(self) -> bool:
@@ -93,17 +101,19 @@ class ParityResult:
             flipped=self.flipped, max_abs_diff=self.max_abs_diff, mean_abs_diff=self.mean_abs_diff,
             p99_abs_diff=self.p99_abs_diff, test_accuracy=self.test_accuracy,
             keras_accuracy=self.keras_accuracy, accuracy_delta_pp=self.accuracy_delta_pp, images=self.images,
+            accuracy_ci=self.accuracy_ci, mcnemar_p=self.mcnemar_p, discordant=self.discordant,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "top1"}
+        return {**out, "passed": self.passed}
 
     @classmethod
     def from_dict(cls, doc: Any, *, path: Path) -> ParityResult:
         what = f"{WHAT} entry"
         if not isinstance(doc, dict):
             raise ArtifactError(f"{path}: a {what} is not an object. Delete it and rerun `toolkit parity`")
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} - {"top1"}
         for name in ("key", "status"):
             records.require(doc, name, str, path=path, what=what)
         return cls(**{k: v for k, v in doc.items() if k in names})
@@ -152,6 +162,11 @@ def compare(result: ParityResult, reference: np.ndarray, candidate: np.ndarray,
     result.keras_accuracy = float(np.mean(ref_top == labels))
     result.test_accuracy = float(np.mean(cand_top == labels))
     result.accuracy_delta_pp = (result.test_accuracy - result.keras_accuracy) * 100
+    interval = accuracy_interval(int(np.count_nonzero(cand_top == labels)), len(labels))
+    result.accuracy_ci = [interval.low, interval.high]
+    paired = paired_predictions(ref_top, cand_top, labels)  # a = Keras, b = the export
+    result.mcnemar_p, result.discordant = paired.p_value, [paired.only_a, paired.only_b]
+    result.top1 = cand_top.astype(np.uint8)
     drop = -result.accuracy_delta_pp
 
     if result.agreement < tol.min_agreement:
@@ -213,6 +228,7 @@ class SpecParity:
     results: list[ParityResult]
     images: int = 0
     not_checked: list[str] = field(default_factory=list)  # keys whose export failed or is missing
+    keras_predictions: dict[str, Any] | None = None  # the Keras reference's top-1 file
 
     @property
     def failed(self) -> list[ParityResult]:
@@ -256,6 +272,7 @@ def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
     if hook:
         hook("done", "keras")
     outcome = SpecParity(name, keras_accuracy, [], images=len(images))
+    outcome.keras_predictions = _save_top1(arts, KERAS_KEY, reference.argmax(1))
     for key in wanted:
         if not entries[key].exported or key not in FORMATS:
             outcome.not_checked.append(key)
@@ -264,6 +281,7 @@ def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
             hook("start", key)
         result = _check_entry(arts, entries[key], source_sha=source_sha, reference=reference,
                               images=images, labels=labels)
+        result.predictions = _save_top1(arts, key, result.top1)
         outcome.results.append(result)
         entries[key].parity = result.summary()
         if hook:
@@ -272,6 +290,17 @@ def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
     write_exports(arts, ExportsRecord(name, record.source_model_sha256 or source_sha, list(entries.values())))
     write_parity(arts, outcome, source_sha)
     return outcome
+
+
+def _save_top1(arts, key: str, top1: np.ndarray | None) -> dict[str, Any] | None:
+    """Keep this check's top-1 classes beside parity.json (NAME/predictions/KEY.npy) so any two
+    rows can be compared image by image later; a check without outputs leaves no stale file."""
+    path = arts.predictions_file(key)
+    if top1 is None:
+        path.unlink(missing_ok=True)
+        return None
+    ref = artifacts.save_predictions(path, top1)
+    return {**ref, "file": str(path.relative_to(arts.dir))}
 
 
 def _check_entry(arts, entry, *, source_sha: str, reference: np.ndarray, images: np.ndarray,
@@ -306,6 +335,10 @@ class ParityRecord:
     test_images: int = 0
     keras_accuracy: float | None = None
     checked_at: str | None = None
+    keras_predictions: dict[str, Any] | None = None  # absent in records older than per-image files
+
+    def result(self, key: str) -> ParityResult | None:
+        return next((r for r in self.results if r.key == key), None)
 
 
 def read_parity(arts) -> ParityRecord | None:
@@ -324,6 +357,7 @@ def read_parity(arts) -> ParityRecord | None:
         test_images=records.optional(doc, "test_images", int, path=path, what=WHAT, default=0),
         keras_accuracy=keras.get("test_accuracy"),
         checked_at=records.optional(doc, "checked_at", str, path=path, what=WHAT),
+        keras_predictions=records.optional(keras, "predictions", dict, path=path, what=f"{WHAT} keras entry"),
     )
 
 
@@ -352,7 +386,8 @@ def write_parity(arts, outcome: SpecParity, source_sha: str) -> None:
         "source_model_sha256": source_sha,
         "checked_at": now(),
         "test_images": outcome.images,
-        "keras": {"runtime": "keras", "test_accuracy": outcome.keras_accuracy},
+        "keras": {"runtime": "keras", "test_accuracy": outcome.keras_accuracy,
+                  "predictions": outcome.keras_predictions},
         "tolerances": {k: {n: v for n, v in asdict(t).items() if v is not None}
                        for k, t in TOLERANCES.items()},
         "exports": [r.to_dict() for r in sorted(kept.values(), key=lambda r: order.get(r.key, len(order)))],

@@ -33,6 +33,7 @@ from toolkit.errors import ArtifactError, ContractError, DeviceUnavailableError,
 from toolkit.quiet import quiet_stderr
 
 DEVICES = ("cpu", "gpu")
+KERAS_KEYS = ("keras", "keras-predict")
 
 
 class LoadedModel:
@@ -317,6 +318,9 @@ class Runtime:
     module: str  # imported to check availability, without loading a model
     loader: Callable[..., LoadedModel] = field(repr=False)
     description: str = ""
+    # What loading a model imports, importable ahead of it (the "runtime imported, no model"
+    # baseline of the memory benchmark).
+    preload: tuple[str, ...] = ()
 
     def available(self) -> bool:
         try:
@@ -336,20 +340,20 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("keras", (".keras",), ("cpu",), "tensorflow",
                 lambda p, device, threads: KerasModel(p, predict=False, device=device,
                                                       threads=threads),
-                "Keras model called as a compiled tf.function"),
+                "Keras model called as a compiled tf.function", ("toolkit._tf", "toolkit.models")),
         Runtime("keras-predict", (".keras",), ("cpu",), "tensorflow",
                 lambda p, device, threads: KerasModel(p, predict=True, device=device,
                                                       threads=threads),
-                "Keras model.predict, as users call it"),
+                "Keras model.predict, as users call it", ("toolkit._tf", "toolkit.models")),
         Runtime("onnxruntime", (".onnx",), ("cpu",), "onnxruntime",
                 lambda p, device, threads: OrtModel(p, device="cpu", threads=threads),
-                "ONNX Runtime, CPU execution provider"),
+                "ONNX Runtime, CPU execution provider", ("onnxruntime",)),
         Runtime("onnxruntime-cuda", (".onnx",), ("gpu",), "onnxruntime",
                 lambda p, device, threads: OrtModel(p, device="gpu", threads=threads),
-                "ONNX Runtime, CUDA execution provider (no CPU fallback)"),
+                "ONNX Runtime, CUDA execution provider (no CPU fallback)", ("onnxruntime",)),
         Runtime("litert", (".tflite",), ("cpu",), "ai_edge_litert",
                 lambda p, device, threads: LiteRTModel(p, device=device, threads=threads),
-                "LiteRT interpreter with XNNPACK"),
+                "LiteRT interpreter with XNNPACK", ("ai_edge_litert.interpreter",)),
     )
 }
 

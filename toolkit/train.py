@@ -236,6 +236,8 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     x_test = data.to_model_input(dataset.x_test)
     test_loss, test_accuracy = model.evaluate(x_test, fitting.eval_targets(spec.recipe, dataset.y_test),
                                               batch_size=1024, verbose=0)
+    # Kept beside the run so that any two runs or exports can be compared image by image.
+    top1 = np.argmax(model.predict(x_test, batch_size=1024, verbose=0), axis=1).astype(np.uint8)
     figures = fitting.selected_figures(history, kept)
     metrics = {
         "spec": spec.name,
@@ -269,7 +271,7 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "manifest": manifest,
     }
-    return _commit_run(arts, rid, model, history, metrics, partial)
+    return _commit_run(arts, rid, model, history, metrics, partial, top1=top1)
 
 
 def _model_and_state(spec: Spec, manifest: dict[str, Any], partial: Path, resume: bool, *,
@@ -333,12 +335,13 @@ def check_resume_precision(exp: str | Spec, *, seed: int = 0, epochs: int | None
             )
 
 
-def _commit_run(arts, rid, model, history, metrics, partial: Path) -> Path:
+def _commit_run(arts, rid, model, history, metrics, partial: Path, *, top1: np.ndarray) -> Path:
     """Write the run to a staging folder, then rename it into runs/<run-id>/ in one step."""
     staging = artifacts.make_private_dir(arts.runs_dir, f".{rid}.staging-")
     try:
         model.save(staging / "model.keras")
         artifacts.write_json(staging / "history.json", history)
+        metrics["test_predictions"] = artifacts.save_predictions(staging / artifacts.PREDICTIONS_FILE, top1)
         artifacts.write_json(staging / "metrics.json", metrics)
         final = arts.run_dir(rid)
         if final.exists():
@@ -355,8 +358,23 @@ def _commit_run(arts, rid, model, history, metrics, partial: Path) -> Path:
     return final
 
 
-def comparison_rows(metrics: dict[str, Any], spec: Spec) -> list[tuple[str, str, str]]:
-    """(figure, this run, seed's reported) rows for the end-of-training table."""
+# Each accuracy in metrics.json and the count of images it is a fraction of.
+ACCURACY_IMAGES = {"test_accuracy": "test_images", "train_accuracy": "train_images",
+                   "val_accuracy": "val_images"}
+
+
+def accuracy_interval(metrics: dict[str, Any], key: str = "test_accuracy"):
+    """The 95% interval (toolkit.stats) of an accuracy in `metrics`, or None if unknown."""
+    from toolkit.stats import interval_of_accuracy
+
+    value, n = metrics.get(key), metrics.get(ACCURACY_IMAGES.get(key, ""))
+    if value is None or not n:
+        return None
+    return interval_of_accuracy(float(value), int(n))
+
+
+def comparison_rows(metrics: dict[str, Any], spec: Spec) -> list[tuple[str, str, str, str]]:
+    """(figure, this run, its 95% interval, seed's reported) rows for the end-of-training table."""
     reported = spec.reported
     rows = []
     for key in ("test_accuracy", "train_accuracy", "val_accuracy", "train_loss", "val_loss",
@@ -364,7 +382,9 @@ def comparison_rows(metrics: dict[str, Any], spec: Spec) -> list[tuple[str, str,
         ours = metrics.get(key)
         theirs = getattr(reported, key, None) if reported else None
         fmt = {"train_seconds": "{:.2f}", "images_per_second": "{:,.0f}"}.get(key, "{:.4f}")
-        rows.append((key, fmt.format(ours) if ours is not None else "-",
+        interval = accuracy_interval(metrics, key) if key in ACCURACY_IMAGES else None
+        ci = f"[{interval.low:.4f}, {interval.high:.4f}]" if interval else ""
+        rows.append((key, fmt.format(ours) if ours is not None else "-", ci,
                      fmt.format(theirs) if theirs is not None else "-"))
     return rows
 
@@ -382,3 +402,19 @@ def run_notes(metrics: dict[str, Any]) -> list[str]:
         notes.append(f"Distilled from {teacher['spec']} (run {teacher['run_id']}"
                      + (f", test accuracy {acc:.4f})." if acc is not None else ")."))
     return notes
+
+
+def seed_spread(arts: artifacts.SpecArtifacts, metrics: dict[str, Any]):
+    """Test accuracy across the completed runs trained with this run's recipe (every seed),
+    as a toolkit.stats.Spread, or None without a manifest."""
+    from toolkit.stats import seed_spread as spread
+
+    manifest = metrics.get("manifest")
+    if not isinstance(manifest, dict):
+        return None
+    values = []
+    for rdir in artifacts.sibling_runs(arts, manifest):
+        value = artifacts.read_json(rdir / "metrics.json", what="metrics").get("test_accuracy")
+        if value is not None:
+            values.append(float(value))
+    return spread(values)

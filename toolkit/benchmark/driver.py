@@ -11,7 +11,9 @@ without CUDA, a Keras case without TensorFlow or at a thread count this process 
 the grouping of worker processes, the matmul peaks (measured once, outside every case's clock)
 and the results file, which keeps every result measured before a failure (a worker that dies,
 a Ctrl-C). Case kinds (toolkit.benchmark.kinds) decide placement and running, so kinds added
-later (training steps, memory and cold starts, repeated processes) need no change here.
+later (training steps) need no change here. Repeats: each case is measured `repeats` times,
+each time in another process (toolkit.benchmark.kinds.for_repeat), so its results give an
+interval that includes the drift between processes.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from toolkit.benchmark.engine import (
     own_timer,
     tensorflow_available,
 )
-from toolkit.benchmark.kinds import HERE, SKIP, CaseOutcome, Placement, kind_of
+from toolkit.benchmark.kinds import HERE, SKIP, CaseOutcome, Placement, for_repeat, kind_of
 from toolkit.benchmark.peaks import measure_peaks
 from toolkit.benchmark.plan import (
     CASE_KINDS,
     DEFAULT_SECONDS,
     FALLBACK_ORIGIN,
     INFERENCE,
+    MEMORY,
     TRAINING,
     BenchCase,
     Filters,
@@ -72,6 +75,10 @@ class BenchRequest:
     train_exps: Sequence[str] | None = None  # training cases (toolkit.benchmark.training defaults)
     train_precisions: Sequence[str] | None = None
     train_batches: Sequence[str | int] | None = None
+    # Each case of a repeatable kind is measured this many times, each time in another process
+    # (intervals need at least 2; the CLI's default is 3, pytest's 1).
+    repeats: int = 1
+    memory: bool = False  # also plan memory cases (peak RSS, load time, first call)
 
 
 class BenchSession:
@@ -81,9 +88,20 @@ class BenchSession:
         self.request = request
         self.root = artifacts.resolve_root(request.root)
         self.thread_counts = parse_threads(request.threads)
+        if not isinstance(request.repeats, int) or request.repeats < 1:
+            raise UsageError(f"repeats must be an integer >= 1, got {request.repeats!r} (3 gives a 95% "
+                             "interval from three processes)")
+        self.repeats = request.repeats
+        unknown = sorted(set(request.kinds) - set(CASE_KINDS))
+        if unknown:
+            raise UsageError(f"unknown benchmark kind(s) {unknown}; known: {', '.join(CASE_KINDS)}")
+        # Memory cases measure the same files as inference cases: they come with inference.
+        kinds = (INFERENCE, MEMORY) if request.memory else (INFERENCE,)
+        if INFERENCE not in request.kinds:
+            kinds = ()
         self.filters = Filters(exps=request.exps, formats=request.formats, runtime_keys=request.runtime_keys,
                                devices=parse_devices(request.device), batches=parse_batches(request.batches),
-                               threads=self.thread_counts)
+                               threads=self.thread_counts, kinds=kinds)
         self.seconds = request.seconds
         self.keras_threads = request.keras_threads
         self.cuda = runtimes.RUNTIMES["onnxruntime-cuda"].available()
@@ -98,7 +116,7 @@ class BenchSession:
         self._closed = False
 
     def _plan_inference(self) -> list[BenchCase]:
-        if INFERENCE not in self.request.kinds:
+        if not self.filters.kinds:
             return []
         cases = plan_cases(self.root, self.filters)
         if not cases and self.request.fallback:
@@ -107,9 +125,6 @@ class BenchSession:
         return cases
 
     def _plan_training(self) -> list[BenchCase]:
-        unknown = sorted(set(self.request.kinds) - set(CASE_KINDS))
-        if unknown:
-            raise UsageError(f"unknown benchmark kind(s) {unknown}; known: {', '.join(CASE_KINDS)}")
         if TRAINING not in self.request.kinds:
             return []
         from toolkit.benchmark.training import plan_training_cases
@@ -145,7 +160,16 @@ class BenchSession:
             return Placement(SKIP, reason="no exports under the artifacts root and no TensorFlow here to "
                                           "build the fallback models; export on a host with TensorFlow and "
                                           "copy artifacts/")
-        return kind_of(case).place(case, self)
+        return for_repeat(kind_of(case).place(case, self), case, self.repeats)
+
+    def measurements(self, cases: Sequence[BenchCase] | None = None, *,
+                     timing: bool = True) -> list[BenchCase]:
+        """`cases` (default: every planned case) once per repeat, repeat-major so that the
+        repeats of a case are spread over the run. Without timing, only repeat 0 (a check run)."""
+        chosen = list(self.cases if cases is None else cases)
+        rounds = self.repeats if timing else 1
+        return [c.with_repeat(r) for r in range(rounds) for c in chosen
+                if r == 0 or kind_of(c).repeatable]
 
     # ------------------------------------------------------------ shared state
 
@@ -221,7 +245,7 @@ def run_benchmarks(session: BenchSession, *, cases: Sequence[BenchCase] | None =
     """Run `cases` (default: every planned case) and return one outcome per case; a case that
     fails (a ToolkitError) is an outcome too, and the others go on. With `timing`, the matmul
     peaks are measured first (once per session) so results state their share of the peak."""
-    chosen = list(session.cases if cases is None else cases)
+    chosen = session.measurements(cases, timing=timing)
     here: list[BenchCase] = []
     groups: dict[tuple, tuple[Placement, list[BenchCase]]] = {}
     outcomes: list[CaseOutcome] = []
@@ -239,7 +263,7 @@ def run_benchmarks(session: BenchSession, *, cases: Sequence[BenchCase] | None =
             here.append(case)
         else:
             groups.setdefault(placement.group, (placement, []))[1].append(case)
-    if timing and (here or groups):
+    if timing and any(kind_of(c).uses_peaks for c in [*here, *(c for _, m in groups.values() for c in m)]):
         if on_start:
             on_start("measuring matmul peaks")
         session.measure_peaks()
@@ -265,9 +289,13 @@ def _run_here(session: BenchSession, case: BenchCase, timer: Timer) -> CaseOutco
 
 def _run_group(session: BenchSession, placement: Placement, members: list[BenchCase],
                done: Callable[[CaseOutcome], None]) -> None:
+    # The Keras top-1 references this process already computed: a repeat worker of ONNX Runtime
+    # and LiteRT cases then checks its outputs without importing TensorFlow itself.
+    known = session._ctx.references if session._ctx is not None else {}
+    references = {spec: None if ref is None else ref.tolist() for spec, ref in known.items()}
     try:
         run_in_worker(members, root=session.root, seconds=session.seconds, tf_threads=placement.tf_threads,
-                      label=placement.label or "benchmark worker", on_outcome=done)
+                      label=placement.label or "benchmark worker", on_outcome=done, references=references)
     except WorkerDied as exc:
         finished = {o.case.id for o in exc.outcomes}
         for case in members:

@@ -297,6 +297,6 @@ def run_case(case: BenchCase, ctx: BenchContext, *, timer: Timer = own_timer,
         mflops_per_image=spec.mflops_per_image(), inputs=ctx.inputs_source,
         reference=ctx.reference_source.get(case.spec), check=check, versions=ctx.versions,
         measured_at=now(), tf_threads=ctx.keras_threads if case.runtime in KERAS_RUNTIMES else None,
-        load_avg_1m=os.getloadavg()[0], notes=prep.notes,
+        load_avg_1m=os.getloadavg()[0], notes=prep.notes, pid=os.getpid(),
         stats=None if raw is None else TimingStats.from_times(raw, batch=case.batch, what=case.id),
     )

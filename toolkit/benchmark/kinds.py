@@ -8,11 +8,14 @@ A kind answers, for its cases:
 - `read(doc, path)` / `write(root, ...)`: its results, from a worker's output and to its file
   under ARTIFACTS/bench/ (each kind writes files of its own `kind`).
 
-Kinds: "inference" (a model file on a runtime) and "training" (one training step of a spec
-in a mixed-precision mode: toolkit.benchmark.training; TensorFlow, so a worker per thread count,
-like Keras inference). Planned ones plug in here without touching the driver: memory and
-cold-start cases (each in a fresh process: group=(case.id,)), repeated measurements in separate
-processes (group=(case.id, repeat)).
+Kinds: "inference" (latency and throughput), "memory" (peak RSS, load time, first call:
+each case starts its own fresh child process, so it runs "here" and the child isolates it)
+and "training" (one training step of a spec in a mixed-precision mode:
+toolkit.benchmark.training; TensorFlow, so a worker per thread count, like Keras inference).
+Repeats: the driver measures each case of a `repeatable` kind `repeats` times, each repeat in
+another process (repeat 0 where the kind places it, repeat r in a worker of its own, see
+`for_repeat`), so its results carry the drift between processes. A kind that is `isolated`
+(each run already a fresh process) keeps its placement for every repeat.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from toolkit.benchmark.plan import INFERENCE, KERAS_RUNTIMES, TRAINING, BenchCase
+from toolkit.benchmark.plan import INFERENCE, KERAS_RUNTIMES, MEMORY, TRAINING, BenchCase
 from toolkit.errors import ToolkitError, UsageError
 
 HERE, WORKER, SKIP = "here", "worker", "skip"
@@ -55,6 +58,9 @@ class Environment(Protocol):
 
 class CaseKind(Protocol):
     name: str
+    repeatable: bool  # measured once per repeat (each in another process)
+    isolated: bool  # run() already starts a fresh process: repeats keep the kind's placement
+    uses_peaks: bool  # its results state a share of the machine's measured matmul peaks
 
     def needs_tensorflow(self, case: BenchCase) -> bool: ...
 
@@ -74,6 +80,9 @@ class InferenceKind:
     """A model file on a runtime, device, batch and thread count: latency and throughput."""
 
     name = INFERENCE
+    repeatable = True
+    isolated = False
+    uses_peaks = True
 
     def needs_tensorflow(self, case: BenchCase) -> bool:
         return case.runtime in KERAS_RUNTIMES or case.trained  # trained: the Keras reference
@@ -134,6 +143,9 @@ class TrainingKind:
     """One training step of a spec in a mixed-precision mode and batch size: images/s."""
 
     name = TRAINING
+    repeatable = False  # images/s of a step; its seconds-long cases are not repeated
+    isolated = False
+    uses_peaks = False
 
     def needs_tensorflow(self, case: BenchCase) -> bool:
         return True
@@ -170,7 +182,61 @@ class TrainingKind:
         return write_training_run(root, TrainingRun(source=source, results=results))
 
 
-KINDS: dict[str, CaseKind] = {INFERENCE: InferenceKind(), TRAINING: TrainingKind()}
+class MemoryKind:
+    """A model file on a runtime (CPU): peak RSS serving batch 1 and the large batch, load time,
+    first-call latency, and the two baselines, in a fresh child that imports only that runtime."""
+
+    name = MEMORY
+    repeatable = True
+    isolated = True
+    uses_peaks = False
+
+    def needs_tensorflow(self, case: BenchCase) -> bool:
+        return case.runtime in KERAS_RUNTIMES
+
+    def place(self, case: BenchCase, env: Environment) -> Placement:
+        if case.device != "cpu":
+            return Placement(SKIP, reason="memory is measured on CPU only: a GPU's memory is not in the "
+                                          "process's resident set")
+        if case.runtime in KERAS_RUNTIMES and not env.tensorflow:
+            return Placement(SKIP, reason="TensorFlow is not installed here (ONNX Runtime/LiteRT memory "
+                                          "cases still run)")
+        return Placement(HERE)
+
+    def run(self, case: BenchCase, ctx: Any, *, timer: Any, cases: Sequence[BenchCase]) -> Any:
+        from toolkit.benchmark.memory import measure
+
+        return measure(case, ctx.images)
+
+    def finish(self, result: Any, peaks: dict[str, Any] | None) -> None:
+        return None
+
+    def read(self, doc: dict[str, Any], *, path: Path | None) -> Any:
+        from toolkit.benchmark.memory import MemoryResult
+
+        return MemoryResult.from_dict(doc, path=path or Path("<memory child output>"))
+
+    def write(self, root: Path, *, source: str, results: list[Any], peaks: dict[str, Any] | None,
+              extra: dict[str, Any]) -> Path:
+        from toolkit.benchmark.memory import write_memory_run
+
+        return write_memory_run(root, source=source, results=results)
+
+
+def for_repeat(placement: Placement, case: BenchCase, repeats: int) -> Placement:
+    """Where repeat `case.repeat` of a case goes: repeat 0 where its kind placed it; a later
+    repeat of a non-isolated kind in a worker process of its own (one worker per repeat and
+    per the kind's group, so cases of one repeat share it), never in this process again."""
+    kind = kind_of(case)
+    if case.repeat == 0 or placement.where == SKIP or kind.isolated:
+        return placement
+    what = placement.label or "ONNX Runtime and LiteRT cases (subprocess)"
+    label = f"repeat {case.repeat + 1}/{repeats}: {what}"
+    return Placement(WORKER, group=(*placement.group, "repeat", case.repeat), tf_threads=placement.tf_threads,
+                     label=label)
+
+
+KINDS: dict[str, CaseKind] = {INFERENCE: InferenceKind(), TRAINING: TrainingKind(), MEMORY: MemoryKind()}
 
 
 def kind_of(case: BenchCase) -> CaseKind:

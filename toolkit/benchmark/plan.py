@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,10 @@ GPU_IO_MODES = ("iobind", "e2e")  # input already on the device / host copies in
 INFERENCE = "inference"
 FALLBACK_ORIGIN = "temporary-untrained"  # cases of the fresh-clone fallback (files built on demand)
 TRAINING = "training"  # toolkit.benchmark.training
-CASE_KINDS = (INFERENCE, TRAINING)
+MEMORY = "memory"  # deployment cost of a file on a runtime, each case in a fresh child process
+MEMORY_BATCH = 256  # memory cases serve batch 1, then this batch
+KINDS_DEFAULT = (INFERENCE,)
+CASE_KINDS = (INFERENCE, TRAINING)  # what --bench-kind selects; memory cases come with --memory
 
 
 @dataclass(frozen=True)
@@ -48,16 +51,24 @@ class BenchCase:
     origin: str = "artifacts"  # or "temporary-untrained" (the fresh-clone fallback)
     io: str = ""  # GPU only: "iobind" | "e2e"
     kind: str = INFERENCE  # which driver kind runs it (toolkit.benchmark.kinds.KINDS)
+    repeat: int = 0  # which of the case's measurements (each repeat in another process)
 
     @property
     def id(self) -> str:
         device = f"{self.device}-{self.io}" if self.io else self.device
-        return f"{self.spec}-{self.key}-{self.runtime}-{device}-b{self.batch}-t{self.threads}"
+        kind = "" if self.kind == INFERENCE else f"-{self.kind}"
+        repeat = f"-r{self.repeat}" if self.repeat else ""
+        return f"{self.spec}-{self.key}-{self.runtime}-{device}{kind}-b{self.batch}-t{self.threads}{repeat}"
 
     @property
     def identity(self) -> tuple:
-        """What makes two results comparable: the same file on the same runtime and setting."""
-        return (self.spec, self.key, self.runtime, self.device, self.io, self.batch, self.threads)
+        """What makes two results comparable: the same file on the same runtime and setting
+        (the repeats of a case share it: they are measurements of one case)."""
+        base = (self.spec, self.key, self.runtime, self.device, self.io, self.batch, self.threads)
+        return base if self.kind == INFERENCE else (*base, self.kind)
+
+    def with_repeat(self, repeat: int) -> BenchCase:
+        return replace(self, repeat=repeat)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +95,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "spec": (str,), "key": (str,), "format": (str,), "precision": (str,), "runtime": (str,),
     "device": (str,), "batch": (int,), "threads": (int,), "path": (str,), "size_bytes": (int,),
     "sha256": (str, type(None)), "parity": (str,), "trained": (bool,), "origin": (str,),
-    "io": (str,), "kind": (str,),
+    "io": (str,), "kind": (str,), "repeat": (int,),
 }
 
 
@@ -174,6 +185,7 @@ class Filters:
     devices: Sequence[str] = runtimes.DEVICES
     batches: Sequence[int] = DEFAULT_BATCHES
     threads: Sequence[int] = (1,)
+    kinds: Sequence[str] = KINDS_DEFAULT  # add MEMORY for the deployment-cost cases
 
     def runtimes_for(self, candidates: Sequence[str]) -> list[str]:
         wanted = _split(self.runtime_keys)
@@ -184,7 +196,20 @@ class Filters:
 
 
 def expand(base: dict[str, Any], runtime_keys: Sequence[str], filters: Filters) -> list[BenchCase]:
-    """One file on each of its runtimes, devices, batches and thread counts."""
+    """One file on each of its runtimes, devices, batches and thread counts; with MEMORY among
+    the kinds, also one memory case per runtime on CPU (batch 1 then MEMORY_BATCH, at the
+    largest thread count: how the file would serve)."""
+    cases = []
+    if INFERENCE in filters.kinds:
+        cases += _expand_inference(base, runtime_keys, filters)
+    if MEMORY in filters.kinds and "cpu" in filters.devices:
+        cases += [BenchCase(**base, runtime=key, device="cpu", batch=MEMORY_BATCH,
+                            threads=max(filters.threads), kind=MEMORY)
+                  for key in runtime_keys if "cpu" in runtimes.get_runtime(key).devices]
+    return cases
+
+
+def _expand_inference(base: dict[str, Any], runtime_keys: Sequence[str], filters: Filters) -> list[BenchCase]:
     cases = []
     for key in runtime_keys:
         for device in runtimes.get_runtime(key).devices:

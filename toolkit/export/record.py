@@ -49,6 +49,10 @@ class ParitySummary:
     keras_accuracy: float | None = None
     accuracy_delta_pp: float | None = None
     images: int = 0
+    # Added without a version bump (absent in older records, ignored by older readers):
+    accuracy_ci: list[float] | None = None  # 95% Wilson interval of test_accuracy
+    mcnemar_p: float | None = None  # exact McNemar test against Keras on the same images
+    discordant: list[int] | None = None  # [Keras right & export wrong, export right & Keras wrong]
 
     @property
     def passed(self) -> bool | None:
@@ -62,6 +66,9 @@ class ParitySummary:
                "mean_abs_diff": self.mean_abs_diff, "p99_abs_diff": self.p99_abs_diff,
                "test_accuracy": self.test_accuracy, "keras_accuracy": self.keras_accuracy,
                "accuracy_delta_pp": self.accuracy_delta_pp, "images": self.images}
+        for name in ("accuracy_ci", "mcnemar_p", "discordant"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return {**out, "sha256": self.sha256}
 
     @classmethod
@@ -77,6 +84,8 @@ class ParitySummary:
             failures=list(opt("failures", list, [])),
             flipped=opt("flipped", int),
             images=opt("images", int, 0),
+            accuracy_ci=opt("accuracy_ci", list), mcnemar_p=opt("mcnemar_p", (int, float)),
+            discordant=opt("discordant", list),
             **{name: opt(name, (int, float)) for name in _NUMBERS},
         )
 
