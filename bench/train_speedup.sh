@@ -6,6 +6,7 @@
 #   bench/train_speedup.sh                  # one pair: before, then after; prints the ratio
 #   bench/train_speedup.sh --repeat 2       # before, after, after, before (order effects cancel)
 #   bench/train_speedup.sh --with-off       # also this checkout with --mixed-precision off
+#   bench/train_speedup.sh --with-bf16      # also this checkout with --mixed-precision bf16
 #   bench/train_speedup.sh --reuse-venv     # run e0182dc on ./.venv (same pinned dependencies)
 #   bench/train_speedup.sh --reuse-venv --quick   # 1 epoch on 2,000 images: checks the script only
 #
@@ -24,6 +25,7 @@ BASE_COMMIT=e0182dc
 EXP=CNN_1L_Dropout_Exp6
 REPEAT=1
 WITH_OFF=0
+WITH_BF16=0
 REUSE_VENV=0
 KEEP=0
 QUICK=""
@@ -31,11 +33,12 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --repeat) REPEAT=$2; shift 2 ;;
     --with-off) WITH_OFF=1; shift ;;
+    --with-bf16) WITH_BF16=1; shift ;;
     --reuse-venv) REUSE_VENV=1; shift ;;
     --keep) KEEP=1; shift ;;
     --quick) QUICK="--epochs 1 --limit-train 2000"; shift ;;
     --exp) EXP=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1; see $0 --help" >&2; exit 2 ;;
   esac
 done
@@ -99,6 +102,9 @@ for i in $(seq 1 "$REPEAT"); do
   if [ "$WITH_OFF" = 1 ]; then
     run "after-off-$i" "$WORK/art-off-$i" "--mixed-precision off" "$NEW_BIN"
   fi
+  if [ "$WITH_BF16" = 1 ]; then
+    run "after-bf16-$i" "$WORK/art-bf16-$i" "--mixed-precision bf16" "$NEW_BIN"
+  fi
 done
 
 python3 - "$WORK/rows.tsv" <<'PY'
@@ -121,4 +127,7 @@ print(f"goal (>= 1.98x, after <= 300 s on the 2-core development machine): "
 if mean("after-off", 3):
     print(f"this checkout with --mixed-precision off: {mean('before', 3) / mean('after-off', 3):.2f}x "
           "(background checkpoint only; the same weights as before)")
+if mean("after-bf16", 3):
+    print(f"this checkout with --mixed-precision bf16: {mean('before', 3) / mean('after-bf16', 3):.2f}x "
+          f"({mean('before', 3):.0f} s -> {mean('after-bf16', 3):.0f} s)")
 PY

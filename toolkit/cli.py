@@ -289,7 +289,7 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
     if kwargs["resume"]:
         train.check_resume_precision(spec, seed=kwargs["seed"], epochs=kwargs["epochs"],
                                      limit_train=kwargs["limit_train"],
-                                     mixed_precision=kwargs["mixed_precision"], root=kwargs["artifacts"])
+                                     mixed_precision=kwargs.get("mixed_precision"), root=kwargs["artifacts"])
     _load_data(data_dir)  # verifies (or downloads) before the model is built
     root = kwargs.pop("artifacts")
     result = train.train(spec, data_dir=data_dir, root=root, progress=True, console=console, **kwargs)

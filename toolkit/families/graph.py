@@ -186,7 +186,8 @@ class KerasNet:
         return self.layers.Add(name=name)([a, b])
 
     def classifier(self, x):
-        return self.dense(x, NUM_CLASSES, activation="softmax", name=OUTPUT_NAME)
+        # float32 under every mixed-precision policy: the softmax and the loss need its range.
+        return self.layers.Dense(NUM_CLASSES, activation="softmax", name=OUTPUT_NAME, dtype="float32")(x)
 
 
 Forward = Callable[[Any, Any], Any]  # forward(arch, net) -> the output tensor
