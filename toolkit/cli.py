@@ -224,6 +224,8 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
 
 # Stages of `toolkit run`, in order. Later features append theirs: (name, fn(exp, root, opts)).
 RUN_STAGES: list[tuple[str, Callable[..., None]]] = []
+# Stages that run only when their flag is given, after RUN_STAGES: (flag, name, fn).
+OPTIONAL_RUN_STAGES: list[tuple[str, str, Callable[..., Any]]] = []
 
 
 @command("run")
@@ -235,6 +237,8 @@ def run_cmd(
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training.")] = False,
+    serve: Annotated[bool, typer.Option("--serve", help="Then serve the pick and load-test it (batching "
+                                        "on and off, classify, similar, ceiling; several minutes).")] = False,
 ) -> None:
     """The whole pipeline for one spec: train, then every later stage."""
     console.rule(f"[bold]train {exp}")
@@ -243,11 +247,16 @@ def run_cmd(
     for name, stage in RUN_STAGES:
         console.rule(f"[bold]{name} {exp}")
         stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
+    flags = {"serve": serve}
+    for flag, name, stage in OPTIONAL_RUN_STAGES:
+        if flags.get(flag):
+            console.rule(f"[bold]{name} {exp}")
+            stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
 
 
 # Command modules of later features register themselves (commands and run stages) on import,
 # in this order, which is also the order of their `toolkit run` stages.
-COMMAND_MODULES = ("cli_export", "cli_bench", "cli_analysis", "cli_sweep")
+COMMAND_MODULES = ("cli_export", "cli_bench", "cli_analysis", "cli_sweep", "cli_serve")
 
 
 def _register_command_modules() -> None:

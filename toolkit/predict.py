@@ -33,20 +33,51 @@ class Prediction:
 
 def load_image(path: str | Path, *, invert: str = "auto") -> tuple[np.ndarray, list[str]]:
     """uint8 [28,28] for a PNG/JPEG (or anything Pillow reads), and the conversions applied."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
-    if invert not in ("auto", "yes", "no"):
-        raise UsageError(f"--invert must be auto, yes or no, got {invert!r}")
+    _check_invert(invert)
     if not path.is_file():
         raise DataError(f"{path}: image not found; expected a PNG or JPEG file")
+    return _convert(_open(path, str(path)), invert)
+
+
+def decode_image(data: bytes, *, invert: str = "auto", name: str = "upload",
+                 max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """`load_image` for bytes already in memory (an HTTP upload): the same conversion. A server
+    passes `max_pixels`, so a small compressed file cannot make it decode a huge image."""
+    import io
+
+    _check_invert(invert)
+    if not data:
+        raise DataError(f"{name}: empty; expected a PNG or JPEG file")
+    return _convert(_open(io.BytesIO(data), name, max_pixels), invert)
+
+
+def _check_invert(invert: str) -> None:
+    if invert not in ("auto", "yes", "no"):
+        raise UsageError(f"--invert must be auto, yes or no, got {invert!r}")
+
+
+def _open(source: Any, name: str, max_pixels: int | None = None):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise DataError(f"{name}: {img.width}x{img.height} pixels is more than this server "
+                                f"decodes ({max_pixels:,}); send a smaller image")
             img.load()
-            image = ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); "
+            return ImageOps.exif_transpose(img)
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not a readable image (Pillow does not recognise its format); "
                         "expected a PNG or JPEG file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{name}: not a readable image ({type(exc).__name__}: {exc}); "
+                        "expected a PNG or JPEG file") from None
+
+
+def _convert(image: Any, invert: str) -> tuple[np.ndarray, list[str]]:
+    from PIL import Image
+
     notes: list[str] = []
     if getattr(image, "n_frames", 1) > 1:
         notes.append(f"used the first of {image.n_frames} frames")
