@@ -35,7 +35,7 @@ setup: data $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 setup-dev: data $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(BIN)/pip install -q -e '.[dev,ray,serve]'
 
 lint: setup-dev
 	$(BIN)/ruff check .
