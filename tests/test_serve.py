@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import SERVE_CATALOG, SERVE_SPEC, png
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -23,29 +24,8 @@ from toolkit import CLASS_NAMES, artifacts
 from toolkit.cli import app
 from toolkit.errors import ArtifactError, ParityError, UsageError
 
-SPEC = "DNN_2L_Dropout_Exp2"  # the fastest trained spec to convert
-CATALOG = 500  # catalog = the first 500 real training images
+SPEC, CATALOG = SERVE_SPEC, SERVE_CATALOG
 runner = CliRunner()
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def served_root(trained_root, tmp_path_factory) -> Path:
-    """A private root: SPEC exported to ONNX fp32 (parity passed), its embedding ONNX and a catalog."""
-    root = tmp_path_factory.mktemp("serve") / "artifacts"
-    shutil.copytree(trained_root / SPEC, root / SPEC, ignore=shutil.ignore_patterns("runs", "recommend"))
-    for args in (
-        ["export", "--exp", SPEC, "--format", "onnx", "--precision", "fp32"],
-        ["recommend", "--exp", SPEC, "--index", "0", "--onnx", "--catalog-limit", str(CATALOG)],
-    ):
-        result = runner.invoke(app, [*args, "--artifacts", str(root)])
-        assert result.exit_code == 0, result.output
-    return root
 
 
 @pytest.fixture(scope="module")
