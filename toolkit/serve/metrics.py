@@ -1,16 +1,13 @@
 """Prometheus metrics of the server, through the official client library (prometheus-client).
 
 Each app gets its own CollectorRegistry (several apps in one test process never share counts).
-Request counts and latencies are recorded by a plain ASGI middleware (Starlette's
+Request counts and latencies are recorded by app.FrontDoor, a plain ASGI wrapper (Starlette's
 BaseHTTPMiddleware costs far more per request); batch sizes by the batchers. The batch-size
 histogram has one bucket per size up to max_batch, so `toolkit loadtest` reads the exact
 distribution back from /metrics.
 """
 
 from __future__ import annotations
-
-import time
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -121,31 +118,3 @@ class ServerMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class MetricsMiddleware:
-    """Counts every response by endpoint and status and times it; pure ASGI."""
-
-    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-        self._latency = {name: metrics.latency.labels(name) for name in (*ROUTES.values(), "other")}
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        endpoint = ROUTES.get(scope["path"], "other")
-        started = time.perf_counter()
-        status = [500]
-
-        async def send_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self._latency[endpoint].observe(time.perf_counter() - started)
-            self.metrics.requests.labels(endpoint, str(status[0])).inc()
