@@ -200,7 +200,7 @@ def test_similar_equals_an_exact_search_and_returns_thumbnails(client, state, da
     assert response.status_code == 200, response.text
     items = response.json()["similar"]
     rec = state.recommender
-    idx, sims = search(rec.vectors, rec.embedder.embed(to_model_input(dataset.x_test[3:4])), 4)
+    idx, sims = search(rec.index.vectors, rec.embedder.embed(to_model_input(dataset.x_test[3:4])), 4)
     assert [i["index"] for i in items] == idx[0].tolist()
     assert np.allclose([i["score"] for i in items], sims[0], atol=1e-6)
     assert [i["class"] for i in items] == [CLASS_NAMES[dataset.y_train[i]] for i in idx[0]]
@@ -210,6 +210,26 @@ def test_similar_equals_an_exact_search_and_returns_thumbnails(client, state, da
         assert np.array_equal(np.asarray(thumb), dataset.x_train[item["index"]])
     plain = client.post("/v1/similar", content=png(dataset.x_test[3]), headers={"Content-Type": "image/png"})
     assert len(plain.json()["similar"]) == 5 and "thumbnail" not in plain.json()["similar"][0]
+
+
+def test_the_index_finds_what_a_full_scan_finds(dataset):
+    """On real vectors (5,000 L2-normalised training images) and queries both like the catalog
+    (test images) and unlike it (noise): the same top k as toolkit.recommend.search."""
+    from toolkit.recommend import normalize, search
+    from toolkit.serve.index import ExactIndex
+
+    catalog = normalize(dataset.x_train[:5000])
+    noise = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    queries = normalize(np.concatenate([dataset.x_test[:90], noise]))
+    index = ExactIndex.build(catalog, head_dims=64)
+    for k in (1, 10, 100):
+        expected_idx, expected_sims = search(catalog, queries, k)
+        got_idx, got_sims, candidates = index.search(queries, k)
+        assert np.allclose(got_sims, expected_sims, atol=1e-6)
+        for row in range(len(queries)):  # the same items; only float32 near-ties may swap places
+            assert set(got_idx[row]) == set(expected_idx[row]) or np.isclose(
+                got_sims[row, -1], np.sort(catalog @ queries[row])[-k - 1], atol=1e-6)
+        assert candidates.min() >= k and np.median(candidates) < len(catalog) / 4
 
 
 def test_ceiling_decodes_and_converts_without_a_model(client, dataset):
@@ -336,10 +356,12 @@ class SlowRows:
 
     def __init__(self, seconds: float = 0.0, fail: bool = False) -> None:
         self.calls: list[int] = []
+        self.needs: list[int] = []
         self.seconds, self.fail = seconds, fail
 
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
+    def __call__(self, rows: np.ndarray, need: int) -> np.ndarray:
         self.calls.append(len(rows))
+        self.needs.append(need)
         time.sleep(self.seconds)
         if self.fail:
             raise RuntimeError("runtime failed")
@@ -357,13 +379,14 @@ def test_concurrent_requests_share_runtime_calls_and_get_their_own_rows():
         run = SlowRows(seconds=0.02)
         batcher = _batcher(run, max_batch=8, max_wait_ms=5.0, max_queue=64)
         rows = [np.full((1, 2, 2), i, np.uint8) for i in range(20)]
-        results = await asyncio.gather(*(batcher.submit(r) for r in rows))
+        results = await asyncio.gather(*(batcher.submit(r, need=i % 7) for i, r in enumerate(rows)))
         batcher.close()
         return run, results
 
     run, results = asyncio.run(scenario())
     assert [int(r[0, 0]) for r in results] == [2 * i % 256 for i in range(20)]
     assert sum(run.calls) == 20 and len(run.calls) <= 4 and max(run.calls) <= 8
+    assert run.needs[0] == 6  # the batch runs with the largest need (k) of its requests
 
 
 def test_a_request_larger_than_max_batch_runs_alone_and_errors_reach_only_their_batch():

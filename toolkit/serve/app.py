@@ -68,7 +68,7 @@ class ServeState:
         self.metrics = ServerMetrics(max_batch=self.batching.max_batch)
         self.classify = DynamicBatcher(
             "classify",
-            self.classifier.run,
+            lambda rows, _: self.classifier.run(rows),
             self.batching,
             on_batch=self.metrics.batch_hook("classify"),
             on_reject=self.metrics.reject_hook("classify"),
@@ -77,10 +77,10 @@ class ServeState:
         self.max_k = self.limits.max_k
         if self.recommender is not None:
             self.max_k = min(self.limits.max_k, len(self.recommender.labels))
-            k = self.max_k  # one search per batch at the largest k; each request keeps its first k
+            # One search per batch, at the largest k asked in it; each request keeps its first k.
             self.similar = DynamicBatcher(
                 "similar",
-                lambda rows: self.recommender.search(rows, k),
+                self._search,
                 self.batching,
                 on_batch=self.metrics.batch_hook("similar"),
                 on_reject=self.metrics.reject_hook("similar"),
@@ -93,6 +93,12 @@ class ServeState:
         self.identity = {
             k: self.classifier.identity[k] for k in ("spec", "key", "format", "precision", "sha256")
         }
+
+    def _search(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        indices, scores, candidates = self.recommender.search(rows, k)
+        for count in candidates:
+            self.metrics.candidates.observe(count)
+        return indices, scores
 
     def describe(self) -> dict[str, Any]:
         from toolkit.benchmark import package_versions
@@ -234,7 +240,7 @@ class Handlers:
         k = _int_param(request, "k", 5, 1, state.max_k)
         thumbnails = _bool_param(request, "thumbnails")
         pixels, notes = await _one_image(request, state.limits)
-        indices, scores = await state.similar.submit(pixels[None], watch=request.receive)
+        indices, scores = await state.similar.submit(pixels[None], need=k, watch=request.receive)
         rec = state.recommender
         items = []
         for rank, (i, score) in enumerate(

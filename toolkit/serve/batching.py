@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-RunRows = Callable[[np.ndarray], Any]  # rows [N,...] -> a result indexable by row (array, tuple of arrays)
+# (rows [N,...], the largest `need` of the batch's requests, e.g. its k) -> a result indexable by row
+# (an array, or a tuple of arrays)
+RunRows = Callable[[np.ndarray, int], Any]
 BatchHook = Callable[[int, float], None]  # (rows in the batch, seconds the runtime call took)
 
 
@@ -48,6 +50,7 @@ class ClientGone(Exception):
 class _Item:
     rows: np.ndarray
     future: asyncio.Future
+    need: int = 0
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -92,7 +95,9 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, rows: np.ndarray, *, watch: Callable[[], Awaitable[Any]] | None = None) -> Any:
+    async def submit(
+        self, rows: np.ndarray, *, need: int = 0, watch: Callable[[], Awaitable[Any]] | None = None
+    ) -> Any:
         """The runtime's result for `rows` (its own slice of the batch it ran in)."""
         if self._executor is None or (self._loop is not asyncio.get_running_loop() and not self._busy):
             self._start()
@@ -103,7 +108,7 @@ class DynamicBatcher:
                 f"{self.name}: {self._queued_rows} images already queued "
                 f"(limit {self.settings.max_queue}); retry shortly"
             )
-        item = _Item(rows, self._loop.create_future())
+        item = _Item(rows, self._loop.create_future(), need)
         self._queue.append(item)
         self._queued_rows += len(rows)
         self._schedule()
@@ -184,12 +189,13 @@ class DynamicBatcher:
             return
         self._busy = True
         rows = items[0].rows if len(items) == 1 else np.concatenate([i.rows for i in items])
-        done = self._loop.run_in_executor(self._executor, self._timed_run, rows)
+        need = max(i.need for i in items)
+        done = self._loop.run_in_executor(self._executor, self._timed_run, rows, need)
         done.add_done_callback(lambda fut: self._finish(items, fut))
 
-    def _timed_run(self, rows: np.ndarray) -> tuple[Any, float]:
+    def _timed_run(self, rows: np.ndarray, need: int) -> tuple[Any, float]:
         started = time.perf_counter()
-        result = self._run_rows(rows)
+        result = self._run_rows(rows, need)
         return result, time.perf_counter() - started
 
     def _finish(self, items: list[_Item], done: asyncio.Future) -> None:

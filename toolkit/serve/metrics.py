@@ -87,6 +87,13 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.candidates = Histogram(
+            f"{PREFIX}_similar_candidates",
+            "Catalog items the exact search rescored per query (the rest were "
+            "ruled out by their score bounds).",
+            buckets=(10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000),
+            registry=self.registry,
+        )
         self.rejected = Counter(
             f"{PREFIX}_rejected",
             "Requests dropped before a runtime call, by reason "
