@@ -228,7 +228,8 @@ def test_the_index_finds_what_a_full_scan_finds(dataset):
         assert np.allclose(got_sims, expected_sims, atol=1e-6)
         for row in range(len(queries)):  # the same items; only float32 near-ties may swap places
             assert set(got_idx[row]) == set(expected_idx[row]) or np.isclose(
-                got_sims[row, -1], np.sort(catalog @ queries[row])[-k - 1], atol=1e-6)
+                got_sims[row, -1], np.sort(catalog @ queries[row])[-k - 1], atol=1e-6
+            )
         assert candidates.min() >= k and np.median(candidates) < len(catalog) / 4
 
 
@@ -540,3 +541,19 @@ def test_ctrl_c_drains_an_in_flight_request_and_exits_130(served_root, dataset):
     assert response.startswith(b"HTTP/1.1 200") and b'"class"' in response
     assert code == 130
     assert "draining" in server.log or "interrupted" in server.log
+
+
+def test_requirements_serve_covers_the_serve_extra_without_tensorflow():
+    """The TF-free install path (README: Serving) lists the serve extra and the base dependencies
+    the server imports, with pyproject's bounds, and nothing of TensorFlow."""
+    tomllib = pytest.importorskip("tomllib")
+    repo = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    listed = {
+        line.split("#")[0].strip() for line in (repo / "requirements-serve.txt").read_text().splitlines()
+    }
+    listed.discard("")
+    assert set(project["optional-dependencies"]["serve"]) <= listed
+    needed = ("numpy", "rich", "typer", "onnxruntime", "ai-edge-litert", "pillow")
+    assert {d for d in project["dependencies"] if d.split(">")[0].split("<")[0] in needed} <= listed
+    assert not any(r.startswith(("tensorflow", "keras", "tf2onnx")) for r in listed)

@@ -33,6 +33,21 @@ MaxWait = Annotated[
 ]
 
 
+SERVING_MODULES = ("fastapi", "uvicorn", "httptools", "python_multipart", "prometheus_client", "httpx")
+
+
+def require_serving() -> None:
+    """One line naming the install command when the `serve` extra is missing."""
+    import importlib.util
+
+    missing = [m for m in SERVING_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(
+            f"serving needs {', '.join(missing)}: pip install -e '.[serve]' (or, on a host "
+            "without TensorFlow, pip install -r requirements-serve.txt)"
+        )
+
+
 @command("serve")
 def serve_cmd(
     exp: Annotated[str, typer.Option("--exp", help="Spec to serve.")] = DEFAULT_SPEC,
@@ -76,6 +91,7 @@ def serve_cmd(
 ) -> None:
     """Serve a spec's export (/v1/classify) and its recommender (/v1/similar) over HTTP; never
     imports TensorFlow. Ctrl-C drains in-flight requests and exits 130."""
+    require_serving()
     from toolkit.serve import BatchingSettings, Limits, ServeSettings, build_state, run
 
     try:
@@ -126,7 +142,8 @@ def _print_startup(state: Any, settings: Any) -> None:
         built = f", indexed now in {info['catalog_seconds']:.1f} s" if info["built_now"] else " (cached)"
         console.print(
             f"Recommender: {info['items']:,}-item catalog, {info['dim']}-d embeddings from "
-            f"{info['embedding_file']}{built}; exact cosine search."
+            f"{info['embedding_file']}{built}; index built in {info['index_seconds']:.1f} s. "
+            f"Search: {info['search']}."
         )
     else:
         console.print("Recommender: off (--no-similar); /v1/similar answers 404.")
@@ -204,6 +221,7 @@ def loadtest_cmd(
 ) -> None:
     """Open-loop load test of a running `toolkit serve` (Poisson arrivals, latency from scheduled
     time, send lag checked); results to ARTIFACTS/bench/."""
+    require_serving()
     from toolkit.loadtest import LoadSettings
 
     settings = LoadSettings(
@@ -369,6 +387,7 @@ def print_result(result: Any) -> None:
 def serve_stage(*, exp: str, artifacts: Path | None, data_dir: Path | None = None, **_: Any) -> list[Any]:
     """Serve the spec's pick in a child process (TensorFlow blocked), batching on and off, and run the
     server scenario on /v1/classify, /v1/similar and /v1/ceiling."""
+    require_serving()
     from toolkit.loadtest import LoadSettings
     from toolkit.serve.process import spawn
 

@@ -168,13 +168,13 @@ def _single_file_part(body: bytes, boundary: bytes) -> bytes | None:
     costs as much as decoding the image; this unambiguous case takes a few byte searches."""
     opening, closing = b"--" + boundary + b"\r\n", b"\r\n--" + boundary + b"--"
     end = body.rfind(closing)
-    if not body.startswith(opening) or end < 0 or body[end + len(closing):] not in (b"", b"\r\n"):
+    if not body.startswith(opening) or end < 0 or body[end + len(closing) :] not in (b"", b"\r\n"):
         return None
     headers_end = body.find(b"\r\n\r\n", len(opening))
     if headers_end < 0 or body.find(b"\r\n--" + boundary, headers_end) != end:
         return None  # a second part, or a malformed one
     disposition = b""
-    for line in body[len(opening):headers_end].split(b"\r\n"):
+    for line in body[len(opening) : headers_end].split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-disposition":
             disposition = value
