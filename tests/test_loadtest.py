@@ -364,3 +364,39 @@ def test_the_bounds_stop_a_search(live):
     result = scenarios.run(settings)
     assert sum(s.queries for s in result.steps) <= 50
     assert any("--max-requests" in note for note in result.notes)
+
+
+def test_the_serve_stage_is_registered():
+    from toolkit import cli
+    from toolkit.cli_serve import serve_stage
+
+    assert ("serve", "serve+loadtest", serve_stage) in cli.OPTIONAL_RUN_STAGES
+
+
+def test_the_curve_is_drawn(tmp_path):
+    from PIL import Image
+
+    from toolkit.loadtest.plot import plot_curves
+
+    path = plot_curves([_result()], tmp_path / "curve.png")
+    with Image.open(path) as img:
+        assert img.size[0] > 500
+
+
+def test_run_serve_is_off_by_default_and_runs_the_stage_when_asked(trained_root, tmp_path, monkeypatch):
+    import shutil
+
+    from toolkit import cli
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_root / SERVE_SPEC, root / SERVE_SPEC, ignore=shutil.ignore_patterns("recommend"))
+    calls = []
+    monkeypatch.setattr(cli, "RUN_STAGES", [])
+    monkeypatch.setattr(
+        cli, "OPTIONAL_RUN_STAGES", [("serve", "serve+loadtest", lambda **kw: calls.append(kw))]
+    )
+    args = ["run", "--exp", SERVE_SPEC, "--epochs", "1", "--limit-train", "3000", "--artifacts", str(root)]
+    assert runner.invoke(app, args).exit_code == 0 and calls == []
+    result = runner.invoke(app, [*args, "--serve"])
+    assert result.exit_code == 0, result.output
+    assert calls == [{"exp": SERVE_SPEC, "artifacts": root, "data_dir": None}]
