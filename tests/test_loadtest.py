@@ -125,6 +125,22 @@ def test_the_search_doubles_then_bisects_to_the_resolution():
     assert min(failing) / max(passing) <= 1.1 and max(passing) <= 1234
 
 
+def test_an_invalid_step_is_measured_again_and_twice_stops_the_search():
+    settings = scenarios.LoadSettings(start_rate=100)
+    lags = iter([0.01, 5.0, 0.01, 5.0, 5.0])  # 100 ok; 200 invalid, then ok; 400 invalid twice
+    tried, notes = [], []
+
+    def measure(rate):
+        tried.append(rate)
+        return scenarios.summarize(
+            _outcomes(4.0, lag_ms=next(lags)), target_rate=rate, bound_ms=10, min_queries=1
+        )
+
+    scenarios._search(measure, settings, notes)
+    assert tried == [100, 200, 200, 400, 400]
+    assert "could not keep its schedule at 400 req/s twice" in notes[-1]
+
+
 # ---------------------------------------------------------------- the record
 
 

@@ -398,22 +398,36 @@ def server_scenario(
 
 
 def _search(measure: Callable[[float], Step | None], settings: LoadSettings, notes: list[str]) -> None:
-    low, high, rate = None, None, settings.start_rate
+    """Double while steps pass, then bisect. An invalid step (the client fell behind) says nothing
+    about the server: it is measured once more, and if the client falls behind again the search
+    stops rather than mistake the client for the server."""
+    low, high, rate, retried = None, None, settings.start_rate, False
+    floor = settings.start_rate / 16
     for _ in range(settings.max_steps):
         step = measure(rate)
         if step is None:
             return
-        if step.passed:
-            low = rate
-        else:
-            high = rate
+        if not step.valid:
+            if not retried:
+                retried = True
+                continue
+            load = step.load_avg_1m[-1] if step.load_avg_1m else float("nan")
+            notes.append(
+                f"stopped: the client could not keep its schedule at {rate:,.0f} req/s twice (send lag p99 "
+                f"{step.send_lag_p99_ms:.1f} ms, load average {load:.1f}); this machine is too busy for a "
+                "valid measurement now: rerun when it is quieter"
+            )
+            return
+        retried = False
+        low, high = (rate, high) if step.passed else (low, rate)
         if high is None:
             if rate >= settings.max_rate:
                 notes.append(f"reached --max-rate {settings.max_rate:,.0f} req/s with every step passing")
                 return
             rate = min(rate * 2, settings.max_rate)
         elif low is None:
-            if rate <= 1:
+            if rate / 2 < floor:
+                notes.append(f"stopped: even {rate:,.0f} req/s failed ({step.verdict})")
                 return
             rate = rate / 2
         elif high / low <= settings.resolution:
