@@ -270,6 +270,14 @@ def test_nothing_listening_is_a_connection_error():
         _engine(port, n=5)
 
 
+def test_no_server_at_the_address_is_one_line_and_exit_2():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = runner.invoke(app, ["loadtest", "--url", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 2 and "no toolkit server answers" in result.output
+
+
 def test_every_request_opens_a_connection_when_none_is_idle():
     """No client cap: 30 requests due at once over 1 pre-opened connection -> 30 connections."""
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"

@@ -213,12 +213,12 @@ def test_similar_equals_an_exact_search_and_returns_thumbnails(client, state, da
 
 
 def test_the_index_finds_what_a_full_scan_finds(dataset):
-    """On real vectors (5,000 L2-normalised training images) and queries both like the catalog
+    """On real vectors (3,000 L2-normalised training images) and queries both like the catalog
     (test images) and unlike it (noise): the same top k as toolkit.recommend.search."""
     from toolkit.recommend import normalize, search
     from toolkit.serve.index import ExactIndex
 
-    catalog = normalize(dataset.x_train[:5000])
+    catalog = normalize(dataset.x_train[:3000])
     noise = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
     queries = normalize(np.concatenate([dataset.x_test[:90], noise]))
     index = ExactIndex.build(catalog, head_dims=64)
@@ -321,6 +321,17 @@ def test_bad_requests_get_one_json_line_and_leave_the_server_serving(
     assert error["message"] and "\n" not in error["message"] and "Traceback" not in error["message"]
     ok = client.post("/v1/classify", files={"image": ("ok.png", png(dataset.x_test[0]))})
     assert ok.status_code == 200
+
+
+def test_a_form_with_several_fields_is_parsed_in_full(client, dataset):
+    """Beyond the one-file form: a text field before the file goes through python-multipart."""
+    response = client.post(
+        "/v1/classify",
+        data={"note": "from a form"},
+        files={"image": ("x.png", png(dataset.x_test[0]), "image/png")},
+    )
+    single = client.post("/v1/classify", files={"image": ("x.png", png(dataset.x_test[0]), "image/png")})
+    assert response.status_code == 200 and response.json()["top"] == single.json()["top"]
 
 
 def test_an_image_too_large_to_decode_is_refused(client):
