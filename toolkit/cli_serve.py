@@ -328,82 +328,82 @@ def _ms(value: float | None) -> str:
     return "fail" if value is None else f"{value:.2f}"
 
 
+STEP_COLUMNS = [
+    "rate",
+    "achieved",
+    "queries",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "failed",
+    "lag p99 ms",
+    "valid",
+    "verdict",
+    "mean batch",
+    "batch sizes (size:calls)",
+    "cpu% cli/srv",
+    "load",
+]
+
+
+def _step_row(s: Any) -> list[Any]:
+    batches = ", ".join(f"{size}:{n}" for size, n in list(s.batch_sizes.items())[:6])
+    if len(s.batch_sizes) > 6:
+        batches += ", ..."
+    cpu = f"{s.client_cpu_pct:.0f}/{s.server_cpu_pct:.0f}" if s.server_cpu_pct is not None else "-"
+    return [
+        f"{s.target_rate:,.0f}" if s.target_rate else "-",
+        f"{s.achieved_rate:,.0f}",
+        f"{s.queries:,}",
+        _ms(s.p50_ms),
+        _ms(s.p90_ms),
+        _ms(s.p99_ms),
+        s.queries - s.ok,
+        f"{s.send_lag_p99_ms:.3f}",
+        "yes" if s.valid else "NO",
+        "PASS" if s.passed else "fail",
+        f"{s.mean_batch:.1f}" if s.mean_batch else "-",
+        batches,
+        cpu,
+        f"{s.load_avg_1m[0]:.1f}" if s.load_avg_1m else "-",
+    ]
+
+
 def print_result(result: Any) -> None:
-    rows = []
-    for s in sorted(result.steps, key=lambda s: s.target_rate or 0):
-        batches = ", ".join(f"{size}:{n}" for size, n in list(s.batch_sizes.items())[:6])
-        if len(s.batch_sizes) > 6:
-            batches += ", ..."
-        rows.append(
-            [
-                f"{s.target_rate:,.0f}" if s.target_rate else "-",
-                f"{s.achieved_rate:,.0f}",
-                f"{s.queries:,}",
-                _ms(s.p50_ms),
-                _ms(s.p90_ms),
-                _ms(s.p99_ms),
-                s.queries - s.ok,
-                f"{s.send_lag_p99_ms:.3f}",
-                "yes" if s.valid else "NO",
-                "PASS" if s.passed else "fail",
-                f"{s.mean_batch:.1f}" if s.mean_batch else "-",
-                batches,
-                f"{s.client_cpu_pct:.0f}/{s.server_cpu_pct:.0f}" if s.server_cpu_pct is not None else "-",
-                f"{s.load_avg_1m[0]:.1f}" if s.load_avg_1m else "-",
-            ]
-        )
     server = result.server.get("classifier", {})
     batching = result.server.get("batching", {})
-    print_table(
+    title = (
         f"{result.scenario} scenario, /v1/{result.endpoint} ({result.upload} PNG uploads of real test "
         f"images), {server.get('spec', '?')} {server.get('key', '?')}, max batch "
-        f"{batching.get('max_batch', '?')}" + (f" [{result.label}]" if result.label else ""),
-        [
-            "rate",
-            "achieved",
-            "queries",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "failed",
-            "lag p99 ms",
-            "valid",
-            "verdict",
-            "mean batch",
-            "batch sizes (size:calls)",
-            "cpu% cli/srv",
-            "load",
-        ],
-        rows,
+        f"{batching.get('max_batch', '?')}" + (f" [{result.label}]" if result.label else "")
     )
-    for step in result.steps:
+    steps = sorted(result.steps, key=lambda s: s.target_rate or 0)
+    print_table(title, STEP_COLUMNS, [_step_row(s) for s in steps])
+    for step in steps:
         if not step.passed and step.target_rate:
             console.print(f"  {step.target_rate:,.0f} req/s: {step.verdict}")
-    summary = result.summary
-    if result.scenario == "server":
-        best = summary.get("best_rate")
-        short = (
-            "" if summary.get("best_meets_minimum") else " (its step was shorter than 10 s or 662 queries)"
-        )
-        console.print(
-            f"Best rate with p99 <= {result.p99_bound_ms:g} ms: "
-            + (
-                f"[bold]{best:,.0f} req/s[/] (p99 {summary['best_p99_ms']:.2f} ms){short}"
-                if best
-                else "none of the rates tried"
-            )
-        )
-    elif result.scenario == "single-stream":
-        console.print(
-            f"single-stream p90 latency: [bold]{_ms(summary.get('p90_ms'))} ms[/] (p50 "
-            f"{_ms(summary.get('p50_ms'))} ms)"
-        )
-    else:
-        console.print(
-            f"offline throughput: [bold]{summary['throughput']:,.0f} req/s[/] ({summary['errors']} failed)"
-        )
+    console.print(_summary_line(result))
     for note in result.notes:
         console.print(f"  note: {note}")
+
+
+def _summary_line(result: Any) -> str:
+    summary = result.summary
+    if result.scenario == "single-stream":
+        return (
+            f"single-stream p90 latency: [bold]{_ms(summary.get('p90_ms'))} ms[/] "
+            f"(p50 {_ms(summary.get('p50_ms'))} ms)"
+        )
+    if result.scenario == "offline":
+        return f"offline throughput: [bold]{summary['throughput']:,.0f} req/s[/] ({summary['errors']} failed)"
+    best = summary.get("best_rate")
+    if not best:
+        return f"Best rate with p99 <= {result.p99_bound_ms:g} ms: none of the rates tried"
+    short = "" if summary.get("best_meets_minimum") else " (its step was shorter than 10 s or 662 queries)"
+    return (
+        f"Best rate with p99 <= {result.p99_bound_ms:g} ms: [bold]{best:,.0f} req/s[/] "
+        f"(p99 {summary['best_p99_ms']:.2f} ms){short}"
+    )
 
 
 # ---------------------------------------------------------------- toolkit run --serve
