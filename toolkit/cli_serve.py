@@ -19,7 +19,7 @@ from toolkit.cli import (
     err_console,
     print_table,
 )
-from toolkit.errors import UsageError
+from toolkit.errors import Interrupted, UsageError
 from toolkit.specs import DEFAULT_SPEC
 
 MaxBatch = Annotated[
@@ -118,13 +118,17 @@ def serve_cmd(
     with _steps("loading") as report:
         state = build_state(settings, progress=report)
     _print_startup(state, settings)
-    run(
-        state,
-        settings,
-        on_started=lambda url: console.print(
-            f"Serving on [bold]{url}[/] (page at {url}/, API docs at {url}/docs); Ctrl-C drains and stops."
-        ),
-    )
+    try:
+        run(
+            state,
+            settings,
+            on_started=lambda url: console.print(
+                f"Serving on [bold]{url}[/] (page at {url}/, API docs at {url}/docs); Ctrl-C drains, stops."
+            ),
+        )
+    except Interrupted as exc:  # the expected way a server ends: no "error:" line, exit 130
+        console.print(f"Stopped by {exc.message}.")
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _print_startup(state: Any, settings: Any) -> None:

@@ -116,11 +116,11 @@ def run(state, settings: ServeSettings, on_started: Callable[[str], None] | None
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT after its graceful shutdown
-        raise Interrupted("stopped by Ctrl-C after draining in-flight requests") from None
+        raise Interrupted("Ctrl-C (in-flight requests were drained first)") from None
     if not server.started:
         raise UsageError(f"the server did not start on {settings.host}:{settings.port}; see the log above")
     # uvicorn returns normally when its signal handler stopped it and re-raising was not possible.
-    raise Interrupted("stopped by a signal after draining in-flight requests")
+    raise Interrupted("a signal (in-flight requests were drained first)")
 
 
 def _url_host(host: str) -> str:
