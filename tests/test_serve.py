@@ -529,6 +529,36 @@ def test_tensorflow_really_is_blocked_in_the_child():
     assert result.returncode != 0 and "import of tensorflow halted" in result.stderr
 
 
+def test_a_spawned_server_stops_when_its_parent_is_killed_outright():
+    import subprocess
+    import sys
+
+    parent_code = (
+        "import subprocess, time\n"
+        "from toolkit.serve.process import launch_command\n"
+        "cmd = launch_command([])\n"
+        "cmd[2] = cmd[2].replace('main()', 'import time; time.sleep(120)')\n"
+        "print(subprocess.Popen(cmd).pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)
+    parent.kill()  # SIGKILL: no clean-up code of the parent runs
+    parent.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{child}/status").read_text()
+        except FileNotFoundError:
+            break
+        if "State:\tZ" in state:
+            break  # exited; only its reaper is missing
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"child {child} outlived its killed parent")
+
+
 def test_ctrl_c_drains_an_in_flight_request_and_exits_130(served_root, dataset):
     from toolkit.serve.process import spawn
 

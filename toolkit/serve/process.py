@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from toolkit.errors import ToolkitError
 
 BLOCKED = ("tensorflow", "keras", "tf2onnx", "tf_keras")
-_LAUNCH = """import sys
+_LAUNCH = """import os, signal, sys
+if sys.platform == "linux":  # stop with the process that started us, even if it is killed outright
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != {parent}:
+        sys.exit(1)
 for name in {blocked!r}:
     sys.modules[name] = None  # `import name` now raises ImportError
 from toolkit.cli import main
@@ -63,9 +68,9 @@ class ServerProcess:
 def launch_command(
     args: Sequence[str], *, block_tensorflow: bool = True, python: str = sys.executable
 ) -> list[str]:
-    if block_tensorflow:
-        return [python, "-c", _LAUNCH.format(blocked=BLOCKED), *args]
-    return [python, "-m", "toolkit.cli", *args]
+    """`toolkit ARGS` as a child that exits with this process and, by default, cannot import TensorFlow."""
+    code = _LAUNCH.format(parent=os.getpid(), blocked=BLOCKED if block_tensorflow else ())
+    return [python, "-c", code, *args]
 
 
 @contextlib.contextmanager
