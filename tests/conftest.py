@@ -77,3 +77,15 @@ def served_root(trained_root, tmp_path_factory) -> Path:
         result = CliRunner().invoke(app, [*args, "--artifacts", str(root)])
         assert result.exit_code == 0, result.output
     return root
+
+
+@pytest.fixture(scope="session")
+def live_server(served_root):
+    """`toolkit serve` in a child process that cannot import TensorFlow, on a free loopback port:
+    max batch 16, 2 ms max wait, 64 queued images, 64 kB bodies; stopped (Ctrl-C) at the end."""
+    from toolkit.serve.process import spawn
+
+    with spawn(["--exp", SERVE_SPEC, "--artifacts", str(served_root), "--catalog-limit", str(SERVE_CATALOG),
+                "--max-batch", "16", "--max-wait-ms", "2", "--max-queue", "64",
+                "--max-body-mb", str(64 / 1024)]) as server:
+        yield server

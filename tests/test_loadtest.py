@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SERVE_CATALOG, SERVE_SPEC
+from conftest import SERVE_SPEC
 from typer.testing import CliRunner
 
 from toolkit.cli import app
@@ -291,23 +291,9 @@ def test_every_request_opens_a_connection_when_none_is_idle():
 # ---------------------------------------------------------------- against toolkit serve
 
 
-@pytest.fixture(scope="module")
-def live(served_root):
-    from toolkit.serve.process import spawn
-
-    with spawn(
-        [
-            "--exp",
-            SERVE_SPEC,
-            "--artifacts",
-            str(served_root),
-            "--catalog-limit",
-            str(SERVE_CATALOG),
-            "--max-batch",
-            "8",
-        ]
-    ) as server:
-        yield server
+@pytest.fixture
+def live(live_server):
+    return live_server
 
 
 def test_server_scenario_against_the_real_server(live, tmp_path):

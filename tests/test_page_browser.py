@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SERVE_CATALOG as CATALOG
 from conftest import SERVE_SPEC as SPEC
 from conftest import png
 
@@ -62,12 +61,9 @@ def browser(tmp_path):
     driver.quit()
 
 
-@pytest.fixture(scope="module")
-def page_server(served_root):
-    from toolkit.serve.process import spawn
-
-    with spawn(["--exp", SPEC, "--artifacts", str(served_root), "--catalog-limit", str(CATALOG)]) as server:
-        yield server
+@pytest.fixture
+def page_server(live_server):
+    return live_server
 
 
 def test_upload_a_real_image_and_read_back_class_and_similar_items(browser, page_server, dataset, tmp_path):

@@ -44,31 +44,9 @@ def state(served_root):
     built.close()
 
 
-@pytest.fixture(scope="module")
-def live(served_root):
-    """`toolkit serve` in a child process that cannot import TensorFlow, on a free loopback port,
-    with the limits of `state`."""
-    from toolkit.serve.process import spawn
-
-    with spawn(
-        [
-            "--exp",
-            SPEC,
-            "--artifacts",
-            str(served_root),
-            "--catalog-limit",
-            str(CATALOG),
-            "--max-batch",
-            "16",
-            "--max-wait-ms",
-            "2",
-            "--max-queue",
-            "64",
-            "--max-body-mb",
-            str(64 / 1024),
-        ]
-    ) as server:
-        yield server
+@pytest.fixture
+def live(live_server):
+    return live_server
 
 
 @pytest.fixture
