@@ -2,18 +2,21 @@
 
     pytest bench/ --benchmark-only                      # the whole matrix (about 2-4 minutes here)
     pytest bench/ --benchmark-only --bench-exp 'CNN*' --bench-format onnx --bench-batch 1
-    pytest bench/ --benchmark-disable --bench-smoke     # one tiny case, untimed: the README's smoke
+    pytest bench/ --benchmark-disable --bench-smoke     # two tiny cases, untimed: the README's smoke
+    pytest bench/ --benchmark-only --bench-kind training --bench-train-precision off,bf16
+                                                        # training steps only: Exp6 in two modes
+    pytest bench/ --benchmark-only --bench-repeats 3    # each case in 3 processes: 95% intervals
+    pytest bench/ --benchmark-only --bench-memory       # also peak RSS, load time, first call
 
-The timing engine is toolkit.benchmark (shared with `toolkit bench`); this file only turns its
-plan into parametrized tests, adapts pytest-benchmark's `pedantic` as the clock, and records
-every timed result under ARTIFACTS/bench/ so `toolkit report` sees pytest runs too.
+The driver is toolkit.benchmark.driver (shared with `toolkit bench`: planning, placement, peaks,
+the results file); this file only turns its plan into parametrized tests, adapts
+pytest-benchmark's `pedantic` as the clock, and maps the driver's skips and failures to pytest's.
+Every timed result lands under ARTIFACTS/bench/, so `toolkit report` sees pytest runs too.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,20 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from toolkit import benchmark as engine  # noqa: E402
 from toolkit import runtimes  # noqa: E402
-from toolkit.artifacts import resolve_root, trained_specs  # noqa: E402
+from toolkit.artifacts import trained_specs  # noqa: E402
+from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks  # noqa: E402
+from toolkit.benchmark.peaks import machine_info as toolkit_machine_info  # noqa: E402
+from toolkit.benchmark.plan import (  # noqa: E402
+    DEFAULT_SECONDS,
+    INFERENCE,
+    KERAS_RUNTIMES,
+    MEMORY,
+    TRAINING,
+    BenchCase,
+    parse_threads,
+)
+from toolkit.contract import package_versions  # noqa: E402
 from toolkit.errors import ToolkitError  # noqa: E402
 
 SMOKE = {
@@ -33,7 +47,12 @@ SMOKE = {
     "threads": ["1"],
     "device": "cpu",
     "seconds": 0.2,
+    "train_exp": ["DNN_1L_No_Dropout_Exp1"],
+    "train_precision": ["off"],
+    "train_batch": ["64"],
 }
+LIST_OPTIONS = ("exp", "format", "runtime", "batch", "threads", "kind", "train_exp", "train_precision",
+                "train_batch")
 # Option -> environment variable used when the option is not given.
 ENV = {
     "exp": "TOOLKIT_BENCH_EXP",
@@ -44,7 +63,14 @@ ENV = {
     "threads": "TOOLKIT_BENCH_THREADS",
     "seconds": "TOOLKIT_BENCH_SECONDS",
     "keras_threads": "TOOLKIT_BENCH_KERAS_THREADS",
+    "kind": "TOOLKIT_BENCH_KIND",
+    "train_exp": "TOOLKIT_BENCH_TRAIN_EXP",
+    "train_precision": "TOOLKIT_BENCH_TRAIN_PRECISION",
+    "train_batch": "TOOLKIT_BENCH_TRAIN_BATCH",
+    "repeats": "TOOLKIT_BENCH_REPEATS",
+    "memory": "TOOLKIT_BENCH_MEMORY",
 }
+FIXTURE_KINDS = {"bench_case": INFERENCE, "training_case": TRAINING}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -75,7 +101,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--bench-seconds",
         type=float,
-        help=f"Timed seconds per case (default {engine.DEFAULT_SECONDS}) [TOOLKIT_BENCH_SECONDS]",
+        help=f"Timed seconds per case (default {DEFAULT_SECONDS}) [TOOLKIT_BENCH_SECONDS]",
     )
     group.addoption(
         "--bench-keras-threads",
@@ -85,9 +111,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "[TOOLKIT_BENCH_KERAS_THREADS]",
     )
     group.addoption(
+        "--bench-kind", action="append",
+        help="inference, training or both (default) [TOOLKIT_BENCH_KIND]",
+    )
+    group.addoption(
+        "--bench-train-exp", action="append",
+        help="Training cases: spec name or glob; repeat (default CNN_1L_Dropout_Exp6) "
+        "[TOOLKIT_BENCH_TRAIN_EXP]",
+    )
+    group.addoption(
+        "--bench-train-precision", action="append",
+        help="Training cases: off, bf16, fp16 (default all three; a type this machine lacks is skipped) "
+        "[TOOLKIT_BENCH_TRAIN_PRECISION]",
+    )
+    group.addoption(
+        "--bench-train-batch", action="append",
+        help="Training cases: batch sizes or 'spec' (the spec's own), e.g. spec,128 (default) "
+        "[TOOLKIT_BENCH_TRAIN_BATCH]",
+    )
+    group.addoption(
+        "--bench-repeats",
+        type=int,
+        help="Measure each case in this many processes (this one, then workers); >= 2 gives a 95%% "
+        "interval (default 1 here; toolkit bench uses 3) [TOOLKIT_BENCH_REPEATS]",
+    )
+    group.addoption(
+        "--bench-memory",
+        action="store_true",
+        default=None,
+        help="Also run the memory cases: peak RSS, load time and first call of each file x runtime, each "
+        "in a fresh process [TOOLKIT_BENCH_MEMORY=1]",
+    )
+    group.addoption(
         "--bench-smoke",
         action="store_true",
-        help="One tiny case (DNN_1L_No_Dropout_Exp1, onnx-fp32, batch 1, 1 thread, 0.2 s)",
+        help="Two tiny cases, each DNN_1L_No_Dropout_Exp1: onnx-fp32 inference at batch 1 on 1 thread "
+        "(0.2 s), and a float32 training step at batch 64",
     )
 
 
@@ -95,7 +154,7 @@ def _option(config: pytest.Config, name: str) -> Any:
     value = config.getoption(f"--bench-{name.replace('_', '-')}")
     if value is None and os.environ.get(ENV[name]):
         value = os.environ[ENV[name]]
-        if name in ("exp", "format", "runtime", "batch", "threads"):
+        if name in LIST_OPTIONS:
             value = [value]
     if value is None and config.getoption("--bench-smoke") and name in SMOKE:
         value = SMOKE[name]
@@ -103,121 +162,66 @@ def _option(config: pytest.Config, name: str) -> Any:
 
 
 class BenchState:
-    """Plan, shared context and collected results of one pytest session."""
+    """The driver's session for one pytest run, and what the header and summary show."""
 
     def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.root = resolve_root(None)
         self.error: str | None = None
-        self.fallback_dir: Path | None = None
-        self.built: dict[str, dict[str, str]] = {}
-        self.results: list[dict[str, Any]] = []
-        self.peaks: dict[str, Any] | None = None
-        self.ctx: engine.BenchContext | None = None
-        self.written: Path | None = None
+        self.session: BenchSession | None = None
+        self.cases: list[BenchCase] = []
         try:
-            self.exps = _option(config, "exp")
-            self.formats = _option(config, "format")
-            self.runtimes = _option(config, "runtime")
-            self.devices = engine.parse_devices(_option(config, "device"))
-            self.batches = engine.parse_batches(_option(config, "batch"))
-            self.threads = engine.parse_threads(_option(config, "threads"))
-            seconds = _option(config, "seconds")
-            self.seconds = float(seconds) if seconds is not None else engine.DEFAULT_SECONDS
+            threads = parse_threads(_option(config, "threads"))
             keras_threads = _option(config, "keras_threads")
-            self.keras_threads = int(keras_threads) if keras_threads else max(self.threads)
-            kwargs = dict(
-                exps=self.exps,
-                formats=self.formats,
-                runtime_keys=self.runtimes,
-                devices=self.devices,
-                batches=self.batches,
-                threads=self.threads,
-            )
-            self.cases = engine.plan_cases(self.root, **kwargs)
-            if not self.cases:
-                self.fallback_dir = Path(tempfile.mkdtemp(prefix="toolkit-bench-"))
-                self.cases = engine.plan_fallback_cases(self.fallback_dir, **kwargs)
+            seconds = _option(config, "seconds")
+            repeats = _option(config, "repeats")
+            self.session = BenchSession.open(BenchRequest(
+                root=None, exps=_option(config, "exp"), formats=_option(config, "format"),
+                runtime_keys=_option(config, "runtime"), device=_option(config, "device"),
+                batches=_option(config, "batch"), threads=threads,
+                seconds=float(seconds) if seconds is not None else DEFAULT_SECONDS,
+                keras_threads=int(keras_threads) if keras_threads else max(threads),
+                fallback=True, source="pytest", kinds=_kinds(_option(config, "kind")),
+                train_exps=_option(config, "train_exp"), train_precisions=_option(config, "train_precision"),
+                train_batches=_option(config, "train_batch"),
+                repeats=int(repeats) if repeats else 1,
+                memory=str(_option(config, "memory") or "").lower() in ("1", "true", "yes")))
+            self.cases = self.session.cases
+        except ValueError as exc:
+            self.error = f"--bench-repeats / TOOLKIT_BENCH_REPEATS must be an integer ({exc})"
         except ToolkitError as exc:
-            self.error, self.cases = exc.message, []
+            self.error = exc.message
 
     def header(self) -> list[str]:
-        if self.error:
+        if self.error or self.session is None:
             return [f"toolkit bench: {self.error}"]
-        lines = [f"toolkit bench: {len(self.cases)} cases; artifacts root {self.root}"]
-        if self.fallback_dir:
+        session = self.session
+        lines = [f"toolkit bench: {len(self.cases)} cases, each measured in {session.repeats} process(es); "
+                 f"artifacts root {session.root}"]
+        if session.fallback_dir:
             specs = sorted({c.spec for c in self.cases})
-            where = (
-                "no trained model or export matching these filters under"
-                if trained_specs(self.root)
-                else "no trained model or export under"
-            )
+            where = ("no trained model or export matching these filters under" if trained_specs(session.root)
+                     else "no trained model or export under")
             lines.append(
-                f"toolkit bench: {where} {self.root}: building UNTRAINED "
-                f"{', '.join(specs)} and exporting them to {self.fallback_dir} with the registry's "
-                "exporters (untrained weights time the same; no accuracy, top-1 not checked)"
-            )
-        if any(c.runtime in engine.KERAS_RUNTIMES for c in self.cases):
+                f"toolkit bench: {where} {session.root}: building UNTRAINED {', '.join(specs)} and exporting "
+                f"them to {session.fallback_dir} with the registry's exporters (untrained weights time the "
+                "same; no accuracy, top-1 not checked)")
+        if any(c.runtime in KERAS_RUNTIMES for c in self.cases):
             lines.append(
-                f"toolkit bench: Keras cases run with TensorFlow at {self.keras_threads} threads "
-                "(fixed once per process); Keras cases at other counts are skipped here and run by "
-                "`toolkit bench` in subprocesses"
-            )
-        if "gpu" in self.devices and not runtimes.RUNTIMES["onnxruntime-cuda"].available():
+                f"toolkit bench: Keras cases run with TensorFlow at {session.keras_threads} threads (fixed "
+                "once per process); Keras cases at other counts are skipped here and run by `toolkit bench` "
+                "in subprocesses")
+        if "gpu" in session.filters.devices and not session.cuda:
             lines.append("toolkit bench: no CUDA execution provider here: GPU cases are skipped")
+        training = [c for c in self.cases if c.kind == TRAINING]
+        if training:
+            lines.append(
+                f"toolkit bench: {len(training)} training-step cases (spec x precision x batch, untrained "
+                f"models, real training images) on {training[0].device}, TensorFlow at {training[0].threads} "
+                "threads")
         return lines
 
-    def context(self) -> engine.BenchContext:
-        if self.ctx is None:
-            needs_tf = engine.tensorflow_available() and (
-                any(c.runtime in engine.KERAS_RUNTIMES or c.trained for c in self.cases) or self.fallback_dir
-            )
-            keras_threads = engine.configure_tf_threads(self.keras_threads) if needs_tf else None
-            self.ctx = engine.BenchContext.create(self.root, seconds=self.seconds)
-            self.ctx.keras_threads = keras_threads
-        return self.ctx
-
-    def ensure_files(self, case: engine.BenchCase) -> None:
-        if not self.fallback_dir:
-            return
-        if case.spec not in self.built:
-            if not engine.tensorflow_available():
-                pytest.skip(
-                    "no exports under the artifacts root and no TensorFlow here to build the "
-                    "fallback models; export on a host with TensorFlow and copy artifacts/"
-                )
-            keys = sorted({c.key for c in self.cases if c.spec == case.spec})
-            self.context()  # TensorFlow's thread count is set before the build touches TF
-            self.built[case.spec] = engine.build_fallback(case.spec, self.fallback_dir, keys)
-        status = self.built[case.spec].get(case.key, "not built")
-        if status != "ok":
-            pytest.fail(f"exporting untrained {case.spec} to {case.key} failed: {status}")
-
-    def measure_peaks(self) -> dict[str, Any]:
-        if self.peaks is None:
-            self.peaks = engine.measure_peaks(self.threads)
-        return self.peaks
-
-    def run(self, benchmark, case: engine.BenchCase) -> dict[str, Any]:
-        if case.device == "gpu" and not runtimes.RUNTIMES["onnxruntime-cuda"].available():
-            import onnxruntime as ort
-
-            pytest.skip(
-                f"no CUDA: ONNX Runtime providers here are {ort.get_available_providers()}; "
-                "install the `gpu` extra on an NVIDIA host"
-            )
-        if case.runtime in engine.KERAS_RUNTIMES:
-            if not engine.tensorflow_available():
-                pytest.skip("TensorFlow is not installed here (ONNX Runtime/LiteRT cases still run)")
-            if case.threads != self.keras_threads:
-                pytest.skip(
-                    f"TensorFlow fixes its thread count once per process and this one runs "
-                    f"{self.keras_threads}; use --bench-keras-threads {case.threads} or `toolkit bench`"
-                )
-        self.ensure_files(case)
-        ctx = self.context()
-        timing = not benchmark.disabled
-        peaks = self.measure_peaks() if timing else None  # outside every case's clock
+    def run(self, benchmark, case: BenchCase):
+        """One case through the driver, timed by pytest-benchmark; skips and failures as pytest's."""
+        assert self.session is not None
 
         def timer(target, after, rounds):
             benchmark.pedantic(target, teardown=after, rounds=rounds, iterations=1, warmup_rounds=0)
@@ -226,31 +230,34 @@ class BenchState:
                 return None
             return list(benchmark.stats.stats.data)
 
-        benchmark.group = f"{case.spec} batch {case.batch}"
-        result = engine.run_case(case, ctx, timer=timer, cases=self.cases)
-        if result["timed"]:
-            peak = engine.peak_for(peaks, case.precision, case.threads)
-            if peak:
-                result["peak_g_per_s"] = peak
-                result["pct_of_peak"] = (
-                    100 * result["mflops_per_image"] * result["images_per_s"] / (peak * 1e3)
-                )
-            self.results.append(result)
-        benchmark.extra_info.update({k: v for k, v in result.items() if k not in ("versions",)})
-        benchmark.extra_info["versions"] = ctx.versions
+        benchmark.group = f"{case.spec} {'training ' if case.kind == TRAINING else ''}batch {case.batch}"
+        # Repeat 0 runs here under pytest-benchmark's clock, later repeats in worker processes.
+        outcomes = run_benchmarks(self.session, cases=[case], timer=timer, timing=not benchmark.disabled)
+        result = self._first_result(outcomes)
+        benchmark.extra_info.update({k: v for k, v in result.to_dict().items() if k != "versions"})
+        benchmark.extra_info["versions"] = result.versions
+        if len(outcomes) > 1:
+            benchmark.extra_info["p50_ms_per_process"] = [o.result.stats.p50_ms for o in outcomes]
         return result
 
-    def finish(self) -> None:
-        if self.results:
-            self.written = engine.write_run(
-                self.root,
-                source="pytest",
-                results=self.results,
-                peaks=self.peaks,
-                extra={"fallback_dir": str(self.fallback_dir or "") or None},
-            )
-        if self.fallback_dir:
-            shutil.rmtree(self.fallback_dir, ignore_errors=True)
+    def run_memory(self, case: BenchCase):
+        """A memory case (each repeat in a fresh child process); returns its measurements."""
+        assert self.session is not None
+        outcomes = run_benchmarks(self.session, cases=[case])
+        self._first_result(outcomes)
+        return [o.result for o in outcomes]
+
+    @staticmethod
+    def _first_result(outcomes):
+        if outcomes[0].skipped:
+            pytest.skip(outcomes[0].skipped)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        return outcomes[0].result
+
+    def finish(self) -> list[Path]:
+        return self.session.close() if self.session is not None else []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -261,19 +268,35 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return config._toolkit_bench.header()  # type: ignore[attr-defined]
 
 
+def _kinds(values: list[str] | None) -> tuple[str, ...]:
+    parts = [p.strip().lower() for raw in values or [] for p in str(raw).split(",") if p.strip()]
+    return tuple(parts) or (INFERENCE, TRAINING)
+
+
+# Fixture name -> the kind of the cases it takes.
+CASE_FIXTURES = {"bench_case": INFERENCE, "training_case": TRAINING, "memory_case": MEMORY}
+
+
+def _no_cases_reason(state: BenchState, kind: str) -> str:
+    if kind == MEMORY:
+        return "memory cases not requested (--bench-memory or TOOLKIT_BENCH_MEMORY=1)"
+    return f"no {kind} cases in this run (--bench-kind {', '.join(state.session.request.kinds)})"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "bench_case" not in metafunc.fixturenames:
-        return
     state: BenchState = metafunc.config._toolkit_bench  # type: ignore[attr-defined]
-    if state.error:
-        params = [pytest.param(None, marks=pytest.mark.skip(reason=state.error), id="invalid-options")]
-    elif not state.cases:
-        params = [
-            pytest.param(None, marks=pytest.mark.skip(reason="the filters select no case"), id="no-cases")
-        ]
-    else:
-        params = [pytest.param(c, id=c.id) for c in state.cases]
-    metafunc.parametrize("bench_case", params)
+    for fixture, kind in CASE_FIXTURES.items():
+        if fixture not in metafunc.fixturenames:
+            continue
+        cases = [c for c in state.cases if c.kind == kind]
+        if state.error:  # bad options, an unavailable --bench-device, or nothing to benchmark
+            params = [pytest.param(None, marks=pytest.mark.skip(reason=state.error), id="invalid-options")]
+        elif not cases:
+            reason = _no_cases_reason(state, kind)
+            params = [pytest.param(None, marks=pytest.mark.skip(reason=reason), id=f"no-{kind}-cases")]
+        else:
+            params = [pytest.param(c, id=c.id) for c in cases]
+        metafunc.parametrize(fixture, params)
 
 
 @pytest.fixture(scope="session")
@@ -283,38 +306,61 @@ def bench_state(request: pytest.FixtureRequest) -> BenchState:
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     # Stable facts only: pytest-benchmark's --benchmark-compare warns when machine_info differs.
-    machine_info["toolkit"] = {**engine.machine_info(), "versions": engine.package_versions()}
+    machine_info["toolkit"] = {**toolkit_machine_info(), "versions": package_versions()}
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     state: BenchState = config._toolkit_bench  # type: ignore[attr-defined]
-    state.finish()
-    if not state.results:
+    results = [r for r in state.session.results if r.timed] if state.session else []
+    written = state.finish()
+    if not results:
         return
     tr = terminalreporter
-    tr.section("toolkit bench: images/s and latency percentiles (from raw per-call timings)")
-    tr.write_line(
-        f"{'case':<72} {'img/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'%peak':>6} {'top1':>7}"
-    )
-    for r in state.results:
-        check = r["check"]
-        top1 = f"{check['top1_mismatches']}/{check['top1_compared']}" if check["top1_checked"] else "-"
-        pct = f"{r['pct_of_peak']:.0f}" if r.get("pct_of_peak") is not None else "-"
-        tr.write_line(
-            f"{r['id']:<72} {r['images_per_s']:>10,.0f} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
-            f"{r['p99_ms']:>9.3f} {pct:>6} {top1:>7}"
-        )
-    if state.peaks:
-        fp32 = ", ".join(f"{t} thr {v['gflops']:.0f}" for t, v in state.peaks["fp32"].items())
-        int8 = ", ".join(f"{t} thr {v['gops']:.0f}" for t, v in state.peaks["int8"].items())
-        kernel = next(iter(state.peaks["fp32"].values())).get("blas_kernel")
-        tr.write_line(
-            f"measured peaks: numpy fp32 GEMM GFLOP/s: {fp32} (OpenBLAS kernel {kernel}); "
-            f"ONNX Runtime int8 GEMM GOP/s: {int8}"
-        )
+    inference = [r for r in results if r.case.kind != TRAINING]  # memory results join their rows
+    training = [r for r in results if r.case.kind == TRAINING]
+    if inference:
+        _inference_summary(tr, inference, state.session.peaks)
+    if training:
+        _training_summary(tr, training)
     tr.write_line(
         f"load average at the end: {os.getloadavg()[0]:.2f} on {runtimes.cpu_count()} cores "
         "(timings taken while other work runs are noisy)"
     )
-    if state.written:
-        tr.write_line(f"results recorded in {state.written} (read by `toolkit report`)")
+    for path in written:
+        tr.write_line(f"results recorded in {path}")
+
+
+def _inference_summary(tr, results, peaks) -> None:
+    from toolkit.report import rows_from_results
+    from toolkit.report_columns import BENCH_TABLE, columns_for
+
+    tr.section("toolkit bench: one row per file x runtime x device x threads (geometric means across "
+               "processes, 95% intervals)")
+    columns = columns_for(BENCH_TABLE)
+    cells = [[c.title for c in columns]]
+    cells += [[c.text(r, None) for c in columns] for r in rows_from_results(results, peaks)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        tr.write_line("  ".join(cell.rjust(w) if c.align == "right" else cell.ljust(w)
+                                for cell, w, c in zip(row, widths, columns, strict=True)))
+    if peaks:
+        fp32 = ", ".join(f"{t} thr {v['gflops']:.0f}" for t, v in peaks["fp32"].items())
+        int8 = ", ".join(f"{t} thr {v['gops']:.0f}" for t, v in peaks["int8"].items())
+        kernel = next(iter(peaks["fp32"].values())).get("blas_kernel")
+        tr.write_line(
+            f"measured peaks: numpy fp32 GEMM GFLOP/s: {fp32} (OpenBLAS kernel {kernel}); "
+            f"ONNX Runtime int8 GEMM GOP/s: {int8}"
+        )
+
+
+def _training_summary(tr, results) -> None:
+    tr.section("toolkit bench: training steps, images/s after warm-up (batch / p50 step time)")
+    tr.write_line(f"{'spec':<28} {'precision':>9} {'batch':>6} {'img/s':>9} {'p50 ms':>9} {'p90 ms':>9} "
+                  f"{'steps':>6} {'vs fp32':>8}")
+    fp32 = {(r.case.spec, r.case.batch): r.stats.images_per_s for r in results if r.case.precision == "fp32"}
+    for r in results:
+        base = fp32.get((r.case.spec, r.case.batch))
+        case, stats = r.case, r.stats
+        ratio = f"{stats.images_per_s / base:.2f}x" if base else "-"
+        tr.write_line(f"{case.spec:<28} {case.precision:>9} {case.batch:>6} {stats.images_per_s:>9,.0f} "
+                      f"{stats.p50_ms:>9.1f} {stats.p90_ms:>9.1f} {stats.rounds:>6} {ratio:>8}")

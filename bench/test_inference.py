@@ -7,6 +7,6 @@ from __future__ import annotations
 
 def test_inference(benchmark, bench_case, bench_state) -> None:
     result = bench_state.run(benchmark, bench_case)
-    assert result["check"]["calls_checked"] >= 1
-    if result["timed"]:
-        assert result["rounds"] >= 1 and result["p50_ms"] > 0
+    assert result.check["calls_checked"] >= 1
+    if result.timed:
+        assert result.stats.rounds >= 1 and result.stats.p50_ms > 0

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import default_run_id
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -100,8 +101,8 @@ def test_cli_stability_compares_two_specs_and_reuses_runs(trained_root, tmp_path
     # A root holding only the kept seed-0 runs (no current run): stability alone is analysed,
     # seed 0 is reused and seed 1 is trained.
     for name in (DNN, CNN):
-        src = artifacts.spec_artifacts(name, trained_root).run_dir("seed0-e1-n3000")
-        dst = artifacts.spec_artifacts(name, tmp_path).run_dir("seed0-e1-n3000")
+        src = artifacts.spec_artifacts(name, trained_root).run_dir(default_run_id(name))
+        dst = artifacts.spec_artifacts(name, tmp_path).run_dir(default_run_id(name))
         dst.mkdir(parents=True)
         for f in src.iterdir():
             (dst / f.name).write_bytes(f.read_bytes())
@@ -118,17 +119,16 @@ def test_cli_stability_compares_two_specs_and_reuses_runs(trained_root, tmp_path
     assert _png_size(out / f"stability_vs_{CNN}.png")[0] > 800
     for stats in saved["results"]:
         arts = artifacts.spec_artifacts(stats["spec"], trained_root)
-        accs = [json.loads((arts.run_dir(f"seed{s}-e1-n3000") / "metrics.json").read_text())["test_accuracy"]
-                for s in (0, 1)]
+        rids = [default_run_id(stats["spec"], seed=s) for s in (0, 1)]
+        accs = [json.loads((arts.run_dir(rid) / "metrics.json").read_text())["test_accuracy"] for rid in rids]
         assert stats["test_accuracy"]["values"] == accs
         assert stats["test_accuracy"]["mean"] == pytest.approx(np.mean(accs))
         assert stats["test_accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
         assert stats["test_accuracy"]["range"] == pytest.approx(max(accs) - min(accs))
-        vals = [json.loads((arts.run_dir(f"seed{s}-e1-n3000") / "history.json").read_text())["val_accuracy"]
-                for s in (0, 1)]
+        vals = [json.loads((arts.run_dir(rid) / "history.json").read_text())["val_accuracy"] for rid in rids]
         assert stats["val_accuracy_per_epoch"]["mean"] == pytest.approx(np.mean(vals, axis=0).tolist())
         # Stability runs are never promoted: no current run appeared.
-        assert not arts.is_trained() and arts.run_dir("seed1-e1-n3000").is_dir()
+        assert not arts.is_trained() and arts.run_dir(rids[1]).is_dir()
     assert (artifacts.spec_artifacts(CNN, trained_root).analysis_dir / "stability.json").is_file()
 
 

@@ -57,6 +57,7 @@ def test_corrupted_data_exit_3(tmp_path):
     assert result.exit_code == 3 and "cannot be read" in result.output
 
 
+@pytest.mark.slow
 def test_train_small_and_busy(tmp_path):
     args = ["train", "--exp", "DNN_1L_No_Dropout_Exp1", "--epochs", "1", "--limit-train", "500",
             "--artifacts", str(tmp_path)]

@@ -39,7 +39,7 @@ def exported(trained_root, tmp_path_factory, dataset):
 
 
 def test_registry_lists_every_format_and_precision():
-    from export.registry import FORMATS, PRECISIONS, select
+    from toolkit.export.registry import FORMATS, PRECISIONS, select
 
     assert set(FORMATS) == {f"{f}-{p}" for f in ("onnx", "tflite") for p in PRECISIONS}
     assert [f.key for f in select(None, None)] == ["onnx-fp32", "tflite-fp32"]
@@ -54,8 +54,8 @@ def test_registry_lists_every_format_and_precision():
 @pytest.mark.parametrize("formats,precisions,bad", [(["keras"], None, "format 'keras'"),
                                                       (["onnx"], ["int4"], "precision 'int4'")])
 def test_registry_rejects_unknown_names_listing_valid(formats, precisions, bad):
-    from export.registry import select
     from toolkit.errors import UsageError
+    from toolkit.export.registry import select
 
     with pytest.raises(UsageError, match=bad) as info:
         select(formats, precisions)
@@ -63,7 +63,7 @@ def test_registry_rejects_unknown_names_listing_valid(formats, precisions, bad):
 
 
 def test_registry_and_runtimes_do_not_import_tensorflow():
-    code = ("import sys, export.registry, toolkit.runtimes, toolkit.parity, toolkit.predict, "
+    code = ("import sys, toolkit.export.registry, toolkit.runtimes, toolkit.parity, toolkit.predict, "
             "toolkit.cli; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
@@ -72,12 +72,14 @@ def test_registry_and_runtimes_do_not_import_tensorflow():
 
 
 def test_export_all_formats_and_precisions(exported):
-    from export.registry import FORMATS, read_exports
     from toolkit import artifacts
+    from toolkit.export.registry import FORMATS
 
     root, result = exported
     arts = artifacts.spec_artifacts(SPEC, root)
-    entries = {e["key"]: e for e in read_exports(arts)}
+    doc = json.loads(arts.exports_json.read_text())
+    assert doc["schema_version"] == 2
+    entries = {e["key"]: e for e in doc["exports"]}
     assert set(entries) == set(FORMATS), result.output
     source = artifacts.sha256_file(arts.model)
     for key, e in entries.items():
@@ -88,6 +90,7 @@ def test_export_all_formats_and_precisions(exported):
         assert e["sha256"] == artifacts.sha256_file(path)
         assert e["source_model_sha256"] == source
         assert e["parity"]["status"] in ("pass", "fail") and e["parity"]["images"] == 10_000
+        assert e["parity"]["sha256"] == e["sha256"]  # parity names the very file it checked
         if e["precision"] == "int8":
             assert e["calibration"] == {"size": 1000, "seed": 0, "source": "training images"}
     # fp32 must match Keras; quantized variants are smaller than fp32.
@@ -97,6 +100,8 @@ def test_export_all_formats_and_precisions(exported):
             assert entries[f"{fmt}-{prec}"]["size_bytes"] < entries[f"{fmt}-fp32"]["size_bytes"]
     parity = json.loads(arts.parity_json.read_text())
     assert parity["test_images"] == 10_000 and {r["key"] for r in parity["exports"]} == set(FORMATS)
+    assert parity["schema_version"] == 2
+    assert all(r["sha256"] == entries[r["key"]]["sha256"] for r in parity["exports"])
     # The exit code follows the results: 0 if all passed, 5 if a (quantized) check failed.
     failed = [k for k, e in entries.items() if e["parity"]["status"] == "fail"]
     assert result.exit_code == (5 if failed else 0), result.output
@@ -161,12 +166,13 @@ def test_tflite_contract_and_variants(exported, test_batch):
         assert model.run(images[:5]).shape == (5, 10)
 
 
+@pytest.mark.slow
 def test_cnn_onnx_graph_has_no_transposes_and_matches_keras(test_batch, tmp_path):
     """A freshly built two-conv CNN: the NHWC layout shuffles are folded away, values unchanged."""
     import onnx
     import onnxruntime as ort
 
-    from export.onnx import keras_to_onnx, op_counts
+    from toolkit.export.onnx import keras_to_onnx, op_counts
     from toolkit.models import build_model
     from toolkit.specs import get_spec
 
@@ -187,7 +193,7 @@ def test_keras_to_onnx_exports_any_single_output_model(trained_root, tmp_path, t
     """The embedding sub-model (any output name) converts with the same function."""
     import onnxruntime as ort
 
-    from export.onnx import keras_to_onnx
+    from toolkit.export.onnx import keras_to_onnx
     from toolkit.models import embedding_model, load_model
 
     model = embedding_model(load_model(trained_root / SPEC / "model.keras"))
@@ -241,12 +247,12 @@ def test_bad_options_are_rejected_before_any_work(trained_root, tmp_path, args, 
 
 
 def test_one_broken_converter_does_not_stop_the_others(trained_root, tmp_path, monkeypatch):
-    import export.tflite
+    import toolkit.export.tflite
 
     def broken(*args, **kwargs):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(export.tflite, "to_tflite", broken)
+    monkeypatch.setattr(toolkit.export.tflite, "to_tflite", broken)
     root = copy_spec(trained_root, tmp_path)
     result = runner.invoke(app, ["export", "--exp", SPEC, "--format", "all", "--artifacts", str(root)])
     assert result.exit_code == 7, result.output
@@ -285,10 +291,10 @@ def test_run_stage_is_registered():
 @pytest.mark.slow
 def test_every_spec_fp32_export_passes_parity(dataset, tmp_path):
     """All 17 specs, freshly built: ONNX and TFLite fp32 agree with Keras on the 10k test set."""
-    from export import onnx as onnx_export
-    from export import tflite as tflite_export
     from toolkit import parity
     from toolkit.data import to_model_input
+    from toolkit.export import onnx as onnx_export
+    from toolkit.export import tflite as tflite_export
     from toolkit.models import build_model
     from toolkit.specs import SPECS
 

@@ -96,6 +96,25 @@ def test_parity_command_passes_and_writes_parity_json(exported_root):
     assert entry["input_name"] == "image" and entry["output_names"] == ["probabilities"]
     assert entry["output_shape"] == [10_000, 10]
     assert doc["tolerances"]["fp32"] == {"min_agreement": 0.999, "max_abs_diff": 1e-4}
+    # Each file's top-1 classes are kept beside the record, with the paired test against Keras.
+    from toolkit import artifacts
+    from toolkit.data import load
+
+    labels = load().y_test
+    export_top1 = artifacts.load_predictions(exported_root / SPEC / entry["predictions"]["file"],
+                                             entry["predictions"])
+    keras_top1 = artifacts.load_predictions(exported_root / SPEC / doc["keras"]["predictions"]["file"],
+                                            doc["keras"]["predictions"])
+    assert export_top1.dtype == np.uint8 and export_top1.shape == (10_000,)
+    assert np.mean(export_top1 == labels) == pytest.approx(entry["test_accuracy"])
+    assert np.mean(keras_top1 == labels) == pytest.approx(doc["keras"]["test_accuracy"])
+    b, c = entry["discordant"]
+    assert b == np.sum((keras_top1 == labels) & (export_top1 != labels)) and entry["mcnemar_p"] == 1.0
+    assert c == 0 and entry["accuracy_ci"][0] < entry["test_accuracy"] < entry["accuracy_ci"][1]
+    flat = " ".join(result.output.split())
+    assert "McNemar p" in flat and "1.000 (0/0)" in flat and "95% CI" in flat
+    half = (entry["accuracy_ci"][1] - entry["accuracy_ci"][0]) * 50
+    assert f"{entry['test_accuracy']:.2%} ±{half:.2f}" in flat
 
 
 def test_perturbed_model_fails_parity_with_exit_5(exported_root):
@@ -142,3 +161,42 @@ def test_parity_without_exports_names_the_export_command(trained_root, tmp_path)
 def test_parity_rejects_unknown_format(exported_root):
     result = runner.invoke(app, ["parity", "--format", "coreml", "--artifacts", str(exported_root)])
     assert result.exit_code == 2 and "onnx-fp32" in result.output
+
+
+def test_7_parity_of_a_replaced_file_is_not_believed(exported_root):
+    """An export killed after renaming its new file into place but before rewriting exports.json
+    leaves a "pass" that was measured on the old file: every reader must see it as stale."""
+    import onnx
+
+    from toolkit import artifacts, report
+    from toolkit.benchmark.plan import Filters, plan_cases
+    from toolkit.export.onnx import set_metadata
+    from toolkit.export.record import read_exports
+
+    arts = artifacts.spec_artifacts(SPEC, exported_root)
+    path = exported_root / SPEC / "export" / "model.fp32.onnx"
+    entry = read_exports(arts).by_key()["onnx-fp32"]
+    old_sha = artifacts.sha256_file(path)
+    assert entry.parity.sha256 == old_sha and entry.parity_state(old_sha) == "pass"
+    proto = onnx.load(str(path))
+    set_metadata(proto, {"exported_at": "a later export, killed before exports.json was rewritten"})
+    onnx.save(proto, str(path))
+    new_sha = artifacts.sha256_file(path)
+
+    assert read_exports(arts).by_key()["onnx-fp32"].parity_state(new_sha) == "stale"
+    (case,) = plan_cases(exported_root, Filters(formats=["onnx-fp32"], runtime_keys=["onnxruntime"],
+                                                devices=("cpu",), batches=(1,), threads=(1,)))
+    assert case.parity == "stale" and case.sha256 == new_sha  # the bench records what it measured
+    notes: list[str] = []
+    files = {f.key: f for f in report._files(arts, 0.9, notes)}
+    assert files["onnx-fp32"].parity == "stale" and files["onnx-fp32"].accuracy is None
+    assert any("changed since parity checked it" in n for n in notes)
+    # `toolkit export` does not skip the replaced file: its sha256 no longer matches its entry.
+    result = runner.invoke(app, ["export", "--exp", SPEC, "--format", "onnx",
+                                 "--artifacts", str(exported_root)])
+    assert result.exit_code == 0, result.output
+    assert "unchanged, skipped" not in result.output
+    entry = read_exports(arts).by_key()["onnx-fp32"]
+    assert entry.parity_state(artifacts.sha256_file(path)) == "pass"
+    parity = json.loads((exported_root / SPEC / "parity.json").read_text())
+    assert parity["exports"][0]["sha256"] == artifacts.sha256_file(path)

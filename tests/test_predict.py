@@ -20,8 +20,8 @@ SPEC = "DNN_2L_Dropout_Exp2"
 @pytest.fixture(scope="module")
 def models(trained_root, tmp_path_factory) -> dict[str, Path]:
     """model.keras and its ONNX and TFLite fp32 exports."""
-    from export import onnx as onnx_export
-    from export import tflite as tflite_export
+    from toolkit.export import onnx as onnx_export
+    from toolkit.export import tflite as tflite_export
     from toolkit.models import load_model
 
     folder = tmp_path_factory.mktemp("predict-models")

@@ -171,7 +171,7 @@ def test_image_files_are_converted_and_bad_ones_rejected(trained_root, dataset, 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
     for path, message in ((broken, "not a readable image"), (tmp_path / "missing.png", "image not found"),
-                          (tmp_path, "image not found")):
+                          (tmp_path, "is a folder, not a file")):
         result = runner.invoke(app, ["recommend", "--exp", CNN, "--image", str(path),
                                      "--artifacts", str(trained_root)])
         assert result.exit_code == 3, result.output
@@ -228,3 +228,17 @@ def test_cli_query_prints_table_and_writes_strip(trained_root):
     assert result.exit_code == 0, result.output
     assert "cosine similarity" in result.output and "Ankle boot" in result.output
     assert (artifacts.spec_artifacts(CNN, trained_root).recommend_dir / "strip-test0.png").is_file()
+
+
+def test_a_large_k_is_listed_in_full_and_drawn_in_part(keras_catalog, trained_root):
+    result = rec.recommend(CNN, index=3, k=LIMIT, root=trained_root, catalog_limit=LIMIT)
+    assert len(result.neighbours) == LIMIT and result.strip_shows == rec.STRIP_MAX
+    with Image.open(result.strip) as img:
+        strip_width = img.size[0]
+    small = rec.recommend(CNN, index=3, k=rec.STRIP_MAX, root=trained_root, catalog_limit=LIMIT)
+    with Image.open(small.strip) as img:
+        assert strip_width <= img.size[0] * 1.05  # 2,000 neighbours draw no wider than 20
+    cli = runner.invoke(app, ["recommend", "--exp", CNN, "--index", "3", "-k", "30", "--catalog-limit",
+                              str(LIMIT), "--artifacts", str(trained_root)])
+    assert cli.exit_code == 0, cli.output
+    assert "it draws the first 20 of the 30 neighbours" in " ".join(cli.output.split())

@@ -63,13 +63,19 @@ def test_local_sweep_table_equals_the_runs_metrics(local_root):
         assert float(rows[name]["test_accuracy_diff"]) == pytest.approx(
             statistics.fmean(m["test_accuracy"] for m in runs) - seed_acc)
         assert rows[name]["runs_done"] == str(SEEDS)
+        # The Wilson interval of one run's accuracy at the mean, on the 10,000 test images.
+        from toolkit.stats import interval_of_accuracy
+
+        ci = interval_of_accuracy(statistics.fmean(m["test_accuracy"] for m in runs), 10_000)
+        assert float(rows[name]["test_accuracy_ci95_low"]) == pytest.approx(ci.low)
+        assert float(rows[name]["test_accuracy_ci95_high"]) == pytest.approx(ci.high)
         # A sweep never makes a run the spec's current run.
         assert not artifacts.spec_artifacts(name, local_root).model.exists()
     ranks = sorted(rows.values(), key=lambda r: int(r["rank"]))
     assert [float(r["test_accuracy_mean"]) for r in ranks] == sorted(
         (float(r["test_accuracy_mean"]) for r in ranks), reverse=True)
     markdown = (local_root / "sweep.md").read_text()
-    assert all(name in markdown for name in SPECS) and "| rank |" in markdown
+    assert all(name in markdown for name in SPECS) and "| rank |" in markdown and "95% CI" in markdown
     assert (local_root / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -90,6 +96,7 @@ def test_second_sweep_trains_nothing_and_table_matches(local_root):
     assert (local_root / "sweep.csv").read_text() == csv_before
 
 
+@pytest.mark.slow
 def test_failing_run_is_isolated_and_exit_code_is_7(tmp_path):
     name = SPECS[0]
     arts = artifacts.spec_artifacts(name, tmp_path)

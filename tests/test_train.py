@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import default_run_id
 
 from toolkit import artifacts, train
 from toolkit.errors import BusyError, Interrupted, UsageError
+from toolkit.specs import get_spec
 
 DNN = "DNN_1L_No_Dropout_Exp1"
 
@@ -24,11 +26,39 @@ def test_trained_root_has_complete_runs(trained_root):
     assert metrics["manifest"]["data"]["t10k-images-idx3-ubyte"].startswith("5b4141f0")
     history = json.loads(arts.history.read_text())
     assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    run_dir = arts.run_dir("seed0-e1-n3000")
+    run_dir = arts.run_dir(default_run_id("CNN_1L_Dropout_Exp6"))
     # The current run is the kept run itself (hard links), not a second copy.
     assert arts.model.stat().st_ino == (run_dir / "model.keras").stat().st_ino
+    # Its per-image test predictions: kept with the run, linked as the current run's, and the
+    # accuracy they give is the evaluated one.
+    assert arts.test_predictions.stat().st_ino == (run_dir / "test_predictions.npy").stat().st_ino
+    top1 = artifacts.load_predictions(arts.test_predictions, metrics["test_predictions"])
+    from toolkit.data import load
+
+    assert top1.shape == (10_000,) and arts.test_predictions.stat().st_size < 11_000
+    assert np.mean(top1 == load().y_test) == pytest.approx(metrics["test_accuracy"], abs=2e-4)
+    rows = {r[0]: r for r in train.comparison_rows(metrics, get_spec("CNN_1L_Dropout_Exp6"))}
+    low, high = (float(v) for v in rows["test_accuracy"][2].strip("[]").split(", "))
+    assert low < metrics["test_accuracy"] < high
 
 
+def test_promoting_a_run_without_predictions_removes_the_current_ones(tmp_path):
+    """A run written before per-image predictions existed can be current: then no predictions file
+    of another run may stay beside it (it simply cannot be paired until parity writes one)."""
+    arts = artifacts.spec_artifacts(DNN, tmp_path)
+    new, old = arts.run_dir("seed0-e1"), arts.run_dir("seed1-e1")
+    for rdir, seed in ((new, 0), (old, 1)):
+        rdir.mkdir(parents=True)
+        for name in artifacts.RUN_FILES:
+            (rdir / name).write_text(json.dumps({"seed": seed}))
+    artifacts.save_predictions(new / artifacts.PREDICTIONS_FILE, np.zeros(10, dtype=np.uint8))
+    artifacts.promote(arts, new)
+    assert arts.test_predictions.is_file()
+    artifacts.promote(arts, old)
+    assert not arts.test_predictions.exists() and json.loads(arts.metrics.read_text())["seed"] == 1
+
+
+@pytest.mark.slow
 def test_reuse_determinism_and_no_promotion(tmp_path):
     first = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "a")
     again = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "a")
@@ -43,6 +73,7 @@ def test_reuse_determinism_and_no_promotion(tmp_path):
     assert seed1.run_dir.name == "seed1-e1-n1000" and seed1.run_dir.is_dir()
 
 
+@pytest.mark.slow
 def test_interrupt_keeps_previous_run_and_resume_finishes(tmp_path):
     root = tmp_path / "arts"
     previous = train.train(DNN, epochs=1, limit_train=1000, root=root)
@@ -71,6 +102,7 @@ def test_interrupt_keeps_previous_run_and_resume_finishes(tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_second_training_of_same_run_is_refused(tmp_path):
     arts = artifacts.spec_artifacts(DNN, tmp_path)
     with artifacts.exclusive_lock(arts.lock_file("seed0-e1-n1000"), what="holder"):
@@ -81,6 +113,7 @@ def test_second_training_of_same_run_is_refused(tmp_path):
         assert ok.metrics["seed"] == 2
 
 
+@pytest.mark.slow
 def test_augmented_spec_trains_and_exports_clean_model(tmp_path):
     from toolkit.models import load_model
 

@@ -6,15 +6,6 @@ benchmark hosts may only have ONNX Runtime or LiteRT installed.
 
 __version__ = "0.1.0"
 
-CLASS_NAMES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+from toolkit.contract import CLASS_NAMES  # noqa: E402  (after __version__, which contract reads)
+
+__all__ = ["CLASS_NAMES", "__version__"]

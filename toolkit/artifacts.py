@@ -1,10 +1,12 @@
 """The artifacts layout in one place: paths, atomic writes, locks and run manifests.
 
     ROOT/NAME/{model.keras, metrics.json, history.json}   the spec's current run
-    ROOT/NAME/runs/<run-id>/{same three files}            every completed run, kept
+      (+ test_predictions.npy: its top-1 class of each test image, where the run wrote one)
+    ROOT/NAME/runs/<run-id>/{same files}                  every completed run, kept
     ROOT/NAME/runs/.<run-id>.partial/                     resume state of an unfinished run
     ROOT/NAME/runs/<run-id>.lock                          held while a run trains
     ROOT/NAME/export/, exports.json, parity.json, analysis/   later stages
+    ROOT/NAME/predictions/<key>.npy                       top-1 per test image of each checked file
     ROOT/bench/, ROOT/report.*, ROOT/sweep.*
 
 The current run's files are hard links to the files of one completed run (no duplicate
@@ -17,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -30,17 +33,63 @@ from toolkit.errors import ArtifactError, BusyError
 
 ARTIFACTS_ENV = "TOOLKIT_ARTIFACTS"
 RUN_FILES = ("model.keras", "history.json", "metrics.json")
+# Files a run may have besides RUN_FILES: runs written before they existed are still complete.
+OPTIONAL_RUN_FILES = ("test_predictions.npy",)
+PREDICTIONS_FILE = "test_predictions.npy"
 
 
 def resolve_root(root: str | Path | None = None) -> Path:
-    """Flag, then TOOLKIT_ARTIFACTS, then ./artifacts."""
+    """Flag, then TOOLKIT_ARTIFACTS, then ./artifacts. A regular file there is an ArtifactError."""
     chosen = root or os.environ.get(ARTIFACTS_ENV) or "artifacts"
-    return Path(chosen).expanduser().resolve()
+    path = Path(chosen).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        named = "--artifacts" if root else ARTIFACTS_ENV if os.environ.get(ARTIFACTS_ENV) else "the default"
+        raise ArtifactError(
+            f"{path} is a file; expected a folder for the artifacts root (from {named}). Fix: pass a "
+            f"folder, e.g. --artifacts {path.parent / 'artifacts'}, or move the file away"
+        )
+    return path
 
 
-def run_id(seed: int, epochs: int, limit_train: int | None = None) -> str:
+# ---------------------------------------------------------------- writable folders
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def not_writable(folder: Path, exc: OSError) -> ArtifactError:
+    """"Cannot write there" as one line naming the folder and the fix."""
+    folder = Path(exc.filename).parent if exc.filename and Path(exc.filename) != folder else folder
+    return ArtifactError(
+        f"{folder}: cannot write there ({exc.strerror or exc}); expected a folder this user can write. "
+        f"Fix: make it writable (chmod u+w {folder}) or use another artifacts root "
+        f"(--artifacts DIR or {ARTIFACTS_ENV})"
+    )
+
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """Maps a permission or read-only-filesystem error of the enclosed file operations to
+    `not_writable`; any other error passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise
+        raise not_writable(folder, exc) from None
+
+
+def require_writable(folder: Path) -> None:
+    """Fail early, before any work, when an existing folder cannot be written (a missing one is
+    created, and checked, when the first file is written)."""
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise not_writable(folder, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+
+
+def run_id(seed: int, epochs: int, limit_train: int | None = None, mixed_precision: str = "off") -> str:
+    """seed0-e20, seed1-e5-n3000, seed0-e20-bf16: float32 runs carry no precision suffix."""
     rid = f"seed{seed}-e{epochs}"
-    return f"{rid}-n{limit_train}" if limit_train else rid
+    rid = f"{rid}-n{limit_train}" if limit_train else rid
+    return rid if mixed_precision == "off" else f"{rid}-{mixed_precision}"
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -49,17 +98,18 @@ def run_id(seed: int, epochs: int, limit_train: int | None = None) -> str:
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it into place only on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The temp name keeps the real suffix: Keras refuses to save to a name without ".keras".
-    fd, tmp = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
-    )
+    with _writing(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The temp name keeps the real suffix: Keras refuses to save to a name without ".keras".
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                   suffix=f".tmp{target.suffix}")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
-        os.replace(tmp_path, target)
+        with _writing(target.parent):
+            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
+            os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -73,8 +123,9 @@ def _umask() -> int:
 
 def make_private_dir(parent: Path, prefix: str) -> Path:
     """A fresh temp folder under `parent` with normal (umask) permissions."""
-    parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    with _writing(parent):
+        parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     os.chmod(path, 0o777 & ~_umask())
     return path
 
@@ -129,8 +180,10 @@ def link_or_copy(source: Path, target: Path) -> None:
 @contextlib.contextmanager
 def exclusive_lock(path: Path, *, what: str, wait: bool = False) -> Iterator[None]:
     """An flock held for the block; without `wait`, a holder elsewhere is a BusyError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    with _writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")  # noqa: SIM115 - closed by the `with fh` below
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -192,6 +245,18 @@ class SpecArtifacts:
         return self.runs_dir / f"{rid}.lock"
 
     @property
+    def test_predictions(self) -> Path:
+        return self.dir / PREDICTIONS_FILE
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.dir / "predictions"
+
+    def predictions_file(self, key: str) -> Path:
+        """Where parity keeps the top-1 classes it measured for `key` (an export, or keras-fp32)."""
+        return self.predictions_dir / f"{key}.npy"
+
+    @property
     def export_dir(self) -> Path:
         return self.dir / "export"
 
@@ -248,10 +313,13 @@ TRAINING_RECIPE = 2
 
 
 def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
-                  data_checksums: dict[str, str]) -> dict[str, Any]:
+                  data_checksums: dict[str, str], mixed_precision: str = "off") -> dict[str, Any]:
     """What identifies a run: reuse a run only when every field here matches. JSON-normalised
-    (tuples become lists) so it compares equal to the copy read back from metrics.json."""
-    manifest = {
+    (tuples become lists) so it compares equal to the copy read back from metrics.json.
+
+    `mixed_precision` is the resolved mode (toolkit.precision); float32 ("off") adds nothing, so
+    float32 manifests and run ids are exactly those of runs trained before the option existed."""
+    manifest: dict[str, Any] = {
         "spec_name": spec.name,
         "recipe": TRAINING_RECIPE,
         "spec": spec.summary(),
@@ -259,8 +327,10 @@ def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
         "epochs": epochs,
         "limit_train": limit_train,
         "data": dict(sorted(data_checksums.items())),
-        "run_id": run_id(seed, epochs, limit_train),
+        "run_id": run_id(seed, epochs, limit_train, mixed_precision),
     }
+    if mixed_precision != "off":
+        manifest["mixed_precision"] = mixed_precision
     return json.loads(json.dumps(manifest))
 
 
@@ -278,7 +348,75 @@ def completed_run(arts: SpecArtifacts, manifest: dict[str, Any]) -> Path | None:
 
 
 def promote(arts: SpecArtifacts, rdir: Path) -> None:
-    """Make a completed run the spec's current run; metrics.json last marks it complete."""
+    """Make a completed run the spec's current run; metrics.json last marks it complete. An
+    optional file the run lacks is removed from the current run, never left from another run."""
     with exclusive_lock(arts.dir / ".current.lock", what=f"{arts.name} current run", wait=True):
+        for name in OPTIONAL_RUN_FILES:
+            if (rdir / name).is_file():
+                link_or_copy(rdir / name, arts.dir / name)
+            else:
+                (arts.dir / name).unlink(missing_ok=True)
         for name in RUN_FILES:
             link_or_copy(rdir / name, arts.dir / name)
+
+
+def sibling_runs(arts: SpecArtifacts, manifest: dict[str, Any]) -> list[Path]:
+    """Completed runs of the spec trained with one recipe: every manifest field equal to
+    `manifest`'s except the seed (and the run id naming it). Sorted by seed."""
+    def recipe(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in m.items() if k not in ("seed", "run_id")}
+
+    wanted = recipe(manifest)
+    found: list[tuple[int, Path]] = []
+    if not arts.runs_dir.is_dir():
+        return []
+    for rdir in arts.runs_dir.iterdir():
+        if rdir.name.startswith(".") or not all((rdir / f).is_file() for f in RUN_FILES):
+            continue
+        try:
+            recorded = json.loads((rdir / "metrics.json").read_text())["manifest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(recorded, dict) and recipe(recorded) == wanted:
+            found.append((int(recorded.get("seed", 0)), rdir))
+    return [p for _, p in sorted(found)]
+
+
+# ---------------------------------------------------------------- per-image predictions
+
+
+def save_predictions(target: Path, top1: Any) -> dict[str, Any]:
+    """Write top-1 classes (uint8 [N], about 10 KB for the test set) atomically as .npy; returns
+    the reference a record keeps: {"file": name, "sha256": ..., "images": N}."""
+    import numpy as np
+
+    arr = np.asarray(top1)
+    if arr.ndim != 1 or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+        raise ValueError(f"top-1 predictions must be a 1-D array of classes 0..255, got shape {arr.shape}")
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.uint8), allow_pickle=False)
+    data = buf.getvalue()
+    write_bytes(target, data)
+    return {"file": target.name, "sha256": hashlib.sha256(data).hexdigest(), "images": int(arr.size)}
+
+
+def load_predictions(path: Path, reference: dict[str, Any] | None = None) -> Any:
+    """The uint8 array saved by `save_predictions`; with `reference`, its sha256 and length must
+    match it (a file replaced or truncated since its record was written is an ArtifactError)."""
+    import numpy as np
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: per-image predictions not found") from None
+    if reference is not None and reference.get("sha256") not in (None, hashlib.sha256(data).hexdigest()):
+        raise ArtifactError(f"{path}: per-image predictions changed since their record was written")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(f"{path}: per-image predictions are corrupted ({exc})") from None
+    if arr.ndim != 1 or arr.dtype != np.uint8:
+        raise ArtifactError(f"{path}: expected uint8 [N] top-1 classes, found {arr.dtype} {list(arr.shape)}")
+    if reference is not None and reference.get("images") not in (None, arr.size):
+        raise ArtifactError(f"{path}: {arr.size} predictions, its record says {reference['images']}")
+    return arr

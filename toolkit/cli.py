@@ -2,6 +2,8 @@
 
 This is the only place that catches ToolkitError: each command runs inside `_boundary`, which
 turns an error into one line on stderr and its exit code (a traceback only with --verbose).
+Errors of the option parser itself (an unknown option, a bad value) get the same one line, with
+exit code 2, from `_OneLineErrors`, the app's command group.
 Heavy libraries (TensorFlow, ONNX Runtime) are imported inside commands, never at start-up.
 """
 
@@ -22,19 +24,56 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
 from toolkit.errors import ToolkitError  # noqa: E402
 
+try:  # Typer 0.2x vendors Click as typer._click; older Typers run on Click itself
+    from typer._click import exceptions as click_errors  # noqa: E402
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as click_errors  # noqa: E402
+
+# Wide enough for the tables when piped or captured (rich would fall back to 80 columns).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+err_console = Console(stderr=True, highlight=False)
+
+
+def print_error(message: str) -> None:
+    # Messages are plain text: "[ray]" in "pip install '.[ray]'" is not rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors of the option parser (unknown option, bad or missing value) as one line,
+    `error: ...`, exit 2, like every other error of the CLI, instead of Click's boxed block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `toolkit` alone: the help, as before
+                return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+            command = exc.ctx.command_path if getattr(exc, "ctx", None) else "toolkit"
+            print_error(f"{exc.format_message().rstrip('.')}. See '{command} --help'")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        # Without standalone mode, Click returns the exit code of typer.Exit (our commands
+        # return None when they complete).
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="toolkit",
+    cls=_OneLineErrors,
     help="Train Fashion-MNIST classifiers from the seed's specs, export, verify and benchmark them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Wide enough for the tables when piped or captured (rich would fall back to 80 columns).
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
-err_console = Console(stderr=True, highlight=False)
 _state: dict[str, Any] = {"verbose": False}
 
 # Options shared by many commands, one definition each.
@@ -59,6 +98,13 @@ LimitOption = Annotated[
     int | None,
     typer.Option("--limit-train", help="Train on a seeded subset of N images (quick runs).", min=10),
 ]
+MixedPrecisionOption = Annotated[
+    str | None,
+    typer.Option("--mixed-precision", metavar="bf16|fp16|off|auto",
+                 help="Training arithmetic: bf16 or fp16 compute with float32 variables, off (float32, "
+                      "the exact recipe) or auto (the fastest this machine has). Default: the spec's "
+                      "recipe."),
+]
 
 
 def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,8 +115,7 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ToolkitError as exc:
             if _state["verbose"]:
                 err_console.print_exception()
-            # Messages are plain text: "[ray]" in "pip install '.[ray]'" is not rich markup.
-            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+            print_error(exc.message)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted:[/] nothing half-written was left behind")
@@ -109,10 +154,12 @@ def _global(
         os.environ["TOOLKIT_VERBOSE"] = "1"
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]], **kwargs: Any) -> None:
+def print_table(title: str, columns: list[str], rows: list[list[Any]], *, no_wrap: tuple[str, ...] = (),
+                **kwargs: Any) -> None:
+    """A rich table; the columns named in `no_wrap` keep each cell on one line (others fold)."""
     table = Table(title=title, **kwargs)
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in no_wrap)
     for row in rows:
         table.add_row(*[str(v) for v in row])
     console.print(table)
@@ -197,10 +244,12 @@ def train_cmd(
     data_dir: DataDirOption = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last completed epoch.")] = False,
     force: Annotated[bool, typer.Option(help="Retrain even if this run is complete.")] = False,
+    mixed_precision: MixedPrecisionOption = None,
 ) -> None:
     """Train one spec on the real data; writes ARTIFACTS/NAME/{model.keras,metrics.json,...}."""
     _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
-                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=force)
+                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=force,
+                      mixed_precision=mixed_precision)
 
 
 def _train_and_report(**kwargs: Any) -> dict[str, Any]:
@@ -208,18 +257,38 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
 
     spec = specs.get_spec(kwargs.pop("exp"))
     data_dir = kwargs.pop("data_dir")
+    if kwargs["resume"]:
+        train.check_resume_precision(spec, seed=kwargs["seed"], epochs=kwargs["epochs"],
+                                     limit_train=kwargs["limit_train"],
+                                     mixed_precision=kwargs["mixed_precision"], root=kwargs["artifacts"])
     _load_data(data_dir)  # verifies (or downloads) before the model is built
-    result = train.train(spec, data_dir=data_dir, root=kwargs.pop("artifacts"), progress=True,
-                         console=console, **kwargs)
+    root = kwargs.pop("artifacts")
+    result = train.train(spec, data_dir=data_dir, root=root, progress=True, console=console, **kwargs)
     if result.reused:
         console.print(f"Reused the completed run {result.run_dir} (same spec, seed, epochs, "
                       "data); pass --force to train it again.")
     rows = [list(r) for r in train.comparison_rows(result.metrics, spec)]
     print_table(f"{spec.name}: this run vs the seed's reported figures",
-                ["figure", "this run", "seed"], rows)
+                ["figure", "this run", "95% interval (Wilson)", "seed"], rows)
+    _print_seed_spread(spec.name, root, result.metrics)
     console.print(f"Current run: {result.run_dir.parent.parent} (run {result.run_dir.name}, "
-                  f"{result.metrics['params']:,} params)")
+                  f"{result.metrics['params']:,} params, mixed precision "
+                  f"{result.metrics.get('mixed_precision', 'off')})")
     return result.metrics
+
+
+def _print_seed_spread(name: str, root: Path | None, metrics: dict[str, Any]) -> None:
+    """Across seeds, not the test-set interval, is what separates two trainings: say it."""
+    from toolkit import artifacts, train
+
+    spread = train.seed_spread(artifacts.spec_artifacts(name, root), metrics)
+    if spread is None or spread.n < 2:
+        console.print("Test accuracy across seeds: only this seed of this recipe is complete; train "
+                      "others (--seed 1, --seed 2) to see the spread that separates two trainings.")
+        return
+    console.print(f"Test accuracy across the {spread.n} completed seeds of this recipe: mean "
+                  f"{spread.mean:.4f} ± {spread.std:.4f} (sample std), range "
+                  f"{spread.low:.4f}-{spread.high:.4f}.")
 
 
 # Stages of `toolkit run`, in order. Later features append theirs: (name, fn(exp, root, opts)).
@@ -237,13 +306,19 @@ def run_cmd(
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training.")] = False,
+    mixed_precision: MixedPrecisionOption = None,
     serve: Annotated[bool, typer.Option("--serve", help="Then serve the pick and load-test it (batching "
                                         "on and off, classify, similar, ceiling; several minutes).")] = False,
 ) -> None:
     """The whole pipeline for one spec: train, then every later stage."""
+    if mixed_precision:
+        from toolkit import precision
+
+        precision.resolve(mixed_precision)  # a bad mode is one line, before any stage starts
     console.rule(f"[bold]train {exp}")
     _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
-                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=False)
+                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=False,
+                      mixed_precision=mixed_precision)
     for name, stage in RUN_STAGES:
         console.rule(f"[bold]{name} {exp}")
         stage(exp=exp, artifacts=artifacts, data_dir=data_dir)

@@ -205,7 +205,9 @@ def recommend_cmd(
         print_table(f"{rec.spec}: top {k} similar catalog items",
                     ["rank", "catalog index", "class", "cosine similarity"],
                     [[n["rank"], n["index"], n["class"], f"{n['similarity']:.4f}"] for n in rec.neighbours])
-        console.print(f"Embeddings computed with {rec.backend}; strip: {rec.strip}")
+        drawn = "" if rec.strip_shows == len(rec.neighbours) else \
+            f" (it draws the first {rec.strip_shows} of the {len(rec.neighbours):,} neighbours)"
+        console.print(f"Embeddings computed with {rec.backend}; strip: {rec.strip}{drawn}")
     if evaluate:
         with _steps(f"evaluating ({backend})") as report:
             result = recommend.evaluate(exp, backend=backend, root=artifacts, data_dir=data_dir,

@@ -1,7 +1,7 @@
 """`toolkit bench` and `toolkit report`, and their `toolkit run` stages.
 
-Both are thin: the timing engine is toolkit.benchmark (shared with `pytest bench/`), the joining
-and Pareto logic is toolkit.report.
+Both are thin: the benchmark driver is toolkit.benchmark.driver (shared with `pytest bench/`),
+the joining and Pareto logic is toolkit.report.
 """
 
 from __future__ import annotations
@@ -27,6 +27,17 @@ ThreadsOption = Annotated[
     list[str] | None, typer.Option("--threads", help="Thread counts, e.g. 1,all (default).")
 ]
 SecondsOption = Annotated[float, typer.Option("--seconds", min=0.05, help="Timed seconds per case.")]
+RepeatsOption = Annotated[
+    int,
+    typer.Option("--repeats", min=1, help="Measure each case in this many separate processes (>= 2 gives "
+                                          "a 95% interval; 3 by default)."),
+]
+MemoryOption = Annotated[
+    bool,
+    typer.Option("--memory/--no-memory", help="Also measure peak memory, load time and first call per "
+                                              "runtime x file, each in a fresh process."),
+]
+DEFAULT_REPEATS = 3
 
 
 @command("bench")
@@ -38,6 +49,8 @@ def bench_cmd(
     batch: BatchOption = None,
     threads: ThreadsOption = None,
     seconds: SecondsOption = 1.5,
+    repeats: RepeatsOption = DEFAULT_REPEATS,
+    memory: MemoryOption = True,
     artifacts: ArtifactsOption = None,
 ) -> None:
     """Benchmark every export (and model.keras) on each runtime; results go to ARTIFACTS/bench/."""
@@ -49,6 +62,8 @@ def bench_cmd(
         batch=batch,
         threads=threads,
         seconds=seconds,
+        repeats=repeats,
+        memory=memory,
         artifacts=artifacts,
     )
 
@@ -62,155 +77,79 @@ def run_bench(
     batch: list[str] | None = None,
     threads: list[str] | None = None,
     seconds: float = 1.5,
+    repeats: int = DEFAULT_REPEATS,
+    memory: bool = True,
     artifacts: Path | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Any]:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from toolkit import benchmark as engine
-    from toolkit import runtimes
-    from toolkit.artifacts import resolve_root
-    from toolkit.errors import ArtifactError, DeviceUnavailableError, PartialFailure, ToolkitError
+    from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks
+    from toolkit.errors import PartialFailure
 
-    root = resolve_root(artifacts)
-    devices = engine.parse_devices(device)
-    thread_counts = engine.parse_threads(threads)
-    cases = engine.plan_cases(
-        root,
-        exps=exp,
-        formats=formats,
-        runtime_keys=runtime_keys,
-        devices=devices,
-        batches=engine.parse_batches(batch),
-        threads=thread_counts,
-    )
-    if not cases:
-        raise ArtifactError(
-            f"nothing to benchmark under {root} for these filters: train and export first "
-            "(toolkit train, toolkit export), or widen --exp/--format/--runtime"
-        )
-    cuda = runtimes.RUNTIMES["onnxruntime-cuda"].available()
-    gpu_cases = [c for c in cases if c.device == "gpu"]
-    if gpu_cases and not cuda:
-        if device == "gpu":
-            import onnxruntime as ort
-
-            raise DeviceUnavailableError(
-                f"--device gpu: ONNX Runtime has no CUDA provider here (providers: "
-                f"{', '.join(ort.get_available_providers())}); install the `gpu` extra on an NVIDIA host"
-            )
-        err_console.print(f"[yellow]skipped:[/] {len(gpu_cases)} GPU cases (no CUDA execution provider here)")
-        cases = [c for c in cases if c.device != "gpu"]
-    keras_cases = [c for c in cases if c.runtime in engine.KERAS_RUNTIMES]
-    if keras_cases and not engine.tensorflow_available():
-        err_console.print(f"[yellow]skipped:[/] {len(keras_cases)} Keras cases (TensorFlow is not installed)")
-        cases = [c for c in cases if c.runtime not in engine.KERAS_RUNTIMES]
-        keras_cases = []
-    local = [c for c in cases if c.runtime not in engine.KERAS_RUNTIMES]
-
-    results: list[dict[str, Any]] = []
-    failures: list[str] = []
-    console.print(
-        f"Benchmarking {len(cases)} cases from {root} ({seconds:g} s timed per case; Keras cases run "
-        "in one subprocess per thread count, since TensorFlow fixes its thread count per process)"
-    )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("measuring matmul peaks", total=len(cases))
-        peaks = engine.measure_peaks(thread_counts)
-
-        def record(item: dict[str, Any]) -> None:
-            if "error" in item:
-                failures.append(f"{item['id']}: {item['error']}")
-            else:
-                _add_peak(item, peaks)
-                results.append(item)
-            progress.advance(task)
-
-        ctx = engine.BenchContext.create(root, seconds=seconds)
-        for case in local:
-            progress.update(task, description=case.id)
-            try:
-                record(engine.run_case(case, ctx, cases=cases))
-            except ToolkitError as exc:
-                record({"id": case.id, "error": exc.message})
-        for n_threads in sorted({c.threads for c in keras_cases}):
-            group = [c for c in keras_cases if c.threads == n_threads]
-            progress.update(task, description=f"Keras cases, TensorFlow at {n_threads} threads (subprocess)")
-            engine.run_in_worker(group, root=root, seconds=seconds, on_result=record)
+    request = BenchRequest(root=artifacts, exps=exp, formats=formats, runtime_keys=runtime_keys,
+                           device=device, batches=batch, threads=threads, seconds=seconds, repeats=repeats,
+                           memory=memory)
+    session = BenchSession.open(request)
+    planned = session.measurements()
+    _announce(session, seconds)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, transient=True)
+    try:
+        with progress:
+            task = progress.add_task("planning", total=len(planned))
+            outcomes = run_benchmarks(session, on_start=lambda what: progress.update(task, description=what),
+                                      on_done=lambda _: progress.advance(task))
+    finally:
+        paths = session.close()  # whatever was measured is kept, even after a failure or Ctrl-C
+    skipped: dict[str, int] = {}
+    for o in outcomes:
+        if o.skipped:
+            skipped[o.skipped] = skipped.get(o.skipped, 0) + 1
+    for reason, count in skipped.items():
+        err_console.print(f"[yellow]skipped:[/] {count} cases: {escape(reason)}", soft_wrap=True)
+    results = [o.result for o in outcomes if o.result is not None]
     if results:
-        path = engine.write_run(root, source="cli", results=results, peaks=peaks)
-        _print_results(results, peaks)
-        console.print(f"Results recorded in {path}; `toolkit report` joins them with accuracy and parity.")
-    for line in failures:
-        err_console.print(f"[red]failed:[/] {line}", soft_wrap=True)
+        _print_results(results, session.peaks or {})
+        console.print(f"Results recorded in {', '.join(map(str, paths))}; `toolkit report` joins them with "
+                      "accuracy and parity.")
+        _print_interval_check(session.root, results, paths)
+    failures = [o for o in outcomes if o.error is not None]
+    for o in failures:
+        err_console.print(f"[red]failed:[/] {o.case.id}: {escape(o.error.message)}", soft_wrap=True)
     if failures:
-        raise PartialFailure(
-            f"{len(failures)} of {len(cases)} benchmark cases failed (listed above); the others were recorded"
-        )
+        raise PartialFailure(f"{len(failures)} of {len(planned)} benchmark measurements failed (listed "
+                             "above); the others were recorded")
     return results
 
 
-def _add_peak(result: dict[str, Any], peaks: dict[str, Any]) -> None:
-    from toolkit import benchmark as engine
-
-    peak = engine.peak_for(peaks, result["precision"], result["threads"])
-    if peak and result.get("images_per_s"):
-        result["peak_g_per_s"] = peak
-        result["pct_of_peak"] = 100 * result["mflops_per_image"] * result["images_per_s"] / (peak * 1e3)
-
-
-def _print_results(results: list[dict[str, Any]], peaks: dict[str, Any]) -> None:
-    rows = []
-    for r in results:
-        check = r["check"]
-        top1 = (
-            f"{check['top1_mismatches']}/{check['top1_compared']} flips"
-            if check["top1_checked"]
-            else "shape+finite"
-        )
-        device = f"{r['device']}-{r['io']}" if r.get("io") else r["device"]
-        rows.append(
-            [
-                r["spec"],
-                r["key"],
-                r["runtime"],
-                device,
-                r["batch"],
-                r["threads"],
-                f"{r['images_per_s']:,.0f}",
-                f"{r['p50_ms']:.3f}",
-                f"{r['p90_ms']:.3f}",
-                f"{r['p99_ms']:.3f}",
-                f"{r['pct_of_peak']:.1f}" if r.get("pct_of_peak") is not None else "-",
-                r["rounds"],
-                top1,
-            ]
-        )
-    print_table(
-        "Benchmark (p50/p90/p99 from raw per-call timings; images/s = batch / p50)",
-        [
-            "spec",
-            "format",
-            "runtime",
-            "device",
-            "batch",
-            "thr",
-            "img/s",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "% peak",
-            "rounds",
-            "output check",
-        ],
-        rows,
+def _announce(session: Any, seconds: float) -> None:
+    n_memory = sum(c.kind == "memory" for c in session.cases)
+    memory_text = f" and {n_memory} memory cases" if n_memory else ""
+    processes = f"{session.repeats} separate process{'es' if session.repeats > 1 else ''}"
+    console.print(
+        f"Benchmarking {len(session.cases) - n_memory} cases{memory_text} from {session.root}, each in "
+        f"{processes} ({seconds:g} s timed per case and process; Keras cases run in one subprocess per "
+        "thread count, since TensorFlow fixes its thread count per process; memory cases each in a fresh "
+        "process)"
     )
+
+
+def _print_results(results: list[Any], peaks: dict[str, Any]) -> None:
+    from toolkit.report import rows_from_results
+    from toolkit.report_columns import BENCH_TABLE, columns_for
+
+    rows = rows_from_results(results, peaks)
+    columns = columns_for(BENCH_TABLE)
+    print_table(
+        "Benchmark: one row per file x runtime x device x threads (p50 at batch 1, img/s at the largest "
+        "batch: geometric means across processes (95% interval); p50 ≈ #: rows whose p50 intervals overlap; "
+        "memory: medians of fresh processes)",
+        [c.title for c in columns],
+        [[c.text(r, None) for c in columns] for r in rows],
+    )
+    if not peaks:
+        return
     fp32 = ", ".join(f"{t} thr {v['gflops']:.0f}" for t, v in peaks["fp32"].items())
     int8 = ", ".join(f"{t} thr {v['gops']:.0f}" for t, v in peaks["int8"].items())
     kernel = next(iter(peaks["fp32"].values()), {}).get("blas_kernel")
@@ -228,14 +167,19 @@ def report_cmd(
     max_size_mb: Annotated[
         float | None, typer.Option("--max-size-mb", min=0, help="Budget: file size (MB).")
     ] = None,
+    max_memory_mb: Annotated[
+        float | None,
+        typer.Option("--max-memory-mb", min=0, help="Budget: peak resident memory serving batch 1 (MB)."),
+    ] = None,
     tolerance: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--accuracy-tolerance",
             min=0,
-            help="Accuracy gap (0.001 = 0.1 pt) treated as a tie when picking; the faster one wins.",
+            help="Override the statistical tie rule: rows within this accuracy gap of the best (0.001 = 0.1 "
+                 "pt) count as tied. Default: tied = not significantly less accurate (McNemar p >= 0.05).",
         ),
-    ] = 0.001,
+    ] = None,
     exp: ExpsOption = None,
     artifacts: ArtifactsOption = None,
 ) -> None:
@@ -245,6 +189,7 @@ def report_cmd(
         artifacts=artifacts,
         max_latency_ms=max_latency_ms,
         max_size_mb=max_size_mb,
+        max_memory_mb=max_memory_mb,
         tolerance=tolerance,
     )
 
@@ -255,13 +200,15 @@ def make_report(
     artifacts: Path | None = None,
     max_latency_ms: float | None = None,
     max_size_mb: float | None = None,
-    tolerance: float = 0.001,
+    max_memory_mb: float | None = None,
+    tolerance: float | None = None,
 ) -> Any:
     from toolkit import report
+    from toolkit.artifacts import require_writable, resolve_root
 
-    rep = report.build_report(
-        artifacts, exps=exp, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, tolerance=tolerance
-    )
+    require_writable(resolve_root(artifacts))  # before the joining work, not after it
+    rep = report.build_report(artifacts, exps=exp, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
+                              max_memory_mb=max_memory_mb, tolerance=tolerance)
     paths = report.write_report(rep)
     _print_report_table(rep)
     console.print(rep.pick_text)
@@ -271,28 +218,52 @@ def make_report(
     return rep
 
 
+def _print_interval_check(root: Path, results: list[Any], written: list[Path]) -> None:
+    """Do this run's p50s fall inside the previous run's 95% intervals? (The check that the
+    intervals hold; it needs a previous run with repeats on the same files.)"""
+    from toolkit.benchmark import results as bench_results
+
+    groups = bench_results.group_results([r for r in results if isinstance(r, bench_results.InferenceResult)])
+    runs = bench_results.read_runs(root)
+    previous = bench_results.previous_run(runs, groups, exclude=written)
+    if previous is None or not groups:
+        return
+    check = bench_results.interval_check(previous, groups)
+    if not check.compared:
+        return
+    console.print(f"Interval check: {check.inside} of {check.compared} p50s of this run "
+                  f"({check.fraction:.0%}) fall inside the 95% intervals of the previous run "
+                  f"({previous.path.name if previous.path else 'earlier run'}, written "
+                  f"{previous.written_at}).")
+    for line in check.outside:
+        console.print(f"  outside: {line}", soft_wrap=True)
+
+
 def _print_report_table(rep: Any) -> None:
     from rich import box
     from rich.table import Table
 
-    from toolkit import report
+    from toolkit.report_columns import BASELINE_TITLES, TERMINAL, TERMINAL_COST, baseline_rows, columns_for
 
-    columns, rows = report.table_rows(rep)
+    titles = {TERMINAL: "Accuracy (95% Wilson interval; vs best: paired McNemar test against the most "
+                        "accurate row within the budget)",
+              TERMINAL_COST: "Deployment cost (95% intervals across processes; p50 ≈ #: rows not "
+                             "separable in batch-1 p50; front: L latency, S size, M memory, ≈ tied)"}
+    for view, title in titles.items():
+        table = Table(title=title, box=box.SIMPLE_HEAD)
+        columns = columns_for(view)
+        for col in columns:
+            table.add_column(col.title, no_wrap=True, justify=col.align)
+        for row in rep.rows:
+            table.add_row(*[col.text(row, rep) for col in columns])
+        console.print(table)
     # params and MFLOPs are per spec: stated once below the table to keep it within a terminal.
-    drop = {columns.index("params"), columns.index("MFLOPs")}
-    table = Table(
-        title="Accuracy vs deployment cost (front: L = Pareto accuracy/latency, S = accuracy/size)",
-        box=box.SIMPLE_HEAD,
-    )
-    for i, col in enumerate(columns):
-        if i not in drop:
-            table.add_column(col, no_wrap=True, justify="left" if i < 4 else "right")
-    for row in rows:
-        table.add_row(*[v for i, v in enumerate(row) if i not in drop])
-    console.print(table)
     for spec in dict.fromkeys(r.spec for r in rep.rows):
         first = next(r for r in rep.rows if r.spec == spec)
         console.print(f"{spec}: {first.params:,} parameters, {first.mflops:.2f} MFLOPs per image")
+    if rep.baselines:
+        print_table("Memory baselines (peak RSS of the fresh processes before loading the model)",
+                    BASELINE_TITLES, baseline_rows(rep))
 
 
 def _bench_stage(*, exp: str, artifacts: Path | None, **_: Any) -> None:

@@ -35,6 +35,7 @@ STATUS_TEXT = {
     "fail": "[red]exported but parity failed[/]",
     "failed": "[red]export failed[/]",
     "not run": "[yellow]exported (parity not run)[/]",
+    "stale": "[yellow]changed since parity checked it[/]",
 }
 
 
@@ -79,40 +80,62 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, int | float) else "-"
 
 
-def print_status_table(name: str, root) -> list[dict[str, Any]]:
-    """One row per export of a spec, from exports.json: the status the issue asks for."""
-    from export.registry import read_exports_doc
+def print_status_table(name: str, root) -> None:
+    """One row per export of a spec, from exports.json: the status the issue asks for. A parity
+    result counts only for the file it checked (a replaced file shows as stale)."""
     from toolkit import artifacts as arts_mod
+    from toolkit.export.record import NOT_RUN, ParitySummary, read_exports
+    from toolkit.stats import interval_of_accuracy
 
     arts = arts_mod.spec_artifacts(name, root)
-    entries = read_exports_doc(arts)["exports"]
+    entries = read_exports(arts).exports
     rows = []
+    keras_acc = None
     for e in entries:
-        parity = e.get("parity") or {}
-        state = "failed" if e.get("status") == "failed" else parity.get("status", "not run")
-        if e.get("status") == "failed":
-            note = e.get("error") or ""
-        elif parity.get("failures"):
-            note = "; ".join(parity["failures"])
-        else:
-            note = ""
-        delta = parity.get("accuracy_delta_pp")
+        path = arts.dir / e.path
+        state = "failed" if not e.exported else e.parity_state(
+            arts_mod.sha256_file(path) if path.is_file() else None)
+        parity = e.parity if state in ("pass", "fail") and e.parity else ParitySummary(NOT_RUN)
+        note = e.error or "" if not e.exported else "; ".join(parity.failures)
+        delta = parity.accuracy_delta_pp
         rows.append([
-            e["key"], STATUS_TEXT.get(state, state), _mb(e.get("size_bytes")),
-            _fmt(parity.get("agreement"), ".2%"), _fmt(parity.get("flipped"), "d"),
-            _fmt(parity.get("max_abs_diff"), ".2e"), _fmt(parity.get("p99_abs_diff"), ".2e"),
-            _fmt(parity.get("test_accuracy"), ".2%"),
-            f"{delta:+.2f}" if isinstance(delta, int | float) else "-", note,
+            e.key, STATUS_TEXT.get(state, state), _mb(e.size_bytes), _fmt(parity.agreement, ".2%"),
+            _fmt(parity.flipped, "d"), _fmt(parity.max_abs_diff, ".2e"), _fmt(parity.p99_abs_diff, ".2e"),
+            _accuracy(parity), f"{delta:+.2f}" if delta is not None else "-", _mcnemar(parity), note,
         ])
-    keras_acc = next((e["parity"]["keras_accuracy"] for e in entries
-                      if isinstance(e.get("parity"), dict) and e["parity"].get("keras_accuracy") is not None),
-                     None)
+        if keras_acc is None and parity.keras_accuracy is not None and parity.images:
+            keras_acc = interval_of_accuracy(parity.keras_accuracy, parity.images)
     title = f"{name}: exports and parity on the 10,000 test images"
     if keras_acc is not None:
-        title += f" (Keras accuracy {keras_acc:.2%})"
+        title += f" (Keras accuracy {keras_acc.estimate:.2%}, 95% CI {_ci([keras_acc.low, keras_acc.high])})"
     print_table(title, ["export", "status", "MB", "top-1 agree", "flipped", "max |d|", "p99 |d|",
-                        "accuracy", "d acc pp", "failed check"], rows)
-    return entries
+                        "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"], rows,
+                no_wrap=("export", "status", "accuracy ± 95% CI", "McNemar p (b/c)"))
+    console.print("McNemar p: exact two-sided test of the export against Keras on the same images; b = "
+                  "images only Keras got right, c = only the export; p >= 0.05: no significant difference "
+                  "in accuracy. '-': parity predates the test (rerun toolkit parity).")
+
+
+def _ci(bounds: Any) -> str:
+    return f"{bounds[0]:.2%}-{bounds[1]:.2%}" if bounds else "-"
+
+
+def _accuracy(parity: Any) -> str:
+    """'92.59% ±0.51' (half the Wilson interval, in points; the bounds are in parity.json)."""
+    if parity.test_accuracy is None:
+        return "-"
+    if not parity.accuracy_ci:
+        return f"{parity.test_accuracy:.2%}"
+    return f"{parity.test_accuracy:.2%} ±{(parity.accuracy_ci[1] - parity.accuracy_ci[0]) * 50:.2f}"
+
+
+def _mcnemar(parity: Any) -> str:
+    from toolkit.stats import fmt_p
+
+    if parity.mcnemar_p is None:
+        return "-"
+    b, c = parity.discordant or ("?", "?")
+    return f"{fmt_p(parity.mcnemar_p)} ({b}/{c})"
 
 
 def _verdict(failed_exports: list[str], failed_parity: list[str]) -> None:
@@ -129,13 +152,13 @@ def _verdict(failed_exports: list[str], failed_parity: list[str]) -> None:
 def run_export(*, exps: Sequence[str] | None, formats: Sequence[str] | None,
                precisions: Sequence[str] | None, opset: int | None = None, force: bool = False,
                parity: bool = True, artifacts=None, data_dir=None) -> None:
-    from export import pipeline, registry
     from toolkit import data
+    from toolkit.export import pipeline, registry
 
     chosen = registry.select(list(formats) if formats else None, list(precisions) if precisions else None)
     names = _specs(exps, artifacts)  # refuses untrained specs before any work
     if opset is not None and any(f.format == "onnx" for f in chosen):
-        from export.onnx import check_opset
+        from toolkit.export.onnx import check_opset
 
         check_opset(opset)
     dataset = data.load(data_dir)
@@ -157,8 +180,10 @@ def run_export(*, exps: Sequence[str] | None, formats: Sequence[str] | None,
         if skipped:
             console.print(f"{name}: unchanged, skipped (pass --force to redo): {', '.join(skipped)}")
         failed_exports += [f"{name}/{o.key}" for o in result.failed]
+        # A skipped export's file is the one its entry names (that is why it was skipped).
+        verdict = {o.key: o.entry.parity_state(o.entry.sha256) for o in result.outcomes}
         to_check = [o.key for o in result.outcomes if o.status == "exported"
-                    or (o.status == "skipped" and (o.entry.get("parity") or {}).get("status") != "pass")]
+                    or (o.status == "skipped" and verdict[o.key] != "pass")]
         if parity and to_check:
             outcome = _check(name, to_check, artifacts, dataset)
             failed_parity += [f"{name}/{r.key}" for r in outcome.failed]
@@ -169,8 +194,7 @@ def run_export(*, exps: Sequence[str] | None, formats: Sequence[str] | None,
             continue
         # Earlier parity failures of skipped exports still count.
         for o in result.outcomes:
-            if o.status == "skipped" and o.key not in to_check and (o.entry.get("parity") or {}).get(
-                    "status") == "fail":
+            if o.status == "skipped" and o.key not in to_check and verdict[o.key] == "fail":
                 failed_parity.append(f"{name}/{o.key}")
     _verdict(failed_exports, failed_parity)
 
@@ -218,9 +242,9 @@ def parity_cmd(
     data_dir: DataDirOption = None,
 ) -> None:
     """Check every export against the Keras model on the full test set; writes parity.json."""
-    from export import registry
     from toolkit import artifacts as arts_mod
     from toolkit import data
+    from toolkit.export.record import read_exports
 
     keys = _parity_keys(formats)
     names = _specs(exps, artifacts)
@@ -228,8 +252,8 @@ def parity_cmd(
     failed_parity: list[str] = []
     failed_exports: list[str] = []
     for name in names:
-        entries = registry.read_exports(arts_mod.spec_artifacts(name, artifacts))
-        present = [e["key"] for e in entries if keys is None or e["key"] in keys]
+        entries = read_exports(arts_mod.spec_artifacts(name, artifacts)).exports
+        present = [e.key for e in entries if keys is None or e.key in keys]
         outcome = _check(name, present, artifacts, dataset)
         failed_parity += [f"{name}/{r.key}" for r in outcome.failed]
         failed_exports += [f"{name}/{k}" for k in outcome.not_checked]
@@ -238,7 +262,7 @@ def parity_cmd(
 
 
 def _parity_keys(formats: Sequence[str] | None) -> list[str] | None:
-    from export.registry import FORMAT_NAMES, FORMATS
+    from toolkit.export.registry import FORMAT_NAMES, FORMATS
 
     if not formats:
         return None
@@ -267,19 +291,27 @@ def predict_cmd(
     invert: Annotated[str, typer.Option("--invert", help="auto (light backgrounds), yes or no.")] = "auto",
 ) -> None:
     """Classify images with an exported model (or model.keras); conversions are stated."""
+    from rich.markup import escape
+
     from toolkit.predict import predict
 
-    results = predict(model_file, list(images), top_k=top_k, runtime=runtime, invert=invert)
+    outcome = predict(model_file, list(images), top_k=top_k, runtime=runtime, invert=invert)
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
-        return
-    rows = []
-    for r in results:
-        top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r.top)
-        rows.append([r.image, r.top[0]["class"], f"{r.top[0]['probability']:.1%}",
-                     top if top_k > 1 else "", "; ".join(r.conversions) or "none (28x28 grayscale)"])
-    print_table(f"Predictions of {model_file}", ["image", "class", "probability",
-                                                  f"top {top_k}" if top_k > 1 else "", "conversion"], rows)
+        typer.echo(json.dumps([r.to_dict() for r in outcome.results], indent=2))
+    else:
+        rows = []
+        for r in outcome.results:
+            top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r.top)
+            rows.append([r.image, r.top[0]["class"], f"{r.top[0]['probability']:.1%}",
+                         top if top_k > 1 else "", "; ".join(r.conversions) or "none (28x28 grayscale)"])
+        columns = ["image", "class", "probability", f"top {top_k}" if top_k > 1 else "", "conversion"]
+        print_table(f"Predictions of {model_file}", columns, rows)
+    for exc in outcome.failed:
+        err_console.print(f"[red]failed:[/] {escape(exc.message)}", soft_wrap=True)
+    if outcome.failed:
+        done = len(outcome.results)
+        raise PartialFailure(f"{len(outcome.failed)} of {len(images)} images could not be read (listed "
+                             f"above); the other {done} {'was' if done == 1 else 'were'} classified")
 
 
 def _run_stage(*, exp: str, artifacts=None, data_dir=None) -> None:

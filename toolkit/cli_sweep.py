@@ -12,7 +12,15 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from toolkit.cli import ArtifactsOption, DataDirOption, LimitOption, command, console, print_table
+from toolkit.cli import (
+    ArtifactsOption,
+    DataDirOption,
+    LimitOption,
+    MixedPrecisionOption,
+    command,
+    console,
+    print_table,
+)
 
 SweepExpsOption = Annotated[
     list[str] | None,
@@ -124,13 +132,14 @@ def sweep_cmd(
     ] = False,
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
+    mixed_precision: MixedPrecisionOption = None,
 ) -> None:
     """Train every matching spec for seeds 0..N-1 (reusing completed runs) and write
     ARTIFACTS/sweep.{md,csv,png}: this toolkit's figures beside the seed's Tables 3 and 4."""
     from toolkit import sweep
 
     state = sweep.plan_sweep(exp, seeds=seeds, epochs=epochs, limit_train=limit_train,
-                             backend=backend)
+                             backend=backend, mixed_precision=mixed_precision)
     if table:
         sweep.collect(state, root=artifacts, data_dir=data_dir)
         rows = sweep.summarize(state)

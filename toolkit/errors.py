@@ -34,6 +34,14 @@ class ArtifactError(ToolkitError):
     exit_code = 4
 
 
+class NewerRecordError(ArtifactError):
+    """A record was written by a newer toolkit (its schema_version is above what this one reads)."""
+
+
+class ContractError(ArtifactError):
+    """A model file's inputs or outputs differ from the model contract (toolkit.contract)."""
+
+
 class ParityError(ToolkitError):
     """An exported model does not predict what the Keras model predicts."""
 

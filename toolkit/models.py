@@ -1,19 +1,16 @@
 """Build Keras models from specs. Imports Keras: import this module lazily.
 
-Contract of every model: input `image` float32 [N,28,28,1] in [0,1]; output `probabilities`
-[N,10] (softmax). The last hidden dense layer is named `embedding`: its activations are the
-penultimate-layer features used by analyses and the recommender. Only stock layers are used,
-so `keras.saving.load_model` needs no custom objects.
+Every model keeps the contract (toolkit.contract): input `image` float32 [N,28,28,1] in [0,1];
+output `probabilities` [N,10] (softmax). The last hidden dense layer is named `embedding`: its
+activations are the penultimate-layer features used by analyses and the recommender. Only stock
+layers are used, so `keras.saving.load_model` needs no custom objects.
 """
 
 from __future__ import annotations
 
 from toolkit._tf import keras
-from toolkit.specs import IMAGE_SHAPE, NUM_CLASSES, Spec
-
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-EMBEDDING_LAYER = "embedding"
+from toolkit.contract import EMBEDDING_LAYER, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+from toolkit.specs import Spec
 
 
 def build_model(spec: Spec) -> keras.Model:
@@ -38,14 +35,17 @@ def build_model(spec: Spec) -> keras.Model:
         )(x)
         if rate:
             x = keras.layers.Dropout(rate, name=f"dropout_{i}")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name=OUTPUT_NAME)(x)
+    # float32 under every mixed-precision policy: the softmax and the loss need its range.
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name=OUTPUT_NAME, dtype="float32")(x)
     return keras.Model(inputs, outputs, name=spec.name)
 
 
-def compile_model(model: keras.Model, spec: Spec) -> keras.Model:
+def compile_model(model: keras.Model, spec: Spec, *, optimizer=None) -> keras.Model:
+    """`optimizer`: an instance to train with instead of the spec's by name (mixed precision's
+    fused Adam, toolkit.precision.training_optimizer)."""
     # The model outputs probabilities, so the loss must not expect logits (the seed's bug).
     model.compile(
-        optimizer=spec.optimizer,
+        optimizer=optimizer or spec.optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
         metrics=["accuracy"],
     )

@@ -4,25 +4,33 @@ The Keras reference is computed once per spec; each export then goes through the
 in this order (as optimum's validation does): input/output names and shapes, then values. Every
 failure is collected, not just the first. Tolerances are data (TOLERANCES, per precision), and
 each result also says the smallest tolerance that would have passed.
+
+parity.json is this module's typed, versioned record (ParityRecord: one reader, one writer).
+Every result names the sha256 of the file it checked, and a result only counts for that file:
+readers (and the merge of a partial recheck) ignore results whose file has changed since.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts
-from toolkit.errors import ArtifactError
+from toolkit import artifacts, records
+from toolkit.contract import CLASSIFIER, IOContract
+from toolkit.errors import ArtifactError, NewerRecordError
+from toolkit.export.record import ParitySummary
+from toolkit.export.registry import FORMATS, export_path
+from toolkit.stats import accuracy_interval, paired_predictions
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-NUM_CLASSES = 10
 BATCH = 1000
+KERAS_KEY = "keras-fp32"  # the reference's name among the predictions files, as in the benchmarks
+SCHEMA_VERSION = 2  # 2: each result names the sha256 of the file it checked; 1: without it
+WHAT = "parity results"
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,13 @@ class ParityResult:
     tolerance: dict[str, Any] = field(default_factory=dict)
     would_pass_with: dict[str, Any] = field(default_factory=dict)
     sha256_matches_export: bool | None = None
+    sha256: str | None = None  # of the file checked (None in version-1 records, or if it was missing)
+    # Added without a version bump (older readers ignore them; absent in older records):
+    accuracy_ci: list[float] | None = None  # 95% Wilson interval of test_accuracy
+    mcnemar_p: float | None = None  # exact McNemar, export vs Keras, on the same test images
+    discordant: list[int] | None = None  # [Keras right & export wrong, export right & Keras wrong]
+    predictions: dict[str, Any] | None = None  # {"file": "predictions/KEY.npy", "sha256", "images"}
+    top1: Any = field(default=None, repr=False, compare=False)  # this check's classes; not written
 
     @property
     def passed(self) -> bool:
@@ -78,15 +93,29 @@ class ParityResult:
         self.failures.append(message)
         self.status = "fail"
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ParitySummary:
         """What exports.json keeps of the result (parity.json keeps everything)."""
-        return {
-            "status": self.status, "passed": self.passed, "failures": self.failures,
-            "agreement": self.agreement, "flipped": self.flipped, "max_abs_diff": self.max_abs_diff,
-            "mean_abs_diff": self.mean_abs_diff, "p99_abs_diff": self.p99_abs_diff,
-            "test_accuracy": self.test_accuracy, "keras_accuracy": self.keras_accuracy,
-            "accuracy_delta_pp": self.accuracy_delta_pp, "images": self.images,
-        }
+        return ParitySummary(
+            status=self.status, sha256=self.sha256, failures=self.failures, agreement=self.agreement,
+            flipped=self.flipped, max_abs_diff=self.max_abs_diff, mean_abs_diff=self.mean_abs_diff,
+            p99_abs_diff=self.p99_abs_diff, test_accuracy=self.test_accuracy,
+            keras_accuracy=self.keras_accuracy, accuracy_delta_pp=self.accuracy_delta_pp, images=self.images,
+            accuracy_ci=self.accuracy_ci, mcnemar_p=self.mcnemar_p, discordant=self.discordant,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "top1"}
+        return {**out, "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, path: Path) -> ParityResult:
+        what = f"{WHAT} entry"
+        if not isinstance(doc, dict):
+            raise ArtifactError(f"{path}: a {what} is not an object. Delete it and rerun `toolkit parity`")
+        names = {f.name for f in fields(cls)} - {"top1"}
+        for name in ("key", "status"):
+            records.require(doc, name, str, path=path, what=what)
+        return cls(**{k: v for k, v in doc.items() if k in names})
 
 
 def tolerance_for(precision: str) -> Tolerance:
@@ -132,6 +161,11 @@ def compare(result: ParityResult, reference: np.ndarray, candidate: np.ndarray,
     result.keras_accuracy = float(np.mean(ref_top == labels))
     result.test_accuracy = float(np.mean(cand_top == labels))
     result.accuracy_delta_pp = (result.test_accuracy - result.keras_accuracy) * 100
+    interval = accuracy_interval(int(np.count_nonzero(cand_top == labels)), len(labels))
+    result.accuracy_ci = [interval.low, interval.high]
+    paired = paired_predictions(ref_top, cand_top, labels)  # a = Keras, b = the export
+    result.mcnemar_p, result.discordant = paired.p_value, [paired.only_a, paired.only_b]
+    result.top1 = cand_top.astype(np.uint8)
     drop = -result.accuracy_delta_pp
 
     if result.agreement < tol.min_agreement:
@@ -152,26 +186,25 @@ def compare(result: ParityResult, reference: np.ndarray, candidate: np.ndarray,
 
 
 def check_file(path: Path, *, key: str, precision: str, runtime: str, reference: np.ndarray,
-               images: np.ndarray, labels: np.ndarray) -> ParityResult:
-    """Load an exported file on `runtime`, check names and shapes, then values."""
+               images: np.ndarray, labels: np.ndarray, contract: IOContract = CLASSIFIER) -> ParityResult:
+    """Load an exported file on `runtime`, check names and shapes against `contract`, then values."""
     from toolkit import runtimes
 
     result = ParityResult(key=key, precision=precision, path=str(path), runtime=runtime)
     try:
-        model = runtimes.load(path, runtime)
+        model = runtimes.load(path, runtime, contract=None)  # mismatches are collected below
     except ArtifactError as exc:
         result.fail(f"cannot load: {exc.message}")
         return result
     result.provider = model.provider
     result.input_name, result.output_names = model.input_name, list(model.output_names)
-    result.input_shape = list(getattr(model, "input_shape", None) or []) or None
-    # Names and shapes first: a model with the wrong interface is not compared value by value.
-    if model.input_name != INPUT_NAME:
-        result.fail(f"input is named {model.input_name!r}, expected {INPUT_NAME!r}")
-    if not model.output_names or model.output_names[0] != OUTPUT_NAME:
-        result.fail(f"outputs are named {list(model.output_names)}, expected [{OUTPUT_NAME!r}]")
-    if result.input_shape is not None and list(result.input_shape[1:]) != [28, 28, 1]:
-        result.fail(f"input shape {result.input_shape}, expected [N, 28, 28, 1]")
+    result.input_shape = list(model.input_shape or []) or None
+    # Names and shapes first (every mismatch collected); a model with the wrong interface is
+    # not compared value by value.
+    for problem in model.mismatches(contract):
+        result.fail(f"contract: {problem}")
+    if result.failures:
+        return result
     try:
         candidate = run_batched(model.run, images)
     except Exception as exc:  # a runtime error on real data is a parity failure, not a crash
@@ -194,6 +227,7 @@ class SpecParity:
     results: list[ParityResult]
     images: int = 0
     not_checked: list[str] = field(default_factory=list)  # keys whose export failed or is missing
+    keras_predictions: dict[str, Any] | None = None  # the Keras reference's top-1 file
 
     @property
     def failed(self) -> list[ParityResult]:
@@ -204,7 +238,7 @@ def check_spec(name: str, *, root=None, keys: Sequence[str] | None = None, datas
                hook: Callable[[str, str], None] | None = None) -> SpecParity:
     """Check the listed exports (default: all in exports.json) of a trained spec; write
     parity.json and each export's parity result into exports.json."""
-    from export import pipeline
+    from toolkit.export import pipeline
 
     arts = artifacts.spec_artifacts(name, root)
     arts.require_trained()
@@ -213,12 +247,11 @@ def check_spec(name: str, *, root=None, keys: Sequence[str] | None = None, datas
 
 
 def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
-    from export import pipeline
-    from export.registry import FORMATS, read_exports_doc
+    from toolkit.export.record import ExportsRecord, read_exports, write_exports
 
     name = arts.name
-    doc = read_exports_doc(arts)
-    entries = {e["key"]: e for e in doc["exports"] if "key" in e}
+    record = read_exports(arts)
+    entries = record.by_key()
     wanted = [k for k in (keys if keys is not None else list(entries)) if k in entries]
     if not wanted:
         raise ArtifactError(f"{name} has no exports to check under {arts.root}. "
@@ -238,59 +271,123 @@ def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
     if hook:
         hook("done", "keras")
     outcome = SpecParity(name, keras_accuracy, [], images=len(images))
+    outcome.keras_predictions = _save_top1(arts, KERAS_KEY, reference.argmax(1))
     for key in wanted:
-        entry = entries[key]
-        fmt = FORMATS.get(key)
-        if entry.get("status") != "exported" or fmt is None:
+        if not entries[key].exported or key not in FORMATS:
             outcome.not_checked.append(key)
             continue
         if hook:
             hook("start", key)
-        path = arts.dir / entry["path"]
-        if not path.is_file():
-            result = ParityResult(key=key, precision=fmt.precision, path=str(path))
-            result.fail(f"{path} is missing; re-export it: toolkit export --exp {name} --force")
-        else:
-            result = check_file(path, key=key, precision=fmt.precision, runtime=fmt.runtimes[0],
-                                reference=reference, images=images, labels=labels)
-            result.sha256_matches_export = artifacts.sha256_file(path) == entry.get("sha256")
-            if not result.sha256_matches_export:
-                result.fail(f"{path.name} changed since it was exported (sha256 differs from exports.json)")
-        if entry.get("source_model_sha256") != source_sha:
-            result.fail("model.keras changed since this export; re-export it: "
-                        f"toolkit export --exp {name} --force")
+        result = _check_entry(arts, entries[key], source_sha=source_sha, reference=reference,
+                              images=images, labels=labels)
+        result.predictions = _save_top1(arts, key, result.top1)
         outcome.results.append(result)
-        entry["parity"] = result.summary()
+        entries[key].parity = result.summary()
         if hook:
             hook("done", key)
     # Write both records last; exports.json keeps the summary, parity.json everything.
-    pipeline.save_entries(arts, entries, doc.get("source_model_sha256") or source_sha)
-    write_parity_json(arts, outcome, source_sha)
+    write_exports(arts, ExportsRecord(name, record.source_model_sha256 or source_sha, list(entries.values())))
+    write_parity(arts, outcome, source_sha)
     return outcome
 
 
-def write_parity_json(arts, outcome: SpecParity, source_sha: str) -> None:
-    previous: dict[str, Any] = {}
-    if arts.parity_json.is_file():
-        try:
-            old = artifacts.read_json(arts.parity_json, what="parity results")
-            if old.get("source_model_sha256") == source_sha:
-                previous = {r["key"]: r for r in old.get("exports", []) if isinstance(r, dict)}
-        except (ArtifactError, AttributeError):
-            previous = {}  # a corrupt earlier record is replaced, not merged
-    for result in outcome.results:
-        previous[result.key] = {**asdict(result), "passed": result.passed}
-    from export.pipeline import now
-    from export.registry import FORMATS
+def _save_top1(arts, key: str, top1: np.ndarray | None) -> dict[str, Any] | None:
+    """Keep this check's top-1 classes beside parity.json (NAME/predictions/KEY.npy) so any two
+    rows can be compared image by image later; a check without outputs leaves no stale file."""
+    path = arts.predictions_file(key)
+    if top1 is None:
+        path.unlink(missing_ok=True)
+        return None
+    ref = artifacts.save_predictions(path, top1)
+    return {**ref, "file": str(path.relative_to(arts.dir))}
 
+
+def _check_entry(arts, entry, *, source_sha: str, reference: np.ndarray, images: np.ndarray,
+                 labels: np.ndarray) -> ParityResult:
+    fmt = FORMATS[entry.key]
+    path = arts.dir / entry.path
+    if not path.is_file():
+        result = ParityResult(key=entry.key, precision=fmt.precision, path=str(path))
+        result.fail(f"{path} is missing; re-export it: toolkit export --exp {arts.name} --force")
+    else:
+        file_sha = artifacts.sha256_file(path)  # the export lock keeps it from changing meanwhile
+        result = check_file(path, key=entry.key, precision=fmt.precision, runtime=fmt.runtimes[0],
+                            reference=reference, images=images, labels=labels, contract=fmt.io)
+        result.sha256 = file_sha
+        result.sha256_matches_export = file_sha == entry.sha256
+        if not result.sha256_matches_export:
+            result.fail(f"{path.name} changed since it was exported (sha256 differs from exports.json)")
+    if entry.source_model_sha256 != source_sha:
+        result.fail("model.keras changed since this export; re-export it: "
+                    f"toolkit export --exp {arts.name} --force")
+    return result
+
+
+# ---------------------------------------------------------------- parity.json
+
+
+@dataclass
+class ParityRecord:
+    spec: str
+    source_model_sha256: str | None
+    results: list[ParityResult]
+    test_images: int = 0
+    keras_accuracy: float | None = None
+    checked_at: str | None = None
+    keras_predictions: dict[str, Any] | None = None  # absent in records older than per-image files
+
+    def result(self, key: str) -> ParityResult | None:
+        return next((r for r in self.results if r.key == key), None)
+
+
+def read_parity(arts) -> ParityRecord | None:
+    """The spec's parity.json, or None when there is none."""
+    path = arts.parity_json
+    if not path.is_file():
+        return None
+    doc = records.load(path, what=WHAT, reader_version=SCHEMA_VERSION,
+                       fix=f"Delete it and rerun: toolkit parity --exp {arts.name}")
+    items = records.require(doc, "exports", list, path=path, what=WHAT)
+    keras = records.optional(doc, "keras", dict, path=path, what=WHAT, default={})
+    return ParityRecord(
+        spec=records.optional(doc, "spec", str, path=path, what=WHAT, default=arts.name),
+        source_model_sha256=records.optional(doc, "source_model_sha256", str, path=path, what=WHAT),
+        results=[ParityResult.from_dict(r, path=path) for r in items],
+        test_images=records.optional(doc, "test_images", int, path=path, what=WHAT, default=0),
+        keras_accuracy=keras.get("test_accuracy"),
+        checked_at=records.optional(doc, "checked_at", str, path=path, what=WHAT),
+        keras_predictions=records.optional(keras, "predictions", dict, path=path, what=f"{WHAT} keras entry"),
+    )
+
+
+def write_parity(arts, outcome: SpecParity, source_sha: str) -> None:
+    """parity.json: this check's results, plus earlier results of other exports that still
+    describe the files there now (same model.keras, same file sha256)."""
+    from toolkit.export.record import now
+
+    kept: dict[str, ParityResult] = {}
+    try:
+        previous = read_parity(arts)
+    except NewerRecordError:
+        raise  # written by a newer toolkit: never overwritten by an older one
+    except ArtifactError:
+        previous = None  # a corrupt earlier record is replaced, not merged
+    if previous is not None and previous.source_model_sha256 == source_sha:
+        for r in previous.results:
+            path = export_path(arts, FORMATS[r.key]) if r.key in FORMATS else None
+            if r.sha256 and path is not None and path.is_file() and artifacts.sha256_file(path) == r.sha256:
+                kept[r.key] = r
+    kept.update({r.key: r for r in outcome.results})
     order = {k: i for i, k in enumerate(FORMATS)}
     artifacts.write_json(arts.parity_json, {
+        records.VERSION_KEY: SCHEMA_VERSION,
         "spec": outcome.spec,
         "source_model_sha256": source_sha,
         "checked_at": now(),
         "test_images": outcome.images,
-        "keras": {"runtime": "keras", "test_accuracy": outcome.keras_accuracy},
+        "keras": {"runtime": "keras", "test_accuracy": outcome.keras_accuracy,
+                  "predictions": outcome.keras_predictions},
         "tolerances": {k: {n: v for n, v in asdict(t).items() if v is not None}
                        for k, t in TOLERANCES.items()},
-        "exports": sorted(previous.values(), key=lambda r: order.get(r["key"], len(order))),
+        "exports": [r.to_dict() for r in sorted(kept.values(), key=lambda r: order.get(r.key, len(order)))],
     })

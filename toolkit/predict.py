@@ -2,7 +2,8 @@
 
 Images are brought to the model contract the way Fashion-MNIST itself was made: grayscale,
 light garment on a dark background, the longer side fitted into 28 pixels and centred. Every
-conversion applied to an image is stated in its result.
+conversion applied to an image is stated in its result. An image that cannot be read does not
+stop the others: every result that could be computed is returned, with the failures beside them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import CLASS_NAMES
+from toolkit.contract import CLASS_NAMES, IMAGE_SHAPE
 from toolkit.errors import DataError, UsageError
 
-SIDE = 28
+SIDE = IMAGE_SHAPE[0]
+INVERT = ("auto", "yes", "no")
 
 
 @dataclass
@@ -31,10 +33,18 @@ class Prediction:
                 "conversions": self.conversions}
 
 
+@dataclass
+class Predictions:
+    results: list[Prediction]  # in the order the images were given, unreadable ones left out
+    failed: list[DataError] = field(default_factory=list)  # one per unreadable image
+
+
 def load_image(path: str | Path, *, invert: str = "auto") -> tuple[np.ndarray, list[str]]:
     """uint8 [28,28] for a PNG/JPEG (or anything Pillow reads), and the conversions applied."""
     path = Path(path)
     _check_invert(invert)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file; expected a PNG or JPEG file")
     if not path.is_file():
         raise DataError(f"{path}: image not found; expected a PNG or JPEG file")
     return _convert(_open(path, str(path)), invert)
@@ -53,7 +63,7 @@ def decode_image(data: bytes, *, invert: str = "auto", name: str = "upload",
 
 
 def _check_invert(invert: str) -> None:
-    if invert not in ("auto", "yes", "no"):
+    if invert not in INVERT:
         raise UsageError(f"--invert must be auto, yes or no, got {invert!r}")
 
 
@@ -128,8 +138,10 @@ def _convert(opened: tuple[Any, int], invert: str) -> tuple[np.ndarray, list[str
 
 
 def predict(model_file: str | Path, images: list[str | Path], *, top_k: int = 1,
-            runtime: str | None = None, invert: str = "auto") -> list[Prediction]:
-    """Top-k classes for each image file, from one model file on its default (or given) runtime."""
+            runtime: str | None = None, invert: str = "auto") -> Predictions:
+    """Top-k classes for each readable image file, from one model file on its default (or given)
+    runtime. Unreadable images are listed in `failed`; when none is readable, that is a DataError
+    (the image's own when there was one)."""
     from toolkit import runtimes
     from toolkit.data import to_model_input
 
@@ -137,16 +149,24 @@ def predict(model_file: str | Path, images: list[str | Path], *, top_k: int = 1,
         raise UsageError("no images given; pass one or more PNG/JPEG files after the model file")
     if not 1 <= top_k <= len(CLASS_NAMES):
         raise UsageError(f"--top-k must be between 1 and {len(CLASS_NAMES)}, got {top_k}")
-    loaded = [load_image(p, invert=invert) for p in images]  # bad images fail before the model loads
+    _check_invert(invert)
+    loaded: list[tuple[Path, np.ndarray, list[str]]] = []
+    failed: list[DataError] = []
+    for path in images:  # every image is read before the model loads
+        try:
+            loaded.append((Path(path), *load_image(path, invert=invert)))
+        except DataError as exc:
+            failed.append(exc)
+    if not loaded:
+        if len(failed) == 1:
+            raise failed[0]
+        raise DataError(f"none of the {len(failed)} images could be read, e.g. {failed[0].message}")
     model = runtimes.load(model_file, runtime)
-    batch = to_model_input(np.stack([pixels for pixels, _ in loaded]))
-    probs = np.asarray(model.run(batch))
-    if probs.ndim != 2 or probs.shape != (len(images), len(CLASS_NAMES)):
-        raise UsageError(f"{model_file}: outputs shape {list(probs.shape)}, expected "
-                         f"[{len(images)}, {len(CLASS_NAMES)}] class probabilities; is it a classifier?")
+    probs = np.asarray(model.run(to_model_input(np.stack([pixels for _, pixels, _ in loaded]))))
+    runtimes.check_output(model_file, probs, batch=len(loaded))
     results = []
-    for path, (_, notes), row in zip(images, loaded, probs, strict=True):
+    for (path, _, notes), row in zip(loaded, probs, strict=True):
         order = np.argsort(-row, kind="stable")[:top_k]
         top = [{"label": int(i), "class": CLASS_NAMES[i], "probability": float(row[i])} for i in order]
         results.append(Prediction(str(path), top, notes))
-    return results
+    return Predictions(results, failed)

@@ -11,7 +11,7 @@ came from: a changed model rebuilds it. Search is exact and brute force: one mat
 batch of queries, then argpartition.
 
 Two backends compute embeddings: "keras" (model.keras cut at `embedding`) and "onnxruntime"
-(the embedding model exported to recommend/embedding.onnx by export.onnx.keras_to_onnx). The
+(the embedding model exported to recommend/embedding.onnx by toolkit.export.onnx.keras_to_onnx). The
 ONNX path imports neither TensorFlow nor Keras unless it has to (re)export the file, so it runs
 on hosts that only have ONNX Runtime.
 """
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from toolkit import CLASS_NAMES, artifacts, data
-from toolkit.errors import ArtifactError, UsageError
+from toolkit.contract import embedding_contract
+from toolkit.errors import ArtifactError, ContractError, UsageError
 from toolkit.predict import load_image
 from toolkit.specs import get_spec
 
@@ -40,6 +41,7 @@ EMBED_BATCH = 1000
 SEARCH_BATCH = 256
 EVAL_KS = (1, 5, 10)
 CATALOG_DTYPE = np.float16
+STRIP_MAX = 20  # neighbours drawn in the PNG strip; a larger k is listed in full, drawn in part
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -98,13 +100,15 @@ class OnnxEmbedder(Embedder):
         from toolkit import runtimes
 
         self.backend, self.path = "onnxruntime", path
-        self.loaded = runtimes.load(path, runtime="onnxruntime", threads=threads)
+        try:
+            self.loaded = runtimes.load(path, runtime="onnxruntime", threads=threads,
+                                        contract=embedding_contract())
+        except ContractError as exc:
+            raise ContractError(f"{exc.message.rstrip('.')}; delete it, the next `toolkit recommend --onnx` "
+                                "re-exports it") from None
         meta = self.loaded.session.get_modelmeta().custom_metadata_map
         self.source_sha256 = meta.get("source_model_sha256", "")
         self.dim = int(self.loaded.session.get_outputs()[0].shape[-1])
-        if self.loaded.output_names[0] != "embedding":
-            raise ArtifactError(f"{path}: output is {self.loaded.output_names[0]!r}, expected 'embedding'. "
-                                "Delete it; the next `toolkit recommend --onnx` re-exports it")
 
     def _raw(self, batch: np.ndarray) -> np.ndarray:
         return self.loaded.run(batch)
@@ -115,7 +119,7 @@ def export_embedding_onnx(exp: str, root: str | Path | None = None) -> Path:
     arts = artifacts.spec_artifacts(get_spec(exp).name, root)
     arts.require_trained()
     try:
-        from export.onnx import keras_to_onnx
+        from toolkit.export.onnx import keras_to_onnx
         from toolkit.models import embedding_model, load_model
     except ImportError as exc:
         raise ArtifactError(
@@ -125,8 +129,9 @@ def export_embedding_onnx(exp: str, root: str | Path | None = None) -> Path:
         ) from None
     target = arts.recommend_dir / EMBEDDING_ONNX
     sha = artifacts.sha256_file(arts.model)
-    keras_to_onnx(embedding_model(load_model(arts.model)), target, input_name="image",
-                  output_name="embedding",
+    contract = embedding_contract()
+    keras_to_onnx(embedding_model(load_model(arts.model)), target, input_name=contract.input.name,
+                  output_name=contract.output.name,
                   metadata={"source_model_sha256": sha, "spec": arts.name,
                             "contract": "image float32 [N,28,28,1] in [0,1] -> embedding [N,D] "
                                         "(penultimate activations, not normalised)"})
@@ -178,9 +183,7 @@ def load_catalog(exp: str, embedder: Embedder, dataset: data.Dataset, *, root: s
                  progress: Progress | None = None) -> Catalog:
     """The training set's embeddings: from the cache when it matches the model, else built."""
     arts = artifacts.spec_artifacts(get_spec(exp).name, root)
-    n = len(dataset.y_train) if limit is None else limit
-    if not 1 <= n <= len(dataset.y_train):
-        raise UsageError(f"catalog limit must be 1..{len(dataset.y_train)}, got {limit}")
+    n = _catalog_size(dataset, limit)
     npy, meta_path = _catalog_paths(arts, limit)
     expected = {"source_model_sha256": embedder.source_sha256, "images": n,
                 "train_images_sha256": dataset.checksums.get("train-images-idx3-ubyte", "")}
@@ -243,10 +246,23 @@ class Recommendation:
     strip: Path
     catalog: Catalog = field(repr=False)
 
+    @property
+    def strip_shows(self) -> int:
+        """How many neighbours the strip draws (at most STRIP_MAX)."""
+        return min(len(self.neighbours), STRIP_MAX)
 
-def _dataset_and_catalog(exp, backend, root, data_dir, catalog_limit, progress, rebuild=False):
+
+def _catalog_size(dataset: data.Dataset, catalog_limit: int | None) -> int:
+    n = len(dataset.y_train) if catalog_limit is None else catalog_limit
+    if not 1 <= n <= len(dataset.y_train):
+        raise UsageError(f"--catalog-limit must be 1..{len(dataset.y_train)}, got {catalog_limit}")
+    return n
+
+
+def _dataset_and_catalog(exp, *, backend, root, data_dir, catalog_limit, progress, rebuild=False):
     spec = get_spec(exp)
     dataset = data.load(data_dir)
+    _catalog_size(dataset, catalog_limit)  # before any model loads or any image is embedded
     embedder = get_embedder(spec.name, backend=backend, root=root)
     catalog = load_catalog(spec.name, embedder, dataset, root=root, limit=catalog_limit,
                            rebuild=rebuild, progress=progress)
@@ -280,6 +296,9 @@ def recommend(
         # The same conversion as `toolkit predict`; bad input fails before any model loads.
         pixels, notes = load_image(image)
     spec, dataset = get_spec(exp), data.load(data_dir)
+    n_catalog = _catalog_size(dataset, catalog_limit)
+    if k > n_catalog:  # checked before the catalog is built: that takes minutes on a CPU
+        raise UsageError(f"-k {k} is more than the {n_catalog:,} catalog images; use 1..{n_catalog}")
     label: int | None
     if index is not None:
         if not 0 <= index < len(dataset.y_test):
@@ -294,24 +313,29 @@ def recommend(
     else:
         label, query = None, f"file {Path(image).name}"
         tag = "file-" + re.sub(r"[^A-Za-z0-9_.-]", "_", Path(image).stem)[:60]
-    spec, dataset, embedder, catalog = _dataset_and_catalog(exp, backend, root, data_dir,
-                                                            catalog_limit, progress)
+    spec, dataset, embedder, catalog = _dataset_and_catalog(
+        exp, backend=backend, root=root, data_dir=data_dir, catalog_limit=catalog_limit, progress=progress)
     vector = embedder.embed(data.to_model_input(pixels[None]))
     idx, sims = search(catalog.vectors, vector, k)
     neighbours = [{"rank": r + 1, "index": int(i), "label": int(catalog.labels[i]),
                    "class": CLASS_NAMES[int(catalog.labels[i])], "similarity": float(s)}
                   for r, (i, s) in enumerate(zip(idx[0], sims[0], strict=True))]
     arts = artifacts.spec_artifacts(spec.name, root)
-    strip = plot_strip(pixels, query if label is None else f"{query}\n{CLASS_NAMES[label]}", label,
-                       [dataset.x_train[n["index"]] for n in neighbours], neighbours,
-                       f"{spec.name}: {k} most similar training-catalog items ({embedder.backend})",
-                       arts.recommend_dir / f"strip-{tag}.png")
+    drawn = neighbours[:STRIP_MAX]
+    shown = f"{k}" if k <= STRIP_MAX else f"the first {STRIP_MAX} of {k:,}"
+    strip = plot_strip(
+        query_pixels=pixels, query_title=query if label is None else f"{query}\n{CLASS_NAMES[label]}",
+        query_label=label, images=[dataset.x_train[n["index"]] for n in drawn], neighbours=drawn,
+        title=f"{spec.name}: {shown} most similar training-catalog items ({embedder.backend})",
+        target=arts.recommend_dir / f"strip-{tag}.png")
     return Recommendation(spec.name, embedder.backend, query, label, neighbours, notes, strip, catalog)
 
 
-def plot_strip(query_pixels: np.ndarray, query_title: str, query_label: int | None,
+def plot_strip(*, query_pixels: np.ndarray, query_title: str, query_label: int | None,
                images: list[np.ndarray], neighbours: list[dict[str, Any]], title: str,
                target: Path) -> Path:
+    """The query beside its neighbours; callers draw at most STRIP_MAX (a wider figure only
+    takes longer to render and is unreadable)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,8 +416,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Retrieval quality with the test set as queries against the training catalog, beside raw
     pixels (L2-normalised 784-d vectors) as a baseline, and queries per second."""
-    spec, dataset, embedder, catalog = _dataset_and_catalog(exp, backend, root, data_dir,
-                                                            catalog_limit, progress)
+    spec, dataset, embedder, catalog = _dataset_and_catalog(
+        exp, backend=backend, root=root, data_dir=data_dir, catalog_limit=catalog_limit, progress=progress)
     nq = len(dataset.y_test) if query_limit is None else min(query_limit, len(dataset.y_test))
     x_q = data.to_model_input(dataset.x_test[:nq])
     y_q = dataset.y_test[:nq].astype(np.int64)

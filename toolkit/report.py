@@ -1,24 +1,69 @@
-"""Accuracy against deployment cost: join metrics.json, exports.json/parity.json and the benchmark
-runs under ARTIFACTS/bench/ into one table, mark the Pareto fronts, name a pick for a budget.
+"""Accuracy against deployment cost, stated with its uncertainty: join metrics.json,
+exports.json/parity.json (with each file's per-image predictions) and the benchmark results
+under ARTIFACTS/bench/ (inference and memory kinds) into one table; say which differences are
+real; mark the fronts; name a pick for a budget.
 
 One row per spec x format x precision x runtime x device. A row states the thread count its
 figures were measured at: the count with the lowest batch-1 p50 among those benchmarked, and the
 throughput (largest batch) at that same count. A benchmark result is used only if it measured
-the file that is there now (same SHA-256): results of a replaced model or export are dropped.
+the file that is there now (same SHA-256).
+
+Which differences are real (toolkit.stats):
+- accuracy: each row's 95% Wilson interval on the test images. Two rows on the same images are
+  compared by McNemar's exact test on their per-image predictions; where a spec has at least 3
+  completed runs of one recipe, two rows of different specs within that seed spread are not
+  separable either; rows without per-image predictions fall back to the overlap of their
+  intervals (and the report says so);
+- latency and throughput: the 95% Student-t interval across the processes that measured a case
+  (toolkit bench measures each case in 3); rows whose batch-1 p50 intervals overlap are flagged
+  as not separable;
+- tie rule: rows not significantly less accurate than the best row are tied with it, and the
+  fastest tied row within the budget is the pick (`--accuracy-tolerance` replaces the rule by a
+  fixed gap, explicitly);
+- fronts (latency, size, memory): row B is dominated only when some row A costs less with
+  non-overlapping intervals and B is not significantly more accurate than A; front rows that
+  cannot be separated from another front row (cost intervals overlap, accuracy not significantly
+  different) are marked tied.
+
+Rows come from ROW_SOURCES: "bench" today. Served rows (the load tester's `kind: "loadtest"`
+files) plug in as another source whose rows have `source="loadtest"`: they are shown with the
+columns that apply to them but stay outside the fronts and the pick (`Row.compared`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit import artifacts
-from toolkit import benchmark as engine
-from toolkit.errors import ArtifactError
+import numpy as np
+
+from toolkit import artifacts, runtimes, stats
+from toolkit.benchmark.memory import MemoryResult, read_memory_runs
+from toolkit.benchmark.peaks import PEAK_KINDS, pct_of_peak, peak_for, peak_value
+from toolkit.benchmark.plan import KERAS_KEY
+from toolkit.benchmark.results import BenchRun, CaseGroup, read_runs
+from toolkit.errors import ArtifactError, DataError, NewerRecordError
+
+BENCH = "bench"  # Row.source of measured files; other sources are shown, never compared
+
+
+@dataclass
+class MemoryFigures:
+    """A file on a runtime: medians across the fresh processes that measured it."""
+
+    peak_b1_mb: float | None
+    peak_batch_mb: float | None
+    load_ms: float | None
+    first_call_ms: float | None
+    cold_start_ms: float | None
+    baseline_python_mb: float | None
+    baseline_runtime_mb: float | None
+    processes: int
+    batch: int
+    unavailable: str | None = None
+    peak_b1_interval: stats.Interval | None = None
 
 
 @dataclass
@@ -36,16 +81,31 @@ class Row:
     size_mb: float
     params: int
     mflops: float
+    images: int | None = None  # test images the accuracy counts
     p50_ms: float | None = None
     p99_ms: float | None = None
+    p50_interval: stats.Interval | None = None
+    processes: int = 0  # processes that measured the batch-1 case
     throughput: float | None = None
     throughput_batch: int | None = None
+    throughput_interval: stats.Interval | None = None
     pct_peak: float | None = None
     peak: float | None = None
-    front_latency: bool = False
-    front_size: bool = False
+    check: dict[str, Any] | None = None
+    memory: MemoryFigures | None = None
+    memory_note: str = ""
     measured_at: str | None = None
     load_avg: float | None = None  # highest 1-minute load average among the results used
+    source: str = BENCH
+    number: int = 0  # 1-based position in the table, for cross references
+    predictions: np.ndarray | None = field(default=None, repr=False)
+    predictions_note: str = ""  # why there are none
+    seeds: stats.Spread | None = None  # test accuracy across the spec's completed seeds (>= 2)
+    verdict: Comparison | None = None  # against the best row
+    tied: bool = False  # not significantly less accurate than the best row
+    fronts: dict[str, str] = field(default_factory=dict)  # cost -> "" | "front" | "tied"
+    p50_overlaps: list[int] = field(default_factory=list)  # numbers of rows not separable in p50
+    throughput_overlaps: list[int] = field(default_factory=list)  # ... in throughput (same batch)
 
     @property
     def delta(self) -> float | None:
@@ -57,6 +117,31 @@ class Row:
     def label(self) -> str:
         return f"{self.spec} {self.key} {self.runtime} {self.device}"
 
+    @property
+    def compared(self) -> bool:
+        """On the fronts and eligible for the pick (served rows are shown only)."""
+        return self.source == BENCH
+
+    @property
+    def accuracy_interval(self) -> stats.Interval | None:
+        if self.accuracy is None or not self.images:
+            return None
+        return stats.interval_of_accuracy(self.accuracy, self.images)
+
+    @property
+    def peak_b1_mb(self) -> float | None:
+        return self.memory.peak_b1_mb if self.memory else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Row A against row B in accuracy: which is significantly more accurate ("a", "b" or None:
+    not separable), the p-value where a paired test ran, and on what basis."""
+
+    better: str | None
+    p_value: float | None
+    basis: str
+
 
 @dataclass
 class Report:
@@ -67,61 +152,73 @@ class Report:
     pick_text: str
     budget: dict[str, float | None]
     notes: list[str] = field(default_factory=list)
+    best: Row | None = None
+    rule: str = ""  # the tie rule in force, in words
+    baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)  # runtime -> figures
 
 
 # ---------------------------------------------------------------- joining
 
 
-def _accuracy_of(entry: dict[str, Any], parity_doc: Any) -> float | None:
-    """The export's test accuracy as parity measured it (exports.json entry, else parity.json)."""
-    for source in (entry.get("parity"), entry):
-        if isinstance(source, dict):
-            for name in ("test_accuracy", "accuracy", "export_accuracy"):
-                if isinstance(source.get(name), int | float):
-                    return float(source[name])
-    if isinstance(parity_doc, dict):
-        items = parity_doc.get("exports") or parity_doc.get("results") or []
-        if isinstance(items, dict):
-            items = [{"key": k, **v} for k, v in items.items() if isinstance(v, dict)]
-        for item in items:
-            if isinstance(item, dict) and item.get("key") == entry.get("key"):
-                for name in ("test_accuracy", "accuracy", "export_accuracy"):
-                    if isinstance(item.get(name), int | float):
-                        return float(item[name])
-    return None
+@dataclass(frozen=True)
+class _File:
+    """One benchmarked file of a spec, as the report joins it: what it is and what parity says."""
+
+    key: str
+    format: str
+    precision: str
+    path: Path
+    sha256: str | None  # of the file there now
+    parity: str  # "reference" | "pass" | "fail" | "not run" | "stale"
+    accuracy: float | None  # as parity measured it, on this exact file
+    reference_accuracy: float | None  # Keras on the same images
+    images: int | None = None
+    predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
+    predictions_note: str = ""
+    size_bytes: int | None = None  # None: the file's size on disk now
 
 
-def _best_peaks(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _best_peaks(runs: Sequence[BenchRun]) -> dict[str, dict[str, float]]:
     """The highest peak each (precision, threads) reached in any run: a peak is the best the
     machine did, and a peak measured while other work shared the CPU only reads low."""
-    best: dict[str, dict[str, float]] = {"fp32": {}, "int8": {}, "fp32_ort": {}}
-    for run in runs:
-        peaks = run.get("peaks") or {}
+    return _peak_values([run.peaks for run in runs])
+
+
+def _peak_values(measured: Sequence[dict[str, Any] | None]) -> dict[str, dict[str, float]]:
+    best: dict[str, dict[str, float]] = {kind: {} for kind in PEAK_KINDS}
+    for peaks in measured:
         for kind in best:
-            for threads, entry in (peaks.get(kind) or {}).items():
-                value = entry.get("gflops") or entry.get("gops")
+            for threads, entry in ((peaks or {}).get(kind) or {}).items():
+                value = peak_value(entry)
                 if value and value > best[kind].get(threads, 0):
                     best[kind][threads] = float(value)
     return best
 
 
-def _latest_results(runs: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    latest: dict[tuple, dict[str, Any]] = {}
+def _latest_groups(runs: Sequence[BenchRun]) -> dict[tuple, CaseGroup]:
+    """Each case's measurements from the latest run that measured it (repeats of one run)."""
+    latest: dict[tuple, CaseGroup] = {}
     for run in runs:  # oldest first: later runs replace earlier ones
-        for r in run["results"]:
-            if r.get("error") or not r.get("timed", True) or "p50_ms" not in r:
-                continue
-            try:
-                case = engine.BenchCase.from_dict(r)
-            except TypeError:
-                continue
-            latest[case.identity] = r
+        for group in run.groups:
+            latest[group.case.identity] = group
+    return latest
+
+
+def _latest_memory(root: Path) -> dict[tuple, list[MemoryResult]]:
+    """(spec, key, runtime, sha256) -> the memory measurements of the latest run that has them."""
+    latest: dict[tuple, list[MemoryResult]] = {}
+    for run in read_memory_runs(root):
+        mine: dict[tuple, list[MemoryResult]] = {}
+        for r in run.results:
+            mine.setdefault((r.case.spec, r.case.key, r.case.runtime, r.case.sha256), []).append(r)
+        latest.update(mine)
     return latest
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """For (accuracy, cost) points: True where no other point is at least as accurate and at most
-    as costly, and strictly better in one of the two."""
+    """For (accuracy, cost) points taken exactly: True where no other point is at least as accurate
+    and at most as costly, and strictly better in one of the two. (The report's fronts use
+    `mark_fronts`, which asks for separable differences instead.)"""
     flags = []
     for i, (acc, cost) in enumerate(points):
         dominated = any(
@@ -131,18 +228,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return flags
 
 
-def build_report(
-    root: str | Path | None = None,
-    *,
-    exps: Sequence[str] | None = None,
-    max_latency_ms: float | None = None,
-    max_size_mb: float | None = None,
-    tolerance: float = 0.001,
-) -> Report:
-    from export import registry
-    from toolkit.specs import get_spec, match_specs
+def _spec_names(base: Path, exps: Sequence[str] | None) -> list[str]:
+    from toolkit.specs import match_specs
 
-    base = artifacts.resolve_root(root)
     names = artifacts.trained_specs(base)
     if exps:
         allowed = {s.name for s in match_specs(list(exps))}
@@ -152,108 +240,583 @@ def build_report(
             f"no trained model under {base}{' for --exp ' + ', '.join(exps) if exps else ''}. "
             "Train one first: toolkit train --exp CNN_1L_Dropout_Exp6"
         )
-    runs = engine.load_runs(base)
+    return names
+
+
+def _keras_predictions(arts: artifacts.SpecArtifacts, metrics: dict[str, Any], model_sha: str,
+                       parity) -> tuple[np.ndarray | None, str]:
+    """The Keras model's per-image top-1: parity's (if it checked this very model.keras), else the
+    current run's own file. None with the reason when neither exists (never guessed)."""
+    if parity is not None and parity.keras_predictions and parity.source_model_sha256 == model_sha:
+        try:
+            return artifacts.load_predictions(arts.dir / parity.keras_predictions["file"],
+                                              parity.keras_predictions), ""
+        except ArtifactError as exc:
+            return None, exc.message
+    ref = metrics.get("test_predictions")
+    if isinstance(ref, dict) and arts.test_predictions.is_file():
+        try:
+            return artifacts.load_predictions(arts.test_predictions, ref), ""
+        except ArtifactError as exc:
+            return None, exc.message
+    return None, (f"no per-image predictions of {arts.name}'s model.keras (its run predates them and "
+                  f"parity has not run since): `toolkit parity --exp {arts.name}` writes them")
+
+
+def _export_predictions(arts, key: str, sha: str | None, parity) -> tuple[np.ndarray | None, str]:
+    result = parity.result(key) if parity is not None else None
+    if result is None or result.sha256 != sha or not result.predictions:
+        return None, (f"no per-image predictions of {arts.name} {key} (parity.json predates them, or "
+                      f"checked another file): `toolkit parity --exp {arts.name}` writes them")
+    try:
+        return artifacts.load_predictions(arts.dir / result.predictions["file"], result.predictions), ""
+    except ArtifactError as exc:
+        return None, exc.message
+
+
+def _files(arts: artifacts.SpecArtifacts, keras_accuracy: float | None, notes: list[str],
+           metrics: dict[str, Any] | None = None) -> list[_File]:
+    """model.keras and every export that is there, each with the parity of that very file."""
+    from toolkit.export.record import read_exports
+    from toolkit.export.registry import FORMATS
+    from toolkit.parity import read_parity
+
+    metrics = metrics or {}
+    try:
+        parity = read_parity(arts)
+    except NewerRecordError:
+        raise
+    except ArtifactError as exc:  # exports.json still says pass/fail; only the pairing is lost
+        notes.append(f"{exc.message}; per-image predictions of {arts.name} are not used")
+        parity = None
+    model_sha = artifacts.sha256_file(arts.model)
+    preds, why = _keras_predictions(arts, metrics, model_sha, parity)
+    files = [_File(KERAS_KEY, "keras", "fp32", arts.model, model_sha, "reference", keras_accuracy,
+                   keras_accuracy, metrics.get("test_images"), preds, why)]
+    for entry in read_exports(arts).exports:
+        fmt = FORMATS.get(entry.key)
+        if fmt is None:
+            continue
+        path = arts.dir / entry.path
+        if not entry.exported:
+            notes.append(f"{arts.name} {fmt.key}: export failed ({entry.error}); not in the table")
+            continue
+        if not path.is_file():
+            notes.append(f"{arts.name} {fmt.key}: listed in exports.json but {path} is missing")
+            continue
+        sha = artifacts.sha256_file(path)
+        state = entry.parity_state(sha)
+        checked = entry.parity if state in ("pass", "fail") else None
+        if state == "stale":
+            notes.append(f"{arts.name} {fmt.key}: {path.name} changed since parity checked it; its parity "
+                         f"and accuracy are unknown until `toolkit parity --exp {arts.name}` reruns")
+        # Parity evaluated Keras and the export on the same images in one go: compare those.
+        reference = (checked.keras_accuracy if checked else None) or keras_accuracy
+        preds, why = _export_predictions(arts, fmt.key, sha, parity) if checked else (None, "")
+        files.append(_File(fmt.key, fmt.format, fmt.precision, path, sha, state,
+                           checked.test_accuracy if checked else None, reference,
+                           (checked.images or None) if checked else None, preds, why))
+    return files
+
+
+def _memory_figures(results: Sequence[MemoryResult]) -> MemoryFigures:
+    def median(values: list[float | None]) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else None
+
+    b1 = [r.peak("serving_b1") for r in results]
+    return MemoryFigures(
+        peak_b1_mb=median(b1), peak_batch_mb=median([r.peak("serving_batch") for r in results]),
+        load_ms=median([r.ms.get("load") for r in results]),
+        first_call_ms=median([r.ms.get("first_call") for r in results]),
+        cold_start_ms=median([r.ms.get("cold_start") for r in results]),
+        baseline_python_mb=median([r.peak("python_numpy") for r in results]),
+        baseline_runtime_mb=median([r.peak("runtime_imported") for r in results]),
+        processes=len(results), batch=results[0].case.batch,
+        unavailable=next((r.unavailable for r in results if r.unavailable), None),
+        peak_b1_interval=stats.t_interval([v for v in b1 if v is not None]),
+    )
+
+
+@dataclass
+class _Join:
+    """What every row source reads: the root, the specs, the benchmark files, the notes."""
+
+    base: Path
+    names: list[str]
+    runs: list[BenchRun]
+    groups: dict[tuple, CaseGroup]
+    memory: dict[tuple, list[MemoryResult]]
+    peaks: dict[str, dict[str, float]]
+    notes: list[str]
+
+
+def _bench_rows(join: _Join) -> list[Row]:
+    rows: list[Row] = []
+    stale = 0
+    for name in join.names:
+        spec_rows, spec_stale = _spec_rows(artifacts.spec_artifacts(name, join.base), join)
+        rows += spec_rows
+        stale += spec_stale
+        if not spec_rows:
+            join.notes.append(f"{name}: no benchmark result measured its current files; it is not in the "
+                              f"table. Run `toolkit bench --exp {name}`")
+    if stale:
+        join.notes.append(
+            f"{stale} benchmark results measured files that have since been replaced "
+            "(different SHA-256) and were left out; rerun `toolkit bench` to measure the new ones"
+        )
+    return rows
+
+
+# Where rows come from, by Row.source. The load tester's served rows join here as "loadtest".
+ROW_SOURCES: dict[str, Callable[[_Join], list[Row]]] = {BENCH: _bench_rows}
+
+
+def _spec_rows(arts: artifacts.SpecArtifacts, join: _Join) -> tuple[list[Row], int]:
+    """The rows of one spec and how many benchmark results measured files since replaced."""
+    from toolkit.specs import get_spec
+
+    metrics = arts.require_trained()
+    spec = get_spec(arts.name)
+    rows: list[Row] = []
+    stale = 0
+    for file in _files(arts, metrics.get("test_accuracy"), join.notes, metrics):
+        mine = [g for ident, g in join.groups.items() if ident[0] == arts.name and ident[1] == file.key]
+        fresh = [g for g in mine if g.case.sha256 == file.sha256]
+        stale += len(mine) - len(fresh)
+        by_setting: dict[tuple[str, str], list[CaseGroup]] = {}
+        for g in fresh:
+            device = f"{g.case.device}-{g.case.io}" if g.case.io else g.case.device
+            by_setting.setdefault((g.case.runtime, device), []).append(g)
+        for (runtime, device), groups in sorted(by_setting.items()):
+            memory = join.memory.get((arts.name, file.key, runtime, file.sha256))
+            rows.append(build_row(spec=spec, file=file, runtime=runtime, device=device, groups=groups,
+                                  peaks=join.peaks, memory=memory))
+    return rows, stale
+
+
+def build_row(*, spec, file: _File, runtime: str, device: str, groups: Sequence[CaseGroup],
+              peaks: dict[str, dict[str, float]], memory: Sequence[MemoryResult] | None = None) -> Row:
+    """One row from a file's measured case groups on one runtime and device (all thread counts:
+    the one with the lowest batch-1 p50 is used) and its memory measurements."""
+    by_threads: dict[int, dict[int, CaseGroup]] = {}
+    for g in groups:
+        by_threads.setdefault(g.case.threads, {})[g.case.batch] = g
+    with_b1 = [t for t, b in by_threads.items() if 1 in b]
+    threads = min(with_b1, key=lambda t: by_threads[t][1].p50_ms) if with_b1 else max(by_threads)
+    chosen = by_threads[threads]
+    b1 = chosen.get(1)
+    big = chosen[max(chosen)] if max(chosen) > 1 else None
+    size = file.size_bytes if file.size_bytes is not None else file.path.stat().st_size
+    row = Row(
+        spec=spec.name, key=file.key, format=file.format, precision=file.precision, runtime=runtime,
+        device=device, threads=threads, accuracy=file.accuracy, keras_accuracy=file.reference_accuracy,
+        parity=file.parity, size_mb=size / 1e6, params=spec.param_count(),
+        mflops=spec.mflops_per_image(), images=file.images, predictions=file.predictions,
+        predictions_note=file.predictions_note,
+        measured_at=max(g.measured_at for g in groups),
+        load_avg=max((g.load_avg_1m for g in chosen.values() if g.load_avg_1m is not None), default=None),
+        check=_sum_checks([g.check for g in chosen.values()]),
+    )
+    if b1:
+        row.p50_ms, row.p99_ms, row.p50_interval = b1.p50_ms, b1.p99_ms, b1.p50_interval
+        row.processes = b1.processes
+    if big:
+        row.throughput, row.throughput_batch = big.images_per_s, big.case.batch
+        row.throughput_interval = big.throughput_interval
+        row.processes = row.processes or big.processes
+        peak = peak_for({k: {t: {"gflops": v} for t, v in d.items()} for k, d in peaks.items()},
+                        file.precision, threads)
+        if peak and device == "cpu":
+            row.peak = peak
+            row.pct_peak = pct_of_peak(mflops_per_image=row.mflops, images_per_s=row.throughput, peak=peak)
+    _attach_memory(row, memory)
+    return row
+
+
+def rows_from_results(results: Sequence[Any], peaks: dict[str, Any] | None) -> list[Row]:
+    """`toolkit bench`'s table: one row per file x runtime x device x thread count of one run
+    (its inference results grouped per case, its memory results beside them)."""
+    from toolkit.benchmark.results import InferenceResult, group_results
+    from toolkit.specs import get_spec
+
+    best = _peak_values([peaks])
+    groups = group_results([r for r in results if isinstance(r, InferenceResult)])
+    memory: dict[tuple, list[MemoryResult]] = {}
+    for r in results:
+        if isinstance(r, MemoryResult):
+            memory.setdefault((r.case.spec, r.case.key, r.case.runtime), []).append(r)
+    settings: dict[tuple, list[CaseGroup]] = {}
+    for g in groups:
+        device = f"{g.case.device}-{g.case.io}" if g.case.io else g.case.device
+        settings.setdefault((g.case.spec, g.case.key, g.case.runtime, device, g.case.threads), []).append(g)
+    rows = []
+    for (spec, key, runtime, device, _), members in settings.items():
+        case = members[0].case
+        file = _File(key, case.format, case.precision, Path(case.path), case.sha256, case.parity, None, None,
+                     size_bytes=case.size_bytes)
+        mem = memory.pop((spec, key, runtime), None) if device == "cpu" else None
+        rows.append(build_row(spec=get_spec(spec), file=file, runtime=runtime, device=device, groups=members,
+                              peaks=best, memory=mem))
+    for results_left in memory.values():  # memory measured without an inference case beside it
+        case = results_left[0].case
+        spec = get_spec(case.spec)
+        row = Row(spec=case.spec, key=case.key, format=case.format, precision=case.precision,
+                  runtime=case.runtime, device="cpu", threads=case.threads, accuracy=None,
+                  keras_accuracy=None, parity=case.parity, size_mb=case.size_bytes / 1e6,
+                  params=spec.param_count(), mflops=spec.mflops_per_image())
+        _attach_memory(row, results_left)
+        rows.append(row)
+    for number, row in enumerate(rows, 1):
+        row.number = number
+    mark_overlaps(rows)
+    return rows
+
+
+def _attach_memory(row: Row, memory: Sequence[MemoryResult] | None) -> None:
+    if memory:
+        row.memory = _memory_figures(memory)
+        if row.memory.unavailable:
+            row.memory_note = f"memory unavailable: {row.memory.unavailable}"
+    elif not row.device.startswith("cpu"):
+        row.memory_note = "memory is measured on CPU only (a GPU's memory is not in the resident set)"
+    else:
+        row.memory_note = ("not measured: no memory results for this file (bench files written before "
+                           "memory cases existed, or --no-memory); run `toolkit bench`")
+
+
+def _sum_checks(checks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    checked = all(c.get("top1_checked") for c in checks)
+    return {"top1_checked": checked, "top1_compared": sum(c.get("top1_compared") or 0 for c in checks),
+            "top1_mismatches": sum(c.get("top1_mismatches") or 0 for c in checks) if checked else None}
+
+
+# ---------------------------------------------------------------- what is real
+
+
+class Judge:
+    """Decides which differences between rows are real (the module docstring's rules)."""
+
+    def __init__(self, *, labels: np.ndarray | None, spreads: dict[str, stats.Spread],
+                 tolerance: float | None = None) -> None:
+        self.labels = labels
+        self.spreads = spreads  # spec -> test accuracy across >= 3 seeds of its current recipe
+        self.tolerance = tolerance
+        self._paired: dict[tuple[int, int], stats.PairedTest] = {}
+
+    def accuracy(self, a: Row, b: Row) -> Comparison:
+        if a.accuracy is None or b.accuracy is None:
+            return Comparison(None, None, "accuracy unknown")
+        if self.tolerance is not None:
+            gap = a.accuracy - b.accuracy
+            better = None if abs(gap) <= self.tolerance else ("a" if gap > 0 else "b")
+            return Comparison(better, None, f"--accuracy-tolerance {self.tolerance:g}")
+        spread = self._spread(a, b)
+        if spread is not None and abs(a.accuracy - b.accuracy) <= spread:
+            return Comparison(None, None, f"within the seed spread (std {spread:.4f})")
+        paired = self.paired(a, b)
+        if paired is not None:
+            if not paired.significant:
+                return Comparison(None, paired.p_value, "McNemar")
+            return Comparison("a" if paired.only_a > paired.only_b else "b", paired.p_value, "McNemar")
+        ia, ib = a.accuracy_interval, b.accuracy_interval
+        if ia is None or ib is None or ia.overlaps(ib):
+            return Comparison(None, None, "95% intervals overlap (no per-image predictions to pair)")
+        return Comparison("a" if a.accuracy > b.accuracy else "b", None, "95% intervals apart (unpaired)")
+
+    def paired(self, a: Row, b: Row) -> stats.PairedTest | None:
+        if self.labels is None or a.predictions is None or b.predictions is None:
+            return None
+        if not len(a.predictions) == len(b.predictions) == len(self.labels):
+            return None
+        key = (id(a.predictions), id(b.predictions))
+        if key not in self._paired:
+            self._paired[key] = stats.paired_predictions(a.predictions, b.predictions, self.labels)
+        return self._paired[key]
+
+    def _spread(self, a: Row, b: Row) -> float | None:
+        """Rows of two specs are two trainings: with >= 3 seeds of a spec's recipe, its seed
+        std is the smallest difference that means anything (the larger of the two)."""
+        if a.spec == b.spec:
+            return None
+        stds = [self.spreads[s].std for s in (a.spec, b.spec) if s in self.spreads]
+        return max(stds) if stds else None
+
+    @staticmethod
+    def cheaper(a: Row, b: Row, cost: str) -> bool:
+        """A costs less than B, separably: non-overlapping intervals where both have one; the
+        exact values otherwise (size; a single measurement)."""
+        ca, cb = cost_of(a, cost), cost_of(b, cost)
+        if ca is None or cb is None or ca >= cb:
+            return False
+        ia, ib = cost_interval(a, cost), cost_interval(b, cost)
+        return ia is None or ib is None or not ia.overlaps(ib)
+
+
+COSTS = ("latency", "size", "memory")
+
+
+def cost_of(row: Row, cost: str) -> float | None:
+    return {"latency": row.p50_ms, "size": row.size_mb, "memory": row.peak_b1_mb}[cost]
+
+
+def cost_interval(row: Row, cost: str) -> stats.Interval | None:
+    if cost == "latency":
+        return row.p50_interval
+    if cost == "memory" and row.memory is not None:
+        return row.memory.peak_b1_interval
+    return None
+
+
+def mark_fronts(rows: Sequence[Row], judge: Judge) -> None:
+    """Row.fronts[cost]: "front" when no row costs less separably while B is not significantly
+    more accurate than it; "tied" for a front row not separable from another front row."""
+    for cost in COSTS:
+        pool = [r for r in rows if r.compared and r.accuracy is not None and cost_of(r, cost) is not None]
+        front = [b for b in pool if not any(
+            a is not b and judge.cheaper(a, b, cost) and judge.accuracy(b, a).better != "a" for a in pool)]
+        for b in front:
+            tied = any(a is not b and not judge.cheaper(a, b, cost) and not judge.cheaper(b, a, cost)
+                       and judge.accuracy(a, b).better is None for a in front)
+            b.fronts[cost] = "tied" if tied else "front"
+
+
+def mark_overlaps(rows: Sequence[Row]) -> None:
+    """Row numbers whose 95% intervals overlap each row's: batch-1 p50, and throughput at the same
+    batch size (rows that cannot be told apart)."""
+    for r in rows:
+        if r.p50_interval is not None:
+            r.p50_overlaps = [o.number for o in rows if o is not r and o.p50_interval is not None
+                              and o.p50_interval.overlaps(r.p50_interval)]
+        if r.throughput_interval is not None:
+            r.throughput_overlaps = [
+                o.number for o in rows if o is not r and o.throughput_interval is not None
+                and o.throughput_batch == r.throughput_batch
+                and o.throughput_interval.overlaps(r.throughput_interval)]
+
+
+# ---------------------------------------------------------------- the pick
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+    max_memory_mb: float | None = None
+
+    def fits(self, r: Row) -> bool:
+        return ((self.max_latency_ms is None or r.p50_ms <= self.max_latency_ms)
+                and (self.max_size_mb is None or r.size_mb <= self.max_size_mb)
+                and (self.max_memory_mb is None or (r.peak_b1_mb is not None
+                                                    and r.peak_b1_mb <= self.max_memory_mb)))
+
+    @property
+    def stated(self) -> bool:
+        return any(v is not None for v in (self.max_latency_ms, self.max_size_mb, self.max_memory_mb))
+
+    def describe(self) -> str:
+        parts = [(self.max_latency_ms, "p50 batch-1 latency <= {:g} ms"),
+                 (self.max_size_mb, "size <= {:g} MB"),
+                 (self.max_memory_mb, "batch-1 peak memory <= {:g} MB")]
+        stated = ", ".join(text.format(limit) for limit, text in parts if limit is not None)
+        return (f"budget ({stated})" if stated else
+                "no budget (set one with --max-latency-ms / --max-size-mb / --max-memory-mb)")
+
+
+def usable(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.compared and r.accuracy is not None and r.p50_ms is not None
+            and r.parity in ("pass", "reference") and r.device.startswith(("cpu", "gpu"))]
+
+
+def recommend(rows: Sequence[Row], judge: Judge,
+              budget: Budget = Budget()) -> tuple[Row | None, Row | None, str]:
+    """(pick, best, text). The best row is the most accurate usable row within the budget; rows
+    not significantly less accurate than it are tied (Row.tied); the fastest tied row (then the
+    smallest) is the pick. Every row gets its verdict against the best (Row.verdict)."""
+    pool = usable(rows)
+    fits = [r for r in pool if budget.fits(r)]
+    if not fits:
+        return None, None, _no_pick(pool, budget)
+    best = max(fits, key=lambda r: (r.accuracy, -r.p50_ms))
+    for r in rows:
+        if r.accuracy is not None:
+            r.verdict = judge.accuracy(best, r) if r is not best else Comparison(None, None, "best")
+            r.tied = r.verdict.better is None
+    tied = [r for r in fits if r.tied]
+    pick = min(tied, key=lambda r: (r.p50_ms, r.size_mb))
+    return pick, best, _pick_text(pick, best, tied, budget)
+
+
+def _no_pick(pool: Sequence[Row], budget: Budget) -> str:
+    if not pool:
+        return (f"Recommended pick: none ({budget.describe()}): no row has accuracy, latency and passed "
+                "parity.")
+    fastest = min(pool, key=lambda r: r.p50_ms)
+    smallest = min(pool, key=lambda r: r.size_mb)
+    text = (f"Recommended pick: none fits the {budget.describe()}. Fastest: {fastest.label} at "
+            f"{fastest.p50_ms:.3f} ms; smallest: {smallest.label} at {smallest.size_mb:.3f} MB")
+    measured = [r for r in pool if r.peak_b1_mb is not None]
+    if measured:
+        least = min(measured, key=lambda r: r.peak_b1_mb)
+        text += f"; least memory: {least.label} at {least.peak_b1_mb:.0f} MB"
+    return text + "."
+
+
+def _pick_text(pick: Row, best: Row, tied: Sequence[Row], budget: Budget) -> str:
+    others = [r for r in tied if r is not pick]
+    close = [r for r in others if r.number in pick.p50_overlaps]
+    where = (f"within the {budget.describe()}" if budget.stated else
+             "(no budget set: --max-latency-ms, --max-size-mb, --max-memory-mb)")
+    text = (f"Recommended pick: {pick.label} — the fastest of the {len(tied)} rows tied with the most "
+            f"accurate row, {best.label} ({best.accuracy:.4f}), {where}. "
+            f"accuracy {pick.accuracy:.4f}, p50 {pick.p50_ms:.3f} ms at batch 1 on {pick.threads} thread(s)")
+    if pick.p50_interval is not None:
+        text += f" (95% interval {pick.p50_interval.low:.3f}-{pick.p50_interval.high:.3f})"
+    text += f", {pick.size_mb:.3f} MB"
+    if pick.peak_b1_mb is not None:
+        text += f", {pick.peak_b1_mb:.0f} MB peak RSS at batch 1"
+    text += f", parity {pick.parity}."
+    if close:
+        text += (" Not separable from it in batch-1 p50 (95% intervals overlap): "
+                 + ", ".join(f"#{r.number} {r.key} {r.runtime}" for r in close) + ".")
+    elif pick.p50_interval is None:
+        text += " Its latency was measured in one process: no interval, so its lead is not established."
+    return text
+
+
+# ---------------------------------------------------------------- building
+
+
+def _labels(notes: list[str]) -> np.ndarray | None:
+    from toolkit import data
+
+    try:
+        return data.load(allow_download=False).y_test
+    except DataError as exc:
+        notes.append(f"test labels unavailable ({exc.message.splitlines()[0]}): accuracy differences are "
+                     "judged by interval overlap, not by the paired test")
+        return None
+
+
+MIN_SEEDS_FOR_RULE = 3  # a seed spread from fewer runs is shown, not used to tie rows
+
+
+def _spreads(base: Path, names: Sequence[str], notes: list[str]) -> dict[str, stats.Spread]:
+    """spec -> test accuracy across its completed seeds of the current run's recipe (>= 2)."""
+    from toolkit.train import seed_spread
+
+    out = {}
+    for name in names:
+        arts = artifacts.spec_artifacts(name, base)
+        spread = seed_spread(arts, arts.require_trained())
+        if spread is None or spread.n < 2 or spread.std is None:
+            continue
+        out[name] = spread
+        use = ("a row of another spec within that spread of one of its rows is not separable from it"
+               if spread.n >= MIN_SEEDS_FOR_RULE else
+               f"shown only: the tie rule uses a seed spread from >= {MIN_SEEDS_FOR_RULE} seeds")
+        notes.append(f"{name}: {spread.n} completed seeds of its recipe, test accuracy {spread.mean:.4f} ± "
+                     f"{spread.std:.4f} (sample std; range {spread.low:.4f}-{spread.high:.4f}): {use}")
+    return out
+
+
+def build_report(
+    root: str | Path | None = None,
+    *,
+    exps: Sequence[str] | None = None,
+    max_latency_ms: float | None = None,
+    max_size_mb: float | None = None,
+    max_memory_mb: float | None = None,
+    tolerance: float | None = None,
+) -> Report:
+    base = artifacts.resolve_root(root)
+    names = _spec_names(base, exps)
+    runs = read_runs(base)
     if not runs:
         raise ArtifactError(
             f"no benchmark results under {artifacts.bench_dir(base)}. "
             "Run `toolkit bench` or `pytest bench/ --benchmark-only` first"
         )
-    latest = _latest_results(runs)
-    peaks = _best_peaks(runs)
-    notes: list[str] = []
-    rows: list[Row] = []
-    stale = 0
-    for name in names:
-        arts = artifacts.spec_artifacts(name, base)
-        metrics = arts.require_trained()
-        spec = get_spec(name)
-        keras_acc = metrics.get("test_accuracy")
-        files = [
-            (
-                engine.KERAS_KEY,
-                "keras",
-                "fp32",
-                arts.model,
-                artifacts.sha256_file(arts.model),
-                "reference",
-                keras_acc,
-                keras_acc,
-            )
-        ]
-        parity_doc = (
-            artifacts.read_json(arts.parity_json, what="parity results")
-            if arts.parity_json.is_file()
-            else None
-        )
-        for entry in registry.read_exports(arts):
-            fmt = registry.FORMATS.get(entry.get("key", ""))
-            if fmt is None:
-                continue
-            path = arts.dir / entry["path"]
-            if entry.get("status", "exported") != "exported":
-                notes.append(f"{name} {fmt.key}: export failed ({entry.get('error')}); not in the table")
-                continue
-            if not path.is_file():
-                notes.append(f"{name} {fmt.key}: listed in exports.json but {path} is missing")
-                continue
-            parity_info = entry.get("parity") if isinstance(entry.get("parity"), dict) else {}
-            # Parity evaluated Keras and the export on the same images in one go: compare those.
-            reference_acc = parity_info.get("keras_accuracy") or keras_acc
-            files.append(
-                (
-                    fmt.key,
-                    fmt.format,
-                    fmt.precision,
-                    path,
-                    entry.get("sha256"),
-                    engine._parity_status(entry),
-                    _accuracy_of(entry, parity_doc),
-                    reference_acc,
-                )
-            )
-        for key, fmt_name, precision, path, sha, parity, acc, ref_acc in files:
-            mine = [r for ident, r in latest.items() if ident[0] == name and ident[1] == key]
-            fresh = [r for r in mine if r.get("sha256") == sha]
-            stale += len(mine) - len(fresh)
-            groups: dict[tuple, list[dict[str, Any]]] = {}
-            for r in fresh:
-                device = f"{r['device']}-{r['io']}" if r.get("io") else r["device"]
-                groups.setdefault((r["runtime"], device), []).append(r)
-            for (runtime, device), results in sorted(groups.items()):
-                rows.append(
-                    _row(
-                        spec,
-                        key,
-                        fmt_name,
-                        precision,
-                        runtime,
-                        device,
-                        results,
-                        acc,
-                        ref_acc,
-                        parity,
-                        path,
-                        peaks,
-                    )
-                )
-    if stale:
-        notes.append(
-            f"{stale} benchmark results measured files that have since been replaced "
-            "(different SHA-256) and were left out; rerun `toolkit bench` to measure the new ones"
-        )
+    join = _Join(base, names, runs, _latest_groups(runs), _latest_memory(base), _best_peaks(runs), [])
+    rows = [row for source in ROW_SOURCES.values() for row in source(join)]
     if not rows:
         raise ArtifactError(
             f"no benchmark result under {artifacts.bench_dir(base)} matches the current models "
             "and exports; run `toolkit bench` (or pytest bench/) again"
         )
-    _mark_fronts(rows)
-    budget = {"max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb}
-    pick, text = recommend(rows, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, tolerance=tolerance)
+    for number, row in enumerate(rows, 1):
+        row.number = number
+    notes = join.notes
+    spreads = _spreads(base, names, notes)
+    for row in rows:
+        row.seeds = spreads.get(row.spec)
+    rule_spreads = {} if tolerance is not None else {
+        name: s for name, s in spreads.items() if s.n >= MIN_SEEDS_FOR_RULE}
+    judge = Judge(labels=_labels(notes), spreads=rule_spreads, tolerance=tolerance)
+    mark_overlaps(rows)
+    mark_fronts(rows, judge)
+    budget = Budget(max_latency_ms, max_size_mb, max_memory_mb)
+    pick, best, text = recommend(rows, judge, budget)
+    limits = {"max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb, "max_memory_mb": max_memory_mb}
+    rep = Report(base, rows, join.peaks, pick, text, limits, notes, best, _rule_text(tolerance),
+                 _baselines(rows))
+    rep.notes += _quality_notes(rows) + _load_notes(rows)
+    rep.notes.append(_peak_note(join.peaks, runs))
+    return rep
+
+
+def _rule_text(tolerance: float | None) -> str:
+    if tolerance is not None:
+        return (f"explicit override --accuracy-tolerance {tolerance:g}: rows within {tolerance * 100:.3g} "
+                "points of the best row's accuracy are tied with it (no significance test)")
+    return ("rows not significantly less accurate than the best row are tied with it: McNemar's exact test "
+            "on the same test images, p >= 0.05 (or, for rows of two specs, a difference within the seed "
+            "spread of a spec with >= 3 completed runs of one recipe)")
+
+
+def _baselines(rows: Sequence[Row]) -> dict[str, dict[str, float | None]]:
+    """runtime -> the medians of the two memory baselines over its rows' measurements."""
+    by_runtime: dict[str, list[MemoryFigures]] = {}
+    for r in rows:
+        if r.memory is not None:
+            by_runtime.setdefault(r.runtime, []).append(r.memory)
+    out = {}
+    for runtime, figures in sorted(by_runtime.items()):
+        py = [f.baseline_python_mb for f in figures if f.baseline_python_mb is not None]
+        rt = [f.baseline_runtime_mb for f in figures if f.baseline_runtime_mb is not None]
+        out[runtime] = {"python_numpy_mb": float(np.median(py)) if py else None,
+                        "runtime_imported_mb": float(np.median(rt)) if rt else None,
+                        "processes": sum(f.processes for f in figures)}
+    return out
+
+
+def _quality_notes(rows: Sequence[Row]) -> list[str]:
+    notes = []
+    unpaired = sorted({r.predictions_note for r in rows if r.predictions is None and r.predictions_note})
+    notes += [f"{n}; until then its rows are compared by the overlap of 95% intervals" for n in unpaired]
+    single = [r for r in rows if r.p50_ms is not None and r.p50_interval is None]
+    if single:
+        notes.append(f"{len(single)} rows were measured in one process only (bench files written before "
+                     "repeats existed, or --repeats 1): no latency interval, so their latency comparisons "
+                     "use the single p50 and may not hold. Rerun `toolkit bench` (3 processes per case)")
+    unmeasured = sorted({r.memory_note for r in rows if r.memory is None and r.memory_note})
+    notes += [f"memory columns empty for {sum(r.memory_note == n for r in rows)} rows: {n}"
+              for n in unmeasured]
+    unavailable = sorted({r.memory_note for r in rows if r.memory is not None and r.memory_note})
+    notes += unavailable
+    return notes
+
+
+def _load_notes(rows: Sequence[Row]) -> list[str]:
+    notes = []
     loads = [r.load_avg for r in rows if r.load_avg is not None]
-    if loads and max(loads) > engine.runtimes.cpu_count() * 0.75:
+    cores = runtimes.cpu_count()
+    if loads and max(loads) > cores * 0.75:
         notes.append(
             f"1-minute load average while these rows were measured: {min(loads):.1f}-{max(loads):.1f} "
-            f"on {engine.runtimes.cpu_count()} cores: other work shared the CPU, so timings are noisy"
+            f"on {cores} cores: other work shared the CPU, so timings are noisy (the intervals include "
+            "that noise where a case was measured in several processes)"
         )
     over = [r for r in rows if r.pct_peak is not None and r.pct_peak > 100]
     if over:
@@ -261,117 +824,13 @@ def build_report(
             f"{len(over)} rows exceed 100% of the measured peak: the GEMM peak was measured while the CPU "
             "was shared and reads low; rerun `toolkit bench` on a quiet machine to re-measure it"
         )
-    notes.append(_peak_note(peaks, runs))
-    return Report(base, rows, peaks, pick, text, budget, notes)
+    return notes
 
 
-def _row(
-    spec, key, fmt_name, precision, runtime, device, results, acc, keras_acc, parity, path, peaks
-) -> Row:
-    by_threads: dict[int, dict[int, dict[str, Any]]] = {}
-    for r in results:
-        by_threads.setdefault(r["threads"], {})[r["batch"]] = r
-    with_b1 = [t for t, b in by_threads.items() if 1 in b]
-    threads = min(with_b1, key=lambda t: by_threads[t][1]["p50_ms"]) if with_b1 else max(by_threads)
-    chosen = by_threads[threads]
-    b1 = chosen.get(1)
-    big = chosen[max(chosen)] if max(chosen) > 1 else None
-    row = Row(
-        spec.name,
-        key,
-        fmt_name,
-        precision,
-        runtime,
-        device,
-        threads,
-        acc,
-        keras_acc,
-        parity,
-        path.stat().st_size / 1e6,
-        spec.param_count(),
-        spec.mflops_per_image(),
-        measured_at=max(r.get("measured_at") or "" for r in results),
-        load_avg=max((r["load_avg_1m"] for r in chosen.values() if "load_avg_1m" in r), default=None),
-    )
-    if b1:
-        row.p50_ms, row.p99_ms = b1["p50_ms"], b1["p99_ms"]
-    if big:
-        row.throughput, row.throughput_batch = big["images_per_s"], big["batch"]
-        peak = engine.peak_for(
-            {k: {t: {"gflops": v} for t, v in d.items()} for k, d in peaks.items()}, precision, threads
-        )
-        if peak and device == "cpu":
-            row.peak = peak
-            row.pct_peak = 100 * row.mflops * row.throughput / (peak * 1e3)
-    return row
-
-
-def _mark_fronts(rows: list[Row]) -> None:
-    with_acc = [r for r in rows if r.accuracy is not None]
-    timed = [r for r in with_acc if r.p50_ms is not None]
-    for r, flag in zip(timed, pareto_front([(r.accuracy, r.p50_ms) for r in timed]), strict=True):
-        r.front_latency = flag
-    for r, flag in zip(with_acc, pareto_front([(r.accuracy, r.size_mb) for r in with_acc]), strict=True):
-        r.front_size = flag
-
-
-def recommend(
-    rows: Sequence[Row],
-    *,
-    max_latency_ms: float | None = None,
-    max_size_mb: float | None = None,
-    tolerance: float = 0.001,
-) -> tuple[Row | None, str]:
-    """The most accurate row that fits the budget and passed parity; rows within `tolerance` of the
-    best accuracy count as tied, and the fastest of those wins (then the smallest)."""
-    usable = [
-        r
-        for r in rows
-        if r.accuracy is not None
-        and r.p50_ms is not None
-        and r.parity in ("pass", "reference")
-        and r.device.startswith(("cpu", "gpu"))
-    ]
-    fits = [
-        r
-        for r in usable
-        if (max_latency_ms is None or r.p50_ms <= max_latency_ms)
-        and (max_size_mb is None or r.size_mb <= max_size_mb)
-    ]
-    stated = ", ".join(
-        s
-        for s in (
-            f"p50 batch-1 latency <= {max_latency_ms:g} ms" if max_latency_ms is not None else "",
-            f"size <= {max_size_mb:g} MB" if max_size_mb is not None else "",
-        )
-        if s
-    )
-    budget = f"budget ({stated})" if stated else "no budget (set one with --max-latency-ms / --max-size-mb)"
-    if not fits:
-        if not usable:
-            return None, f"Recommended pick: none ({budget}): no row has accuracy, latency and passed parity."
-        fastest = min(usable, key=lambda r: r.p50_ms)
-        smallest = min(usable, key=lambda r: r.size_mb)
-        return None, (
-            f"Recommended pick: none fits the {budget}. Fastest: {fastest.label} at "
-            f"{fastest.p50_ms:.3f} ms; smallest: {smallest.label} at {smallest.size_mb:.3f} MB."
-        )
-    best = max(r.accuracy for r in fits)
-    tied = [r for r in fits if r.accuracy >= best - tolerance]
-    pick = min(tied, key=lambda r: (r.p50_ms, r.size_mb))
-    why = (
-        f"the most accurate row with parity passed, {'within the ' if stated else 'with '}{budget}; "
-        f"accuracies within {tolerance * 100:.2g} pt of the best count as tied and the fastest wins. "
-        f"accuracy {pick.accuracy:.4f}, p50 {pick.p50_ms:.3f} ms at batch 1 on {pick.threads} thread(s), "
-        f"{pick.size_mb:.3f} MB, parity {pick.parity}"
-    )
-    return pick, f"Recommended pick: {pick.label} — {why}."
-
-
-def _peak_note(peaks: dict[str, dict[str, float]], runs: Sequence[dict[str, Any]]) -> str:
+def _peak_note(peaks: dict[str, dict[str, float]], runs: Sequence[BenchRun]) -> str:
     kernel = None
     for run in reversed(runs):
-        for entry in ((run.get("peaks") or {}).get("fp32") or {}).values():
+        for entry in ((run.peaks or {}).get("fp32") or {}).values():
             kernel = kernel or entry.get("blas_kernel")
     fp32 = ", ".join(f"{t} thr {v:.0f}" for t, v in sorted(peaks["fp32"].items()))
     int8 = ", ".join(f"{t} thr {v:.0f}" for t, v in sorted(peaks["int8"].items()))
@@ -384,249 +843,11 @@ def _peak_note(peaks: dict[str, dict[str, float]], runs: Sequence[dict[str, Any]
     )
 
 
-# ---------------------------------------------------------------- output
-
-
-SHORT_RUNTIME = {
-    "keras": "keras",
-    "keras-predict": "predict",
-    "onnxruntime": "ORT",
-    "onnxruntime-cuda": "ORT-CUDA",
-    "litert": "LiteRT",
-}
-COLUMNS = [
-    "spec",
-    "format",
-    "runtime",
-    "device",
-    "thr",
-    "test acc",
-    "Δ vs Keras",
-    "parity",
-    "size MB",
-    "params",
-    "MFLOPs",
-    "p50 ms b1",
-    "p99 ms b1",
-    "img/s",
-    "% peak",
-    "front",
-]
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def table_rows(rep: Report) -> tuple[list[str], list[list[str]]]:
-    out = []
-    for r in rep.rows:
-        front = ("L" if r.front_latency else "") + ("S" if r.front_size else "")
-        thr_batch = f"{r.throughput:,.0f} (b{r.throughput_batch})" if r.throughput else "-"
-        mark = " ◀ pick" if r is rep.pick else ""
-        out.append(
-            [
-                r.spec,
-                r.key,
-                r.runtime,
-                r.device,
-                str(r.threads),
-                _fmt(r.accuracy, ".4f"),
-                _fmt(r.delta, "+.4f") if r.key != engine.KERAS_KEY else "ref",
-                r.parity,
-                f"{r.size_mb:.3f}",
-                f"{r.params:,}",
-                f"{r.mflops:.2f}",
-                _fmt(r.p50_ms, ".3f"),
-                _fmt(r.p99_ms, ".3f"),
-                thr_batch,
-                _fmt(r.pct_peak, ".1f"),
-                (f"*{front}" if front else "") + mark,
-            ]
-        )
-    return COLUMNS, out
-
-
-def to_markdown(rep: Report, plots: Sequence[Path]) -> str:
-    columns, rows = table_rows(rep)
-    lines = [
-        "# Accuracy vs deployment cost",
-        "",
-        f"Artifacts root: `{rep.root}`. One row per spec x format x precision x runtime x device; `thr` is "
-        "the thread count the row was measured at (the one with the lowest batch-1 p50); throughput is at "
-        "the largest benchmarked batch on the same thread count. Front: `L` = Pareto front of accuracy vs "
-        "batch-1 p50 latency, `S` = accuracy vs file size.",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    lines += ["", f"**{rep.pick_text}**", ""]
-    lines += [f"- {note}" for note in rep.notes]
-    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(rep: Report) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(
-        [
-            "spec",
-            "format_key",
-            "format",
-            "precision",
-            "runtime",
-            "device",
-            "threads",
-            "test_accuracy",
-            "delta_vs_keras",
-            "parity",
-            "size_mb",
-            "params",
-            "mflops_per_image",
-            "p50_ms_batch1",
-            "p99_ms_batch1",
-            "images_per_s",
-            "throughput_batch",
-            "pct_of_peak",
-            "peak_g_per_s",
-            "pareto_latency",
-            "pareto_size",
-            "recommended",
-            "measured_at",
-        ]
-    )
-    for r in rep.rows:
-        writer.writerow(
-            [
-                r.spec,
-                r.key,
-                r.format,
-                r.precision,
-                r.runtime,
-                r.device,
-                r.threads,
-                r.accuracy,
-                r.delta,
-                r.parity,
-                round(r.size_mb, 6),
-                r.params,
-                round(r.mflops, 4),
-                r.p50_ms,
-                r.p99_ms,
-                r.throughput,
-                r.throughput_batch,
-                r.pct_peak,
-                r.peak,
-                r.front_latency,
-                r.front_size,
-                r is rep.pick,
-                r.measured_at,
-            ]
-        )
-    return buf.getvalue()
-
-
-def plot(rep: Report, which: str, target: Path) -> Path | None:
-    """Accuracy against batch-1 p50 latency ("latency") or file size ("size"), front joined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cost = (lambda r: r.p50_ms) if which == "latency" else (lambda r: r.size_mb)
-    flag = (lambda r: r.front_latency) if which == "latency" else (lambda r: r.front_size)
-    points = [r for r in rep.rows if r.accuracy is not None and cost(r) is not None]
-    if not points:
-        return None
-    fig, ax = plt.subplots(figsize=(11.5, 6.5), dpi=110)
-    markers = {"keras": "s", "onnx": "o", "tflite": "^"}
-    runtimes_seen = sorted({r.runtime for r in points})
-    colors = {rt: plt.cm.tab10(i % 10) for i, rt in enumerate(runtimes_seen)}
-    for i, r in enumerate(sorted(points, key=cost)):
-        ax.scatter(
-            cost(r),
-            r.accuracy * 100,
-            marker=markers.get(r.format, "o"),
-            s=70,
-            color=colors[r.runtime],
-            edgecolors="black" if flag(r) else "none",
-            linewidths=1.2,
-            zorder=3,
-        )
-        label = f"{r.key} {SHORT_RUNTIME.get(r.runtime, r.runtime)}"
-        if r.device != "cpu":
-            label += f" {r.device}"
-        if len({p.spec for p in points}) > 1:
-            label += f" ({r.spec})"
-        # Cycle through four offsets so neighbours at the same accuracy do not print over each other.
-        dx, dy = ((6, 6), (6, -12), (-6, 16), (-6, -22))[i % 4]
-        ax.annotate(
-            label,
-            (cost(r), r.accuracy * 100),
-            textcoords="offset points",
-            xytext=(dx, dy),
-            ha="left" if dx > 0 else "right",
-            fontsize=7,
-            arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5},
-        )
-    front = sorted((r for r in points if flag(r)), key=cost)
-    if front:
-        ax.step(
-            [cost(r) for r in front],
-            [r.accuracy * 100 for r in front],
-            where="post",
-            color="gray",
-            linestyle="--",
-            linewidth=1,
-            label="Pareto front",
-            zorder=2,
-        )
-    if rep.pick is not None and rep.pick in points:
-        ax.scatter(
-            cost(rep.pick),
-            rep.pick.accuracy * 100,
-            marker="*",
-            s=320,
-            facecolors="none",
-            edgecolors="red",
-            linewidths=1.5,
-            label="recommended pick",
-            zorder=4,
-        )
-    for rt in runtimes_seen:
-        ax.scatter([], [], color=colors[rt], label=rt)
-    for fmt, m in markers.items():
-        if any(r.format == fmt for r in points):
-            ax.scatter([], [], marker=m, color="white", edgecolors="black", label=f"{fmt} file")
-    ax.set_xscale("log")
-    ax.set_xlabel(
-        "batch-1 p50 latency (ms, log scale)" if which == "latency" else "file size (MB, log scale)"
-    )
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(
-        f"Accuracy vs {'latency' if which == 'latency' else 'size'} "
-        "(black edge: Pareto front; colour: runtime; shape: file format)"
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    with artifacts.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return target
-
-
 def write_report(rep: Report) -> list[Path]:
-    plots = [
-        p
-        for p in (
-            plot(rep, "latency", rep.root / "report_accuracy_vs_latency.png"),
-            plot(rep, "size", rep.root / "report_accuracy_vs_size.png"),
-        )
-        if p
-    ]
+    from toolkit.report_columns import to_csv, to_markdown
+    from toolkit.report_plots import write_plots
+
+    plots = write_plots(rep)
     md, csv_path = rep.root / "report.md", rep.root / "report.csv"
     artifacts.write_text(csv_path, to_csv(rep))
     artifacts.write_text(md, to_markdown(rep, plots))

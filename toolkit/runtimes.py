@@ -4,6 +4,11 @@
     probabilities = model.run(batch)        # float32 [N,28,28,1] in [0,1] -> [N,10]
     model.provider                          # what actually executed, e.g. CPUExecutionProvider
 
+`load` checks the file's declared input and output (name, dtype, rank, shape) against the model
+contract (toolkit.contract.CLASSIFIER unless told otherwise): a file that differs is a
+ContractError (an ArtifactError, exit 4) naming the file, what it has and what is expected,
+before anything runs on it.
+
 RUNTIMES is the one table of runtimes (key, file suffixes, device, loader). Parity, benchmarks,
 `toolkit predict` and the recommender all go through it, always by key. Loaders import their
 library lazily, so ONNX Runtime and LiteRT paths never import TensorFlow.
@@ -20,30 +25,63 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import ArtifactError, DeviceUnavailableError, UsageError
+from toolkit.contract import CLASSIFIER, INPUT_NAME, OUTPUT_NAME, IOContract
+from toolkit.errors import ArtifactError, ContractError, DeviceUnavailableError, UsageError
 from toolkit.quiet import quiet_stderr
 
 DEVICES = ("cpu", "gpu")
+KERAS_KEYS = ("keras", "keras-predict")
 
 
 class LoadedModel:
-    """A model ready to run. Subclasses set `provider`, `input_name`, `output_names`."""
+    """A model ready to run. Subclasses fill in what the file declares about its first input and
+    the output `run` returns (shapes as declared: the batch axis symbolic, None or -1)."""
 
     runtime: str = ""
     provider: str = ""
     device: str = "cpu"
     threads: int | None = None
-    input_name: str = "image"
-    output_names: tuple[str, ...] = ("probabilities",)
-    input_shape: tuple[Any, ...] | None = None  # as declared by the file; batch axis symbolic/None/-1
+    input_count: int = 1
+    input_name: str = INPUT_NAME
+    input_dtype: str | None = None
+    input_shape: tuple[Any, ...] | None = None
+    output_names: tuple[str, ...] = (OUTPUT_NAME,)
+    output_dtype: str | None = None
+    output_shape: tuple[Any, ...] | None = None  # of the output `run` returns
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """The first output for a float32 [N,28,28,1] batch."""
+        """The contract's output for a batch in the contract's input format."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "provider": self.provider, "device": self.device,
                 "threads": self.threads}
+
+    def mismatches(self, contract: IOContract) -> list[str]:
+        """How the file's declared input/output differ from `contract` (empty: they match)."""
+        problems = [] if self.input_count == 1 else [f"{self.input_count} inputs, expected 1"]
+        return problems + contract.mismatches(
+            input_name=self.input_name, input_dtype=self.input_dtype, input_shape=self.input_shape,
+            output_name=self.output_names[0] if self.output_names else None,
+            output_dtype=self.output_dtype, output_shape=self.output_shape)
+
+
+def contract_error(path: Path, problems: list[str]) -> ContractError:
+    return ContractError(
+        f"{path}: does not match the model contract: {'; '.join(problems)}. Use a model trained and "
+        "exported by this toolkit (toolkit export --force re-exports one)"
+    )
+
+
+def check_output(path: str | Path, output: np.ndarray, *, batch: int,
+                 contract: IOContract = CLASSIFIER) -> None:
+    """A computed output against the contract (the declared shape may leave axes open)."""
+    expected = (batch, *contract.output.shape[1:])
+    shape = tuple(np.shape(output))
+    if len(shape) != len(expected) or any(isinstance(e, int) and d != e for d, e in zip(shape, expected,
+                                                                                      strict=True)):
+        raise contract_error(Path(path), [f"output shape {list(shape)} for a batch of {batch}, expected "
+                                          f"{contract.output.describe()}"])
 
 
 def _fail_load(path: Path, what: str, exc: BaseException) -> ArtifactError:
@@ -72,9 +110,11 @@ class KerasModel(LoadedModel):
         self.runtime = "keras-predict" if predict else "keras"
         self.provider = f"tensorflow {tf.__version__} CPU"
         self.device, self.threads = device, threads
-        self.input_name = self.model.inputs[0].name
+        inp, out = self.model.inputs[0], self.model.outputs[0]
+        self.input_count = len(self.model.inputs)
+        self.input_name, self.input_dtype, self.input_shape = inp.name, _dtype(inp.dtype), tuple(inp.shape)
         self.output_names = tuple(self.model.output_names)
-        self.input_shape = tuple(self.model.inputs[0].shape)
+        self.output_dtype, self.output_shape = _dtype(out.dtype), tuple(out.shape)
         self._predict = predict
         self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
@@ -130,12 +170,28 @@ class OrtModel(LoadedModel):
         if device == "gpu" and "CUDAExecutionProvider" not in active:
             raise DeviceUnavailableError(f"{path}: CUDA provider did not load (active: {active})")
         self.provider = active[0]
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_shape = tuple(self.session.get_inputs()[0].shape)
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_count = len(inputs)
+        self.input_name, self.input_shape = inputs[0].name, tuple(inputs[0].shape)
+        self.input_dtype = _ORT_TYPES.get(inputs[0].type, inputs[0].type)
+        self.output_names = tuple(o.name for o in outputs)
+        self.output_dtype = _ORT_TYPES.get(outputs[0].type, outputs[0].type)
+        self.output_shape = tuple(outputs[0].shape)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_names[0]], {self.input_name: batch})[0]
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
+              "tensor(int64)": "int64"}
+
+
+def _dtype(value: Any) -> str:
+    try:
+        return np.dtype(value).name
+    except TypeError:
+        return str(value)
 
 
 # ---------------------------------------------------------------- LiteRT
@@ -164,13 +220,17 @@ class LiteRTModel(LoadedModel):
         except Exception as exc:
             raise _fail_load(path, "TFLite model", exc) from None
         self._input_index = details["index"]
+        self.input_count = len(self.interpreter.get_input_details())
         self.input_shape = tuple(int(d) for d in details["shape_signature"])
-        self.input_name = names.get(details["index"], _tflite_name(details["name"], "image"))
-        self.output_names = tuple(names.get(o["index"], _tflite_name(o["name"], "probabilities"))
-                                  for o in outputs)
-        # The contract's output if the signature names it, else the first.
-        first = self.output_names.index("probabilities") if "probabilities" in self.output_names else 0
+        self.input_dtype = _dtype(details["dtype"])
+        self.input_name = names.get(details["index"], _tflite_name(details["name"], INPUT_NAME))
+        names_out = [names.get(o["index"], _tflite_name(o["name"], OUTPUT_NAME)) for o in outputs]
+        # The contract's output if the signature names it, else the first; listed first.
+        first = names_out.index(OUTPUT_NAME) if OUTPUT_NAME in names_out else 0
+        self.output_names = tuple([names_out[first], *(n for i, n in enumerate(names_out) if i != first)])
         self._output_index = outputs[first]["index"]
+        self.output_shape = tuple(int(d) for d in outputs[first]["shape_signature"])
+        self.output_dtype = _dtype(outputs[first]["dtype"])
         self._batch = -1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -212,6 +272,9 @@ class Runtime:
     module: str  # imported to check availability, without loading a model
     loader: Callable[..., LoadedModel] = field(repr=False)
     description: str = ""
+    # What loading a model imports, importable ahead of it (the "runtime imported, no model"
+    # baseline of the memory benchmark).
+    preload: tuple[str, ...] = ()
 
     def available(self) -> bool:
         try:
@@ -231,20 +294,20 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("keras", (".keras",), ("cpu",), "tensorflow",
                 lambda p, device, threads: KerasModel(p, predict=False, device=device,
                                                       threads=threads),
-                "Keras model called as a compiled tf.function"),
+                "Keras model called as a compiled tf.function", ("toolkit._tf", "toolkit.models")),
         Runtime("keras-predict", (".keras",), ("cpu",), "tensorflow",
                 lambda p, device, threads: KerasModel(p, predict=True, device=device,
                                                       threads=threads),
-                "Keras model.predict, as users call it"),
+                "Keras model.predict, as users call it", ("toolkit._tf", "toolkit.models")),
         Runtime("onnxruntime", (".onnx",), ("cpu",), "onnxruntime",
                 lambda p, device, threads: OrtModel(p, device="cpu", threads=threads),
-                "ONNX Runtime, CPU execution provider"),
+                "ONNX Runtime, CPU execution provider", ("onnxruntime",)),
         Runtime("onnxruntime-cuda", (".onnx",), ("gpu",), "onnxruntime",
                 lambda p, device, threads: OrtModel(p, device="gpu", threads=threads),
-                "ONNX Runtime, CUDA execution provider (no CPU fallback)"),
+                "ONNX Runtime, CUDA execution provider (no CPU fallback)", ("onnxruntime",)),
         Runtime("litert", (".tflite",), ("cpu",), "ai_edge_litert",
                 lambda p, device, threads: LiteRTModel(p, device=device, threads=threads),
-                "LiteRT interpreter with XNNPACK"),
+                "LiteRT interpreter with XNNPACK", ("ai_edge_litert.interpreter",)),
     )
 }
 
@@ -274,8 +337,9 @@ def default_runtime(path: str | Path, device: str = "cpu") -> Runtime:
 
 
 def load(path: str | Path, runtime: str | None = None, *, device: str = "cpu",
-         threads: int | None = None) -> LoadedModel:
-    """Load `path` on a runtime (default: the first that runs its suffix on `device`)."""
+         threads: int | None = None, contract: IOContract | None = CLASSIFIER) -> LoadedModel:
+    """Load `path` on a runtime (default: the first that runs its suffix on `device`) and check it
+    against `contract` (None: no check, for callers that collect mismatches themselves)."""
     path = Path(path)
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
@@ -286,7 +350,11 @@ def load(path: str | Path, runtime: str | None = None, *, device: str = "cpu",
         raise ArtifactError(f"{path}: model file not found. Export or train it first")
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be >= 1, got {threads}")
-    return chosen.loader(path, device=device, threads=threads)
+    model = chosen.loader(path, device=device, threads=threads)
+    problems = model.mismatches(contract) if contract is not None else []
+    if problems:
+        raise contract_error(path, problems)
+    return model
 
 
 def cpu_count() -> int:

@@ -28,12 +28,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from toolkit.contract import IMAGE_SHAPE, NUM_CLASSES
 from toolkit.errors import UsageError
+from toolkit.precision import MODES as PRECISION_MODES
 
 OPTIMIZERS = ("adam", "rmsprop")
 FAMILIES = ("DNN", "CNN")
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
 DEFAULT_L2 = 1e-3
 
 
@@ -66,6 +66,9 @@ class Spec:
     augment: bool = False
     epochs: int = 20
     validation_fraction: float = 0.1
+    # Training arithmetic (toolkit.precision): the run's manifest records the mode it resolved to,
+    # so it is not part of summary().
+    mixed_precision: str = "off"
     readings: tuple[str, ...] = ()
     reported: Reported | None = field(default=None, compare=False)
 
@@ -101,6 +104,8 @@ class Spec:
             yield f"epochs must be positive, got {self.epochs}"
         if not 0.0 < self.validation_fraction < 0.5:
             yield f"validation_fraction must be in (0, 0.5), got {self.validation_fraction}"
+        if self.mixed_precision not in PRECISION_MODES:
+            yield f"mixed_precision must be one of {PRECISION_MODES}, got {self.mixed_precision!r}"
         side = IMAGE_SHAPE[0]
         for _ in self.conv_filters:
             side = (side - self.kernel_size[0]) // self.conv_strides + 1
@@ -144,9 +149,11 @@ class Spec:
         return self.dense_units[-1]
 
     def summary(self) -> dict[str, Any]:
+        """The spec as the run manifest records it. The mixed-precision mode is left out: the manifest
+        carries the mode it resolved to (only when not float32, so float32 runs keep their ids)."""
         data = dataclasses.asdict(self)
-        data.pop("reported")
-        data.pop("readings")
+        for key in ("reported", "readings", "mixed_precision"):
+            data.pop(key)
         return data
 
 

@@ -31,7 +31,6 @@ import math
 import os
 import shutil
 import socket
-import statistics
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ from typing import Any
 from toolkit import artifacts, data
 from toolkit.errors import ArtifactError, Interrupted, PartialFailure, ToolkitError, UsageError
 from toolkit.specs import Spec, match_specs, with_overrides
+from toolkit.stats import Interval, Spread, interval_of_accuracy, seed_spread
 
 BACKENDS = ("local", "ray")
 # The figures the seed reports for every spec (its Tables 3 and 4); test loss it does not report.
@@ -77,7 +77,8 @@ class RunStatus:
 
     @property
     def key(self) -> str:
-        return f"{self.spec.name}/{artifacts.run_id(self.seed, self.spec.epochs, self.limit_train)}"
+        rid = artifacts.run_id(self.seed, self.spec.epochs, self.limit_train, self.spec.mixed_precision)
+        return f"{self.spec.name}/{rid}"
 
     @property
     def done(self) -> bool:
@@ -129,8 +130,10 @@ class SweepState:
 
 
 def plan_sweep(patterns: Sequence[str] | None, *, seeds: int = 1, epochs: int | None = None,
-               limit_train: int | None = None, backend: str = "local") -> SweepState:
-    """The runs of a sweep: every spec matching `patterns` (default all 17) x seeds 0..N-1."""
+               limit_train: int | None = None, backend: str = "local",
+               mixed_precision: str | None = None) -> SweepState:
+    """The runs of a sweep: every spec matching `patterns` (default all 17) x seeds 0..N-1, each
+    in `mixed_precision` (default: each spec's recipe), resolved here for this machine."""
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     if epochs is not None and epochs < 1:
@@ -139,14 +142,23 @@ def plan_sweep(patterns: Sequence[str] | None, *, seeds: int = 1, epochs: int | 
         raise UsageError(f"--limit-train must be at least 10, got {limit_train}")
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    specs = [with_overrides(s, epochs=epochs) for s in match_specs(patterns)]
+    from toolkit import precision
+
+    specs = [with_overrides(s, epochs=epochs,
+                            mixed_precision=precision.resolve(mixed_precision or s.mixed_precision))
+             for s in match_specs(patterns)]
+    from toolkit.train import check_limit_train
+
+    for spec in specs:
+        check_limit_train(limit_train, fraction=spec.validation_fraction)
     runs = [RunStatus(spec, seed, limit_train) for spec in specs for seed in range(seeds)]
     return SweepState(runs, epochs, seeds, limit_train, backend)
 
 
 def _manifest(run: RunStatus, checksums: dict[str, str]) -> dict[str, Any]:
     return artifacts.make_manifest(run.spec, seed=run.seed, epochs=run.spec.epochs,
-                                   limit_train=run.limit_train, data_checksums=checksums)
+                                   limit_train=run.limit_train, data_checksums=checksums,
+                                   mixed_precision=run.spec.mixed_precision)
 
 
 def _describe(exc: BaseException) -> str:
@@ -191,7 +203,8 @@ def run_sweep(state: SweepState, *, root: str | Path | None = None,
             )
         _run_local(state, root, data_dir, monitor)
     else:
-        _run_ray(state, root, data_dir, address, max_concurrent, cpus_per_run, transfer, monitor)
+        _run_ray(state, root=root, data_dir=data_dir, address=address, max_concurrent=max_concurrent,
+                 cpus_per_run=cpus_per_run, transfer=transfer, monitor=monitor)
     state.finished = time.time()
     return state
 
@@ -273,8 +286,9 @@ class _ProgressBoard:
         return dict(self.epochs)
 
 
-def _ray_task(spec_name: str, seed: int, epochs: int, limit_train: int | None,
-              data_dir: str | None, root: str, token: str, cpus: int, board) -> dict[str, Any]:
+def _ray_task(*, spec_name: str, seed: int, epochs: int, limit_train: int | None,
+              data_dir: str | None, root: str, token: str, cpus: int, board,
+              mixed_precision: str = "off") -> dict[str, Any]:
     """Train one run on a Ray worker.
 
     Workers are reused between the tasks of one sweep: a fresh process per task paid ~8 s of
@@ -292,14 +306,14 @@ def _ray_task(spec_name: str, seed: int, epochs: int, limit_train: int | None,
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, cpus)))
     from toolkit import train as train_mod
 
-    key = f"{spec_name}/{artifacts.run_id(seed, epochs, limit_train)}"
+    key = f"{spec_name}/{artifacts.run_id(seed, epochs, limit_train, mixed_precision)}"
 
     def hook(epoch: int, total: int, logs: dict[str, float]) -> None:
         board.report.remote(key, epoch, logs)
 
     shared = (Path(root) / token).is_file()
     common = dict(seed=seed, epochs=epochs, limit_train=limit_train, data_dir=data_dir,
-                  promote=False, on_epoch=hook)
+                  promote=False, on_epoch=hook, mixed_precision=mixed_precision)
     try:
         if shared:
             result = train_mod.train(spec_name, root=root, resume=True, **common)
@@ -307,7 +321,9 @@ def _ray_task(spec_name: str, seed: int, epochs: int, limit_train: int | None,
                     "node": socket.gethostname()}
         with tempfile.TemporaryDirectory(prefix="toolkit-sweep-") as tmp:
             result = train_mod.train(spec_name, root=tmp, **common)
-            files = {name: (result.run_dir / name).read_bytes() for name in artifacts.RUN_FILES}
+            files = {name: (result.run_dir / name).read_bytes()
+                     for name in (*artifacts.RUN_FILES, *artifacts.OPTIONAL_RUN_FILES)
+                     if (result.run_dir / name).is_file()}
         return {"metrics": result.metrics, "reused": False, "files": files,
                 "node": socket.gethostname()}
     finally:
@@ -327,8 +343,9 @@ def install_run(root: Path, run: RunStatus, files: dict[str, bytes],
             return existing
         staging = artifacts.make_private_dir(arts.runs_dir, f".{rid}.staging-")
         try:
-            for name in artifacts.RUN_FILES:
-                artifacts.write_bytes(staging / name, files[name])
+            for name in (*artifacts.RUN_FILES, *artifacts.OPTIONAL_RUN_FILES):
+                if name in files or name in artifacts.RUN_FILES:
+                    artifacts.write_bytes(staging / name, files[name])
             final = arts.run_dir(rid)
             if final.exists():  # an incomplete leftover; completed_run said it is not reusable
                 shutil.rmtree(final)
@@ -364,7 +381,7 @@ def _start_ray(ray, address: str | None) -> bool:
     return True
 
 
-def _run_ray(state: SweepState, root: Path, data_dir, address: str | None,
+def _run_ray(state: SweepState, *, root: Path, data_dir, address: str | None,
              max_concurrent: int | None, cpus_per_run: int, transfer: str,
              monitor: Monitor | None) -> None:
     ray = import_ray()
@@ -395,8 +412,10 @@ def _run_ray(state: SweepState, root: Path, data_dir, address: str | None,
             while pending or inflight:
                 while pending and len(inflight) < window:
                     run = pending.pop(0)
-                    ref = task.remote(run.spec.name, run.seed, run.spec.epochs, run.limit_train,
-                                      data_arg, str(root), token, cpus_per_run, board)
+                    ref = task.remote(spec_name=run.spec.name, seed=run.seed, epochs=run.spec.epochs,
+                                      limit_train=run.limit_train, data_dir=data_arg, root=str(root),
+                                      token=token, cpus=cpus_per_run, board=board,
+                                      mixed_precision=run.spec.mixed_precision)
                     inflight[ref] = run
                     state.mark_running(run)
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
@@ -481,20 +500,12 @@ def _previous_errors(root: Path) -> dict[str, str]:
         return {}  # the record only annotates; a damaged one must not block the table
 
 
-@dataclass(frozen=True)
-class Stat:
-    mean: float
-    std: float | None  # sample std over seeds (ddof=1); None with one seed
-    low: float
-    high: float
-    n: int
-
-
-def _stat(values: list[float]) -> Stat | None:
-    if not values:
-        return None
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return Stat(statistics.fmean(values), std, min(values), max(values), len(values))
+# Mean, sample std over seeds (None with one seed) and range: toolkit.stats, as everywhere.
+Stat = Spread
+_stat = seed_spread
+# Accuracy figures and the metrics.json count of images each is a fraction of.
+ACCURACY_IMAGES = {"test_accuracy": "test_images", "train_accuracy": "train_images",
+                   "val_accuracy": "val_images"}
 
 
 @dataclass(frozen=True)
@@ -519,6 +530,15 @@ class SpecRow:
     def diff(self, figure: str) -> float | None:
         stat, theirs = self.stats.get(figure), self.reported(figure)
         return None if stat is None or theirs is None else stat.mean - theirs
+
+    def interval(self, figure: str) -> Interval | None:
+        """The 95% Wilson interval of one run's accuracy at the mean over seeds (the images an
+        accuracy counts come from the runs' metrics)."""
+        stat = self.stats.get(figure)
+        counts = [r.metrics.get(ACCURACY_IMAGES[figure]) for r in self.runs if r.metrics]
+        if stat is None or not counts or not counts[0]:
+            return None
+        return interval_of_accuracy(stat.mean, int(counts[0]))
 
 
 def summarize(state: SweepState) -> list[SpecRow]:
@@ -569,8 +589,8 @@ def _status(row: SpecRow, seeds: int) -> str:
     return text + (f" ({failed} failed)" if failed else "")
 
 
-ACC_COLUMNS = ["rank", "seed rank", "spec", "runs", "test acc", "seed", "Δ", "train acc", "seed",
-               "Δ", "val acc", "seed", "Δ"]
+ACC_COLUMNS = ["rank", "seed rank", "spec", "runs", "test acc", "95% CI", "seed", "Δ", "train acc",
+               "95% CI", "seed", "Δ", "val acc", "95% CI", "seed", "Δ"]
 LOSS_COLUMNS = ["spec", "test loss", "train loss", "seed", "Δ", "val loss", "seed", "Δ",
                 "train s", "seed s"]
 
@@ -581,7 +601,9 @@ def accuracy_rows(rows: list[SpecRow], seeds: int) -> list[list[str]]:
         line = [str(row.rank or "-"), str(row.seed_rank or "-"), row.spec.name,
                 _status(row, seeds)]
         for fig in ("test_accuracy", "train_accuracy", "val_accuracy"):
+            ci = row.interval(fig)
             line += [fmt_stat(row.stats[fig], show_range=fig == "test_accuracy"),
+                     f"{ci.low:.4f}–{ci.high:.4f}" if ci else "-",
                      _num(row.reported(fig)), _num(row.diff(fig), signed=True)]
         out.append(line)
     return out
@@ -611,6 +633,9 @@ def describe_settings(state: SweepState) -> str:
     n_specs = len({r.spec.name for r in state.runs})
     seeds = f"{state.seeds} seeds (0..{state.seeds - 1})" if state.seeds > 1 else "1 seed (0)"
     text = f"{n_specs} spec{'s' if n_specs != 1 else ''} × {seeds}, epochs: {epochs}"
+    modes = sorted({r.spec.mixed_precision for r in state.runs})
+    if modes != ["off"]:
+        text += f", mixed precision: {', '.join(modes)}"
     if state.limit_train:
         text += f", training subset: {state.limit_train} images"
     return text
@@ -640,9 +665,12 @@ def render_markdown(state: SweepState, rows: list[SpecRow]) -> str:
         f"Settings: {describe_settings(state)}. {origin}\n",
         *([f"**{caveat}**\n"] if caveat else []),
         "Our figures are the mean over seeds; with more than one seed, ± is the sample standard "
-        "deviation and [a–b] the range. \"seed\" is the study's reported figure (its Tables 3 "
-        "and 4) and Δ = ours − seed. Ranks order specs by mean test accuracy (ours) and by the "
-        "study's test accuracy (seed rank) among the specs shown.\n",
+        "deviation and [a–b] the range: that spread is what separates two trainings. \"95% CI\" "
+        "is the Wilson interval of one run's accuracy at that value on the images it counts "
+        "(test: the 10,000 test images; train and val: the training images and the validation "
+        "holdout), so two specs whose intervals overlap may not differ. \"seed\" is the study's "
+        "reported figure (its Tables 3 and 4) and Δ = ours − seed. Ranks order specs by mean test "
+        "accuracy (ours) and by the study's test accuracy (seed rank) among the specs shown.\n",
         "## Accuracy\n",
         _md_table(ACC_COLUMNS, accuracy_rows(rows, state.seeds)),
         "\n## Loss and training time\n",
@@ -662,6 +690,8 @@ def render_csv(state: SweepState, rows: list[SpecRow]) -> str:
     for fig in FIGURES:
         header += [f"{fig}_mean", f"{fig}_std", f"{fig}_min", f"{fig}_max", f"{fig}_seed",
                    f"{fig}_diff"]
+        if fig in ACCURACY_IMAGES:
+            header += [f"{fig}_ci95_low", f"{fig}_ci95_high"]
     header.append("errors")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -677,6 +707,9 @@ def render_csv(state: SweepState, rows: list[SpecRow]) -> str:
                      "" if stat is None else repr(stat.low), "" if stat is None else repr(stat.high),
                      "" if row.reported(fig) is None else repr(row.reported(fig)),
                      "" if row.diff(fig) is None else repr(row.diff(fig))]
+            if fig in ACCURACY_IMAGES:
+                ci = row.interval(fig)
+                line += ["", ""] if ci is None else [repr(ci.low), repr(ci.high)]
         line.append("; ".join(row.errors))
         writer.writerow(line)
     return buf.getvalue()
@@ -701,6 +734,7 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(scored) + 2.0), layout="constrained")
     ax.barh(ys, means, xerr=errs if any(errs) else None, color=colors, alpha=0.85, capsize=3,
             height=0.65, error_kw={"elinewidth": 1.2})
+    cis = _draw_intervals(ax, scored, means, ys)
     labelled = False
     for y, row in zip(ys, scored, strict=True):
         values = [float(r.metrics["test_accuracy"]) for r in row.runs if r.metrics]
@@ -714,8 +748,10 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
         ax.scatter([p[0] for p in seed_points], [p[1] for p in seed_points], marker="D", s=36,
                    color="#C44E52", zorder=4, label="seed's reported test accuracy")
     lows = [m - e for m, e in zip(means, errs, strict=True)] + [p[0] for p in seed_points]
+    lows += [c.low for c in cis]
     left = max(0.0, math.floor((min(lows) - 0.02) * 50) / 50)
     highs = [m + e for m, e in zip(means, errs, strict=True)] + [p[0] for p in seed_points]
+    highs += [c.high for c in cis]
     ax.set_xlim(left, min(1.0, max(highs) + 0.02))
     ax.set_yticks(ys, [r.spec.name for r in scored], fontsize=8)
     ax.set_xlabel("test accuracy (10,000 Fashion-MNIST test images)")
@@ -735,6 +771,18 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
     with artifacts.atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _draw_intervals(ax, scored: list[SpecRow], means: list[float], ys: list[int]) -> list[Interval]:
+    """Thin whiskers just above each bar: the 95% Wilson interval of one run at the mean."""
+    cis = [r.interval("test_accuracy") for r in scored]
+    if not all(cis):
+        return []
+    ax.errorbar(means, [y + 0.22 for y in ys], fmt="none", ecolor="0.35", elinewidth=0.8, capsize=2,
+                xerr=[[m - c.low for m, c in zip(means, cis, strict=True)],
+                      [c.high - m for m, c in zip(means, cis, strict=True)]],
+                label="95% CI of one run (Wilson, 10,000 test images)")
+    return cis
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ training never touches the previous complete run.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import time
 import warnings
@@ -20,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import __version__, artifacts, data
+from toolkit import artifacts, data, precision
+from toolkit.contract import package_versions
 from toolkit.errors import Interrupted, UsageError
 from toolkit.specs import Spec, get_spec, with_overrides
 
@@ -36,32 +36,38 @@ class TrainResult:
     promoted: bool
 
 
+TRAIN_IMAGES = data.FILES["train_images"].dims[0]  # 60,000: every verified dataset has them all
+
+
+def check_limit_train(limit_train: int | None, *, fraction: float, n_train: int = TRAIN_IMAGES) -> None:
+    """A usage error unless 10 <= limit <= the training images left after the validation holdout
+    (54,000 of 60,000 at the seed's 10%): a larger limit would silently shrink the holdout."""
+    if limit_train is None:
+        return
+    if limit_train < 10:
+        raise UsageError(f"--limit-train {limit_train} is too small; use at least 10 images")
+    available = n_train - int(round(n_train * fraction))
+    if limit_train > available:
+        raise UsageError(
+            f"--limit-train {limit_train:,} is more than the {available:,} training images left after the "
+            f"{n_train - available:,}-image validation holdout; use at most {available} (or leave it out "
+            "to train on all of them)"
+        )
+
+
 def split_indices(n_train: int, *, seed: int, fraction: float,
                   limit_train: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, validation) index split of the training set; a limit shrinks both."""
+    check_limit_train(limit_train, fraction=fraction, n_train=n_train)
     order = np.random.default_rng(seed).permutation(n_train)
     n_val = int(round(n_train * fraction))
     if limit_train:
-        if limit_train < 10:
-            raise UsageError(f"--limit-train {limit_train} is too small; use at least 10 images")
         n_val = max(10, int(round(limit_train * fraction / (1 - fraction))))
     val = order[:n_val]
     train = order[n_val:]
     if limit_train:
         train = train[:limit_train]
     return np.sort(train), np.sort(val)
-
-
-def package_versions() -> dict[str, str]:
-    from toolkit._tf import keras, tf
-
-    return {
-        "toolkit": __version__,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def train(
@@ -78,23 +84,28 @@ def train(
     progress: bool = False,
     on_epoch: EpochHook | None = None,
     console=None,
+    mixed_precision: str | None = None,
 ) -> TrainResult:
     """Train `exp` (or reuse the completed run with the same manifest) and return its metrics.
 
     `promote` makes the run the spec's current run (what `toolkit train` does); sweeps and
     stability analyses pass False so they never replace another seed's current run.
+    `mixed_precision` (bf16, fp16, off, auto; None: the spec's recipe) is resolved here, once:
+    the run id, manifest and metrics name the resolved mode (toolkit.precision).
     """
     spec = get_spec(exp) if isinstance(exp, str) else exp
-    spec = with_overrides(spec, epochs=epochs)
+    mode = precision.resolve(mixed_precision or spec.mixed_precision)
+    spec = with_overrides(spec, epochs=epochs, mixed_precision=mode)
     if seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}")
     if limit_train is not None and limit_train <= 0:
         raise UsageError(f"--limit-train must be positive, got {limit_train}")
+    check_limit_train(limit_train, fraction=spec.validation_fraction)  # before the run id names it
     dataset = data.load(data_dir)
     arts = artifacts.spec_artifacts(spec.name, root)
     manifest = artifacts.make_manifest(
         spec, seed=seed, epochs=spec.epochs, limit_train=limit_train,
-        data_checksums=dataset.checksums,
+        data_checksums=dataset.checksums, mixed_precision=mode,
     )
     rid = manifest["run_id"]
     with artifacts.exclusive_lock(arts.lock_file(rid), what=f"run {spec.name}/{rid}"):
@@ -151,23 +162,14 @@ def _make_datasets(spec: Spec, dataset: data.Dataset, *, seed: int, limit_train:
 def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, console) -> Path:
     from toolkit._tf import keras, tf
     from toolkit.callbacks import EpochHookCallback, PartialCheckpoint, RichProgress
-    from toolkit.models import build_model, compile_model
 
     seed, rid, limit_train = manifest["seed"], manifest["run_id"], manifest["limit_train"]
+    mode = spec.mixed_precision
     keras.utils.set_random_seed(seed)
     # Same spec and seed give the same weights run to run on CPU.
     tf.config.experimental.enable_op_determinism()
     partial = arts.partial_dir(rid)
-    state = _load_partial(partial, manifest) if resume else None
-    if state is None:
-        if partial.exists():
-            shutil.rmtree(partial)
-        model = compile_model(build_model(spec), spec)
-        history: dict[str, list[float]] = {}
-        initial_epoch, seconds_before = 0, 0.0
-    else:
-        model = keras.saving.load_model(partial / "checkpoint.keras", safe_mode=True)
-        history, initial_epoch, seconds_before = state
+    model, history, initial_epoch, seconds_before = _model_and_state(spec, manifest, partial, resume)
     train_ds, val_ds, n_train, n_val = _make_datasets(
         spec, dataset, seed=seed, limit_train=limit_train, initial_epoch=initial_epoch)
     steps = int(np.ceil(n_train / spec.batch_size))
@@ -175,27 +177,35 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     callbacks: list[keras.callbacks.Callback] = [checkpoint]
     if on_epoch is not None:
         callbacks.append(EpochHookCallback(on_epoch, spec.epochs))
-    display = RichProgress(spec, steps, initial_epoch, console) if progress else None
-    if display is not None:
+    display = None
+    if progress:
+        header = (f"{spec.name} · seed {seed} · {spec.epochs} epochs · batch {spec.batch_size} · "
+                  f"{n_train:,} training images · {precision.describe(mode)}")
+        display = RichProgress(spec, steps, initial_epoch, console, header=header, n_train=n_train)
         callbacks.append(display)
     try:
         if initial_epoch < spec.epochs:
             warnings.filterwarnings("ignore", message=".*shuffle=True.*", category=UserWarning)
             model.fit(train_ds, validation_data=val_ds, epochs=spec.epochs, steps_per_epoch=steps,
                       initial_epoch=initial_epoch, verbose=0, callbacks=callbacks)
+        checkpoint.finish()
     except KeyboardInterrupt:
-        done = checkpoint.epochs_done
+        done = checkpoint.finish()  # the epoch being written is committed before we report it
         raise Interrupted(
             f"training of {spec.name} interrupted after {done}/{spec.epochs} epochs; the "
-            f"previous complete run is untouched. Resume with: toolkit train --exp {spec.name} "
-            f"--seed {seed} --epochs {spec.epochs} --resume"
+            f"previous complete run is untouched. Resume with: "
+            f"{resume_command(spec.name, seed, spec.epochs, limit_train, mode)}"
         ) from None
     finally:
         if display is not None:
             display.stop()
+    if mode != "off":  # model.keras and the exports hold the float32 model, as for float32 runs
+        model = precision.float32_copy(model, build=lambda: build_training_model(spec, "off"))
     x_test = data.to_model_input(dataset.x_test)
     test_loss, test_accuracy = model.evaluate(x_test, dataset.y_test.astype(np.int32),
                                               batch_size=1024, verbose=0)
+    # Kept beside the run so that any two runs or exports can be compared image by image.
+    top1 = np.argmax(model.predict(x_test, batch_size=1024, verbose=0), axis=1).astype(np.uint8)
     history = checkpoint.history
     metrics = {
         "spec": spec.name,
@@ -207,11 +217,15 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         "val_accuracy": history["val_accuracy"][-1],
         "val_loss": history["val_loss"][-1],
         "train_seconds": round(checkpoint.seconds, 2),
+        # Training and validation images per second over the run's epochs.
+        "images_per_second": round(n_train * spec.epochs / checkpoint.seconds, 1),
+        # The resolved mode; the test figures are always of the saved float32 model.
+        "mixed_precision": mode,
         "epochs": spec.epochs,
         "seed": seed,
         "limit_train": limit_train,
-        # Data order after a resume matches an uninterrupted run; dropout randomness does not
-        # bit-for-bit (Keras does not restore its seed generators' progress), so say so.
+        # A resumed run restores weights, optimizer state and dropout seed states, and sees the
+        # same data order, so it continues as an uninterrupted run would (augmentation aside).
         "resumed_from_epoch": initial_epoch or None,
         "train_images": n_train,
         "val_images": n_val,
@@ -223,15 +237,73 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "manifest": manifest,
     }
-    return _commit_run(arts, rid, model, history, metrics, partial)
+    return _commit_run(arts, rid, model, history, metrics, partial, top1=top1)
 
 
-def _commit_run(arts, rid, model, history, metrics, partial: Path) -> Path:
+def _model_and_state(spec: Spec, manifest: dict[str, Any], partial: Path, resume: bool):
+    """(model, history, epochs done, seconds so far): a new model, or with --resume the last
+    committed epoch of the interrupted run (toolkit.checkpoint), restored into a fresh build."""
+    from toolkit.checkpoint import load_resume
+
+    state = load_resume(partial, manifest) if resume else None
+    if state is None and partial.exists():
+        shutil.rmtree(partial)
+    model = build_training_model(spec, spec.mixed_precision)
+    if state is None:
+        return model, {}, 0, 0.0
+    state.snapshot.restore(model)
+    return model, state.history, state.epochs_done, state.seconds
+
+
+def build_training_model(spec: Spec, mode: str):
+    """The spec's model compiled for training in `mode` (the policy, and the optimizer that goes
+    with it); variables and output stay float32. Training, the profile and the training benchmark
+    all build through here."""
+    from toolkit.models import build_model, compile_model
+
+    with precision.policy_scope(mode):
+        model = compile_model(build_model(spec), spec,
+                              optimizer=precision.training_optimizer(spec.optimizer, mode))
+    precision.check_float32_contract(model)
+    return model
+
+
+def resume_command(name: str, seed: int, epochs: int, limit_train: int | None, mode: str) -> str:
+    """The command that continues this interrupted run."""
+    limit = f" --limit-train {limit_train}" if limit_train else ""
+    return (f"toolkit train --exp {name} --seed {seed} --epochs {epochs}{limit} "
+            f"--mixed-precision {mode} --resume")
+
+
+def check_resume_precision(exp: str | Spec, *, seed: int = 0, epochs: int | None = None,
+                           limit_train: int | None = None, mixed_precision: str | None = None,
+                           root: str | Path | None = None) -> None:
+    """`--resume` of a run whose interrupted state was trained in another precision is a
+    UsageError naming the command that continues it (a different precision is another run)."""
+    spec = get_spec(exp) if isinstance(exp, str) else exp
+    mode = precision.resolve(mixed_precision or spec.mixed_precision)
+    epochs = epochs or spec.epochs
+    arts = artifacts.spec_artifacts(spec.name, root)
+    if (arts.partial_dir(artifacts.run_id(seed, epochs, limit_train, mode)) / "progress.json").is_file():
+        return
+    for other in precision.RESOLVED:
+        rid = artifacts.run_id(seed, epochs, limit_train, other)
+        if other != mode and (arts.partial_dir(rid) / "progress.json").is_file():
+            raise UsageError(
+                f"--resume: the interrupted run {spec.name}/{rid} trained with --mixed-precision {other}, "
+                f"not {mode}; a run resumes in its own precision. Continue it with: "
+                f"{resume_command(spec.name, seed, epochs, limit_train, other)} (or leave out --resume "
+                f"to start a {mode} run)"
+            )
+
+
+def _commit_run(arts, rid, model, history, metrics, partial: Path, *, top1: np.ndarray) -> Path:
     """Write the run to a staging folder, then rename it into runs/<run-id>/ in one step."""
     staging = artifacts.make_private_dir(arts.runs_dir, f".{rid}.staging-")
     try:
         model.save(staging / "model.keras")
         artifacts.write_json(staging / "history.json", history)
+        metrics["test_predictions"] = artifacts.save_predictions(staging / artifacts.PREDICTIONS_FILE, top1)
         artifacts.write_json(staging / "metrics.json", metrics)
         final = arts.run_dir(rid)
         if final.exists():
@@ -248,26 +320,48 @@ def _commit_run(arts, rid, model, history, metrics, partial: Path) -> Path:
     return final
 
 
-def _load_partial(partial: Path, manifest: dict[str, Any]):
-    """(history, epochs done, seconds so far) of a resumable run, or None."""
-    try:
-        state = artifacts.read_json(partial / "progress.json")
-    except Exception:
-        return None
-    if state.get("manifest") != manifest or not (partial / "checkpoint.keras").is_file():
-        return None
-    return state["history"], int(state["epochs_done"]), float(state["seconds"])
+# Each accuracy in metrics.json and the count of images it is a fraction of.
+ACCURACY_IMAGES = {"test_accuracy": "test_images", "train_accuracy": "train_images",
+                   "val_accuracy": "val_images"}
 
 
-def comparison_rows(metrics: dict[str, Any], spec: Spec) -> list[tuple[str, str, str]]:
-    """(figure, this run, seed's reported) rows for the end-of-training table."""
+def accuracy_interval(metrics: dict[str, Any], key: str = "test_accuracy"):
+    """The 95% interval (toolkit.stats) of an accuracy in `metrics`, or None if unknown."""
+    from toolkit.stats import interval_of_accuracy
+
+    value, n = metrics.get(key), metrics.get(ACCURACY_IMAGES.get(key, ""))
+    if value is None or not n:
+        return None
+    return interval_of_accuracy(float(value), int(n))
+
+
+def comparison_rows(metrics: dict[str, Any], spec: Spec) -> list[tuple[str, str, str, str]]:
+    """(figure, this run, its 95% interval, seed's reported) rows for the end-of-training table."""
     reported = spec.reported
     rows = []
     for key in ("test_accuracy", "train_accuracy", "val_accuracy", "train_loss", "val_loss",
-                "test_loss", "train_seconds"):
+                "test_loss", "train_seconds", "images_per_second"):
         ours = metrics.get(key)
         theirs = getattr(reported, key, None) if reported else None
-        fmt = "{:.2f}" if key == "train_seconds" else "{:.4f}"
-        rows.append((key, fmt.format(ours) if ours is not None else "-",
+        fmt = {"train_seconds": "{:.2f}", "images_per_second": "{:,.0f}"}.get(key, "{:.4f}")
+        interval = accuracy_interval(metrics, key) if key in ACCURACY_IMAGES else None
+        ci = f"[{interval.low:.4f}, {interval.high:.4f}]" if interval else ""
+        rows.append((key, fmt.format(ours) if ours is not None else "-", ci,
                      fmt.format(theirs) if theirs is not None else "-"))
     return rows
+
+
+def seed_spread(arts: artifacts.SpecArtifacts, metrics: dict[str, Any]):
+    """Test accuracy across the completed runs trained with this run's recipe (every seed),
+    as a toolkit.stats.Spread, or None without a manifest."""
+    from toolkit.stats import seed_spread as spread
+
+    manifest = metrics.get("manifest")
+    if not isinstance(manifest, dict):
+        return None
+    values = []
+    for rdir in artifacts.sibling_runs(arts, manifest):
+        value = artifacts.read_json(rdir / "metrics.json", what="metrics").get("test_accuracy")
+        if value is not None:
+            values.append(float(value))
+    return spread(values)

@@ -76,17 +76,19 @@ class Recommender:
         return self.index.search(self.embedder.embed(to_model_input(pixels)), k)
 
 
-def _exports(arts: artifacts.SpecArtifacts) -> list[dict[str, Any]]:
-    from export.registry import read_exports
+def _exports(arts: artifacts.SpecArtifacts) -> list[Any]:
+    from toolkit.export.record import read_exports
 
-    return read_exports(arts)
+    return read_exports(arts).exports
 
 
-def _parity_of(entry: dict[str, Any]) -> dict[str, Any]:
-    from toolkit.benchmark import _parity_status
-
-    parity = entry.get("parity") if isinstance(entry.get("parity"), dict) else {}
-    return {**parity, "status": _parity_status(entry)}
+def _parity_of(arts: artifacts.SpecArtifacts, entry: Any) -> dict[str, Any]:
+    """The entry's parity summary, its status for the file there now: pass, fail, not run, or
+    stale (parity checked another file than the one there now)."""
+    path = arts.dir / entry.path
+    state = entry.parity_state(artifacts.sha256_file(path) if path.is_file() else None)
+    summary = entry.parity.to_dict() if entry.parity is not None else {}
+    return {**summary, "status": state}
 
 
 def _report_pick(spec: str, root: Path, keys: list[str]) -> tuple[str | None, str]:
@@ -114,7 +116,8 @@ def choose_export(
     precision: str | None = None,
 ) -> ExportChoice:
     """The export to serve (see the module's docstring for the rule and the exit codes)."""
-    from export.registry import FORMAT_NAMES, PRECISIONS
+    from toolkit.contract import PRECISIONS
+    from toolkit.export.registry import FORMAT_NAMES
 
     if format is not None and format not in SERVING_RUNTIMES:
         raise UsageError(f"--format {format!r} cannot be served; valid: {', '.join(FORMAT_NAMES)}")
@@ -128,20 +131,21 @@ def choose_export(
     entries = [
         e
         for e in _exports(arts)
-        if e.get("status") == "exported"
-        and (format is None or e.get("format") == format)
-        and (precision is None or e.get("precision") == precision)
-        and e.get("format") in SERVING_RUNTIMES
-        and (arts.dir / e["path"]).is_file()
+        if e.exported
+        and (format is None or e.format == format)
+        and (precision is None or e.precision == precision)
+        and e.format in SERVING_RUNTIMES
+        and (arts.dir / e.path).is_file()
     ]
     wanted = " ".join(x for x in (format, precision) if x) or "any"
     if not entries:
         raise ArtifactError(
             f"{spec}: no {wanted} export under {arts.dir} to serve. Export it first: {fix_export}"
         )
-    passed = {e["key"]: e for e in entries if _parity_of(e)["status"] == "pass"}
+    parity = {e.key: _parity_of(arts, e) for e in entries}
+    passed = {e.key: e for e in entries if parity[e.key]["status"] == "pass"}
     if not passed:
-        states = ", ".join(f"{e['key']} {_parity_of(e)['status']}" for e in entries)
+        states = ", ".join(f"{e.key} {parity[e.key]['status']}" for e in entries)
         raise ParityError(
             f"{spec}: no {wanted} export has passed parity ({states}); a server must not "
             f"answer with an unproven model. Fix: toolkit parity --exp {spec} --artifacts "
@@ -156,27 +160,25 @@ def choose_export(
             f"the first of {', '.join(FALLBACK_ORDER)} with parity passed, because the report "
             f"has no pick ({why.rstrip('.')}); run `toolkit bench --exp {spec}` to pick by speed"
         )
-    entry = passed[key]
-    return _verified(arts, entry, chosen_by)
+    return _verified(arts, passed[key], parity[key], chosen_by)
 
 
-def _verified(arts: artifacts.SpecArtifacts, entry: dict[str, Any], chosen_by: str) -> ExportChoice:
-    path = arts.dir / entry["path"]
+def _verified(arts: artifacts.SpecArtifacts, entry: Any, parity: dict[str, Any],
+              chosen_by: str) -> ExportChoice:
+    path = arts.dir / entry.path
     fix = (
-        f"toolkit export --exp {arts.name} --format {entry['format']} --precision {entry['precision']} "
+        f"toolkit export --exp {arts.name} --format {entry.format} --precision {entry.precision} "
         f"--force --artifacts {arts.root}"
     )
     sha = artifacts.sha256_file(path)
-    if sha != entry.get("sha256"):
+    if sha != entry.sha256:
         raise ArtifactError(
             f"{path}: its SHA-256 differs from the one exports.json recorded (the file "
             f"changed after export and parity). Re-export it: {fix}"
         )
-    if arts.model.is_file() and entry.get("source_model_sha256") != artifacts.sha256_file(arts.model):
+    if arts.model.is_file() and entry.source_model_sha256 != artifacts.sha256_file(arts.model):
         raise ArtifactError(f"{path} was exported from an older model.keras; re-export it: {fix}")
-    return ExportChoice(
-        entry["key"], entry["format"], entry["precision"], path, sha, _parity_of(entry), chosen_by
-    )
+    return ExportChoice(entry.key, entry.format, entry.precision, path, sha, parity, chosen_by)
 
 
 def load_classifier(

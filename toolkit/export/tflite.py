@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from export._common import OUTPUT_NAME, info, require_calibration, serving_function, version_of
 from toolkit.artifacts import write_bytes, write_json
+from toolkit.contract import PRECISIONS
 from toolkit.errors import UsageError
+from toolkit.export._common import OUTPUT_NAME, info, require_calibration, serving_function, version_of
 
-PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
 CALIBRATION_BATCH = 50
 
 
@@ -32,10 +32,7 @@ def metadata_path(path: str | Path) -> Path:
 
 
 def converter_metadata() -> dict[str, str]:
-    tf_version = version_of("tensorflow-cpu")
-    if tf_version == "not installed":
-        tf_version = version_of("tensorflow")
-    return {"converter": f"tf.lite.TFLiteConverter (tensorflow {tf_version})",
+    return {"converter": f"tf.lite.TFLiteConverter (tensorflow {version_of('tensorflow')})",
             "keras_version": version_of("keras"), "runtime": f"ai-edge-litert {version_of('ai-edge-litert')}"}
 
 

@@ -12,7 +12,6 @@ string pairs to embed or record. It returns facts worth recording in exports.jso
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 import os
 from collections.abc import Iterator
@@ -20,14 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import CLASS_NAMES, __version__
+from toolkit import __version__
+from toolkit.contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, PREPROCESSING, package_versions
 from toolkit.errors import UsageError
 from toolkit.quiet import quiet_stderr
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-PREPROCESSING = ("float32 NHWC [N,28,28,1], grayscale, pixel/255 in [0,1]; "
-                 "output softmax probabilities [N,10]")
 DEFAULT_CALIBRATION_SIZE = 1000
 DEFAULT_CALIBRATION_SEED = 0
 
@@ -50,18 +46,19 @@ def quiet() -> Iterator[None]:
 
 
 def version_of(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    """One distribution's version from toolkit.contract.package_versions ("tensorflow" is
+    whichever of tensorflow/tensorflow-cpu is installed), or "not installed"."""
+    return package_versions((package,)).get(package, "not installed")
 
 
-def base_metadata(spec_name: str, source_sha256: str | None) -> dict[str, str]:
-    """What every exported file carries: which model, which classes, which preprocessing."""
+def base_metadata(spec_name: str, source_sha256: str | None, *,
+                  preprocessing: str = PREPROCESSING) -> dict[str, str]:
+    """What every exported file carries: which model, which classes, which preprocessing (the
+    format's own I/O description, for a variant whose contract differs)."""
     meta = {
         "spec_name": spec_name,
         "class_names": ",".join(CLASS_NAMES),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing,
         "toolkit_version": __version__,
     }
     if source_sha256:

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from export._common import (
+from toolkit.artifacts import atomic_path
+from toolkit.export._common import (
     INPUT_NAME,
     OUTPUT_NAME,
     info,
@@ -26,7 +27,6 @@ from export._common import (
     serving_function,
     version_of,
 )
-from toolkit.artifacts import atomic_path
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # per-channel QDQ and the Softmax semantics used here need 13+
@@ -96,8 +96,7 @@ def check_opset(opset: int | None) -> int:
 def converter_metadata() -> dict[str, str]:
     return {
         "converter": f"tf2onnx {version_of('tf2onnx')}",
-        "tensorflow_version": version_of("tensorflow-cpu") if version_of("tensorflow-cpu") != "not installed"
-        else version_of("tensorflow"),
+        "tensorflow_version": version_of("tensorflow"),
         "keras_version": version_of("keras"),
         "onnx_version": version_of("onnx"),
     }
@@ -227,7 +226,11 @@ def toposort(proto) -> None:
     while pending:
         ready = [n for n in pending if all(i in available for i in n.input)]
         if not ready:
-            raise ValueError("ONNX graph has a cycle or an undefined input")
+            from toolkit.errors import ArtifactError
+
+            stuck = ", ".join(sorted(n.name or n.op_type for n in pending)[:5])
+            raise ArtifactError(f"the converted ONNX graph has a cycle or an input nothing produces (at "
+                                f"{stuck}), so it cannot be written; rerun with --verbose and report it")
         for node in ready:
             ordered.append(node)
             available.update(node.output)
@@ -253,7 +256,7 @@ def op_counts(path_or_proto) -> dict[str, int]:
 def export(model, path: str | Path, *, precision: str = "fp32", calibration: np.ndarray | None = None,
            opset: int | None = None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """The exporter signature shared by export/*: write `path`, return facts to record."""
-    from export.quantize import onnx_dynamic, onnx_fp16, onnx_int8
+    from toolkit.export.quantize import onnx_dynamic, onnx_fp16, onnx_int8
 
     path = Path(path)
     proto = convert(model, opset=opset)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.artifacts import SpecArtifacts, read_json
+from toolkit.artifacts import SpecArtifacts
+from toolkit.contract import CLASSIFIER, PRECISIONS, IOContract
 from toolkit.errors import UsageError
 
 FORMAT_NAMES: tuple[str, ...] = ("onnx", "tflite")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "dynamic")
 ALL = "all"
 
 
@@ -32,6 +32,9 @@ class ExportFormat:
     runtimes: tuple[str, ...]  # toolkit.runtimes keys that run this file
     devices: tuple[str, ...]
     description: str = ""
+    # The file's inputs and outputs. Every format today keeps the classifier contract; a variant
+    # with other I/O (the planned microcontroller build: int8 in and out) names its own here.
+    io: IOContract = CLASSIFIER
 
     @property
     def quantized(self) -> bool:
@@ -50,8 +53,8 @@ class ExportFormat:
 def _fmt(format_: str, precision: str, runtimes: tuple[str, ...], devices: tuple[str, ...],
          description: str) -> ExportFormat:
     suffix = {"onnx": ".onnx", "tflite": ".tflite"}[format_]
-    return ExportFormat(f"{format_}-{precision}", format_, precision, suffix, f"export.{format_}:export",
-                        runtimes, devices, description)
+    return ExportFormat(f"{format_}-{precision}", format_, precision, suffix,
+                        f"toolkit.export.{format_}:export", runtimes, devices, description)
 
 
 _ORT = ("onnxruntime", "onnxruntime-cuda")
@@ -123,23 +126,3 @@ def export_path(arts: SpecArtifacts, fmt: ExportFormat) -> Path:
     return arts.export_dir / fmt.filename
 
 
-def read_exports_doc(arts: SpecArtifacts) -> dict[str, Any]:
-    """The whole exports.json ({"spec", "source_model_sha256", "exports": [...]}), or an empty one."""
-    if not arts.exports_json.is_file():
-        return {"spec": arts.name, "exports": []}
-    doc = read_json(arts.exports_json, what="exports list",
-                    fix=f"Delete it and rerun: toolkit export --exp {arts.name} --force")
-    if not isinstance(doc, dict) or not isinstance(doc.get("exports"), list):
-        from toolkit.errors import ArtifactError
-
-        raise ArtifactError(f"{arts.exports_json}: not an exports list (no 'exports' array). "
-                            f"Delete it and rerun: toolkit export --exp {arts.name} --force")
-    return doc
-
-
-def read_exports(arts: SpecArtifacts) -> list[dict[str, Any]]:
-    """Entries of exports.json (key, format, precision, path, size_bytes, sha256, parity, ...).
-
-    `path` is relative to the spec's folder; a missing exports.json is an empty list.
-    """
-    return list(read_exports_doc(arts)["exports"])

@@ -1,0 +1,157 @@
+"""This machine: stable facts (CPU, cores, BLAS) and the measured matrix-multiply peaks that
+"% of peak" is judged by (numpy float32 GEMM; int8 GEMM through ONNX Runtime's MatMulInteger,
+the kernel family quantized models run on; float32 MatMul through ONNX Runtime for comparison)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import runtimes
+
+# Compute each precision runs on: fp16 files compute in float32 on these CPUs (weights are
+# up-cast); dynamic quantization runs int8 GEMMs.
+PEAK_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "dynamic": "int8"}
+PEAK_KINDS = ("fp32", "int8", "fp32_ort")
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """Stable facts about this machine (no measured figures: those vary run to run)."""
+    from toolkit.benchmark.gpu import gpu_name
+
+    info = {"cpu": cpu_model(), "cores": runtimes.cpu_count(), "gpu": gpu_name()}
+    info.update(blas_info())
+    return info
+
+
+def blas_info() -> dict[str, Any]:
+    """Which BLAS numpy runs and which kernel it chose (OPENBLAS_CORETYPE can force a slower one)."""
+    out: dict[str, Any] = {"OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                out.update(blas=pool.get("internal_api"), blas_version=pool.get("version"),
+                           blas_kernel=pool.get("architecture"), blas_threads=pool.get("num_threads"))
+                break
+    except ImportError:
+        out["blas"] = "unknown (threadpoolctl not installed)"
+    return out
+
+
+def fp32_gemm_peak(threads: int, *, n: int = 1024, seconds: float = 0.6) -> dict[str, Any]:
+    """Best-of float32 GEMM throughput through numpy's BLAS on `threads` threads (GFLOP/s)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        best = _best_rate(lambda: a @ b, 2 * n**3, seconds)
+        info = blas_info()
+    return {"gflops": best / 1e9, "how": f"numpy float32 {n}x{n} matmul, best of repeated calls", **info}
+
+
+def _ort_gemm_session(op: str, a_type: int, weights: np.ndarray, out_type: int, threads: int):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    n = weights.shape[0]
+    graph = helper.make_graph(
+        [helper.make_node(op, ["a", "b"], ["y"])], f"{op}_gemm",
+        [helper.make_tensor_value_info("a", a_type, [n, n])],
+        [helper.make_tensor_value_info("y", out_type, [n, n])],
+        [numpy_helper.from_array(weights, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 9)
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(model.SerializeToString(), sess_options=runtimes.ort_session_options(threads),
+                                providers=["CPUExecutionProvider"])
+
+
+def int8_gemm_peak(threads: int, *, n: int = 1024, seconds: float = 0.6) -> dict[str, Any]:
+    """Best-of int8 GEMM throughput through ONNX Runtime's MatMulInteger (GOP/s)."""
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-127, 128, size=(n, n), dtype=np.int8)
+    session = _ort_gemm_session("MatMulInteger", TensorProto.UINT8, weights, TensorProto.INT32, threads)
+    a = rng.integers(0, 256, size=(n, n), dtype=np.uint8)
+    best = _best_rate(lambda: session.run(None, {"a": a}), 2 * n**3, seconds)
+    return {"gops": best / 1e9,
+            "how": f"ONNX Runtime MatMulInteger uint8x{n}x{n} int8 -> int32, best of calls"}
+
+
+def ort_fp32_gemm_peak(threads: int, *, n: int = 1024, seconds: float = 0.6) -> dict[str, Any]:
+    """The same float32 GEMM through ONNX Runtime (MLAS), for comparison with numpy's BLAS."""
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    weights = rng.random((n, n), dtype=np.float32)
+    session = _ort_gemm_session("MatMul", TensorProto.FLOAT, weights, TensorProto.FLOAT, threads)
+    a = rng.random((n, n), dtype=np.float32)
+    return {"gflops": _best_rate(lambda: session.run(None, {"a": a}), 2 * n**3, seconds) / 1e9,
+            "how": f"ONNX Runtime MatMul float32 {n}x{n}"}
+
+
+def _best_rate(fn: Callable[[], Any], ops: float, seconds: float) -> float:
+    fn()
+    best = float("inf")
+    start = time.perf_counter()
+    calls = 0
+    while calls < 3 or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        calls += 1
+    return ops / best
+
+
+def measure_peaks(threads: Iterable[int]) -> dict[str, Any]:
+    """{"fp32": {"1": {...}, "2": {...}}, "int8": {...}, "fp32_ort": {...}} per thread count."""
+    peaks: dict[str, Any] = {
+        "fp32": {}, "int8": {}, "fp32_ort": {},
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+    for t in sorted(set(threads)):
+        peaks["fp32"][str(t)] = fp32_gemm_peak(t)
+        peaks["int8"][str(t)] = int8_gemm_peak(t)
+        peaks["fp32_ort"][str(t)] = ort_fp32_gemm_peak(t)
+    return peaks
+
+
+def peak_value(entry: dict[str, Any] | None) -> float | None:
+    """G(FL)OP/s of one measured peak entry: float peaks say "gflops", int8 ones "gops"."""
+    if not entry:
+        return None
+    return entry.get("gflops") or entry.get("gops")
+
+
+def peak_for(peaks: dict[str, Any] | None, precision: str, threads: int) -> float | None:
+    """The measured peak (G(FL)OP/s) a result of `precision` on `threads` threads is judged by."""
+    if not peaks:
+        return None
+    return peak_value((peaks.get(PEAK_PRECISION.get(precision, "fp32")) or {}).get(str(threads)))
+
+
+def pct_of_peak(*, mflops_per_image: float, images_per_s: float, peak: float) -> float:
+    return 100 * mflops_per_image * images_per_s / (peak * 1e3)

@@ -1,0 +1,138 @@
+"""The model contract in one place: what every model and exported file takes and returns.
+
+    image         float32 [N,28,28,1], grayscale, pixel/255 in [0,1]
+    probabilities float32 [N,10], softmax over CLASS_NAMES
+
+Models, exporters, runtimes, parity, predict and the benchmarks all read these names; nobody
+spells them out again. `IOContract` describes one file's inputs and outputs, so that a format
+whose file legitimately differs (the planned microcontroller variant with int8 input and
+output, or the recommender's embedding model) carries its own description instead of a
+special case in every consumer. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+IMAGE_SHAPE: tuple[int, int, int] = (28, 28, 1)
+NUM_CLASSES = len(CLASS_NAMES)
+EMBEDDING_LAYER = "embedding"  # the last hidden dense layer: the recommender's features
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "dynamic")
+PREPROCESSING = ("float32 NHWC [N,28,28,1], grayscale, pixel/255 in [0,1]; "
+                 "output softmax probabilities [N,10]")
+
+# Distributions whose versions the records name (training metrics, benchmark files).
+VERSIONED_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "tensorflow",
+                      "tensorflow-cpu", "keras", "onnx")
+# One module, two wheels: the module's key names whichever wheel is installed (whose own key stays).
+_SAME_MODULE = {"tensorflow": ("tensorflow", "tensorflow-cpu"),
+                "onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
+
+
+def package_versions(packages: Sequence[str] = VERSIONED_PACKAGES) -> dict[str, str]:
+    """{"python", "toolkit", distribution: version} for the installed ones, read from package
+    metadata, so nothing is imported (cheap, and TensorFlow-free on ONNX-only hosts)."""
+    from toolkit import __version__
+
+    out = {"python": platform.python_version(), "toolkit": __version__}
+    for dist in packages:
+        for candidate in _SAME_MODULE.get(dist, (dist,)):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                out.setdefault(dist, importlib.metadata.version(candidate))
+    return out
+
+
+# ---------------------------------------------------------------- one file's inputs and outputs
+
+
+ANY = "*"  # an axis of any size (e.g. the embedding width, which depends on the spec)
+Dim = int | str | None  # None: a dynamic axis (the batch)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy name: "float32", "int8", ...
+    shape: tuple[Dim, ...]
+
+    def describe(self) -> str:
+        dims = ",".join("N" if d is None else str(d) for d in self.shape)  # ANY prints as "*"
+        return f"{self.name!r} {self.dtype} [{dims}]"
+
+
+@dataclass(frozen=True)
+class IOContract:
+    """One input and one output a model file must have. A variant whose file has other dtypes
+    (e.g. int8 in and out, with its quantization parameters in its own metadata) gets its own
+    IOContract in the format registry; the checks below stay the same."""
+
+    input: TensorSpec
+    output: TensorSpec
+    preprocessing: str = PREPROCESSING
+
+    def mismatches(self, *, input_name: str, input_dtype: str | None, input_shape: Sequence[Any] | None,
+                   output_name: str | None, output_dtype: str | None,
+                   output_shape: Sequence[Any] | None) -> list[str]:
+        """Every way a file's declared input/output differs from this contract (empty: none).
+        Unknown facts (None) are not held against the file; a dynamic axis is anything that is
+        not a positive int (ONNX "batch", LiteRT -1, Keras None)."""
+        problems: list[str] = []
+        for what, spec, name, dtype, shape in (
+            ("input", self.input, input_name, input_dtype, input_shape),
+            ("output", self.output, output_name, output_dtype, output_shape),
+        ):
+            found = _describe(name, dtype, shape)
+            wrong = (name is not None and name != spec.name) or (dtype is not None and dtype != spec.dtype)
+            if shape is not None and not _shape_matches(shape, spec.shape):
+                wrong = True
+            if wrong:
+                problems.append(f"{what} {found}, expected {spec.describe()}")
+        return problems
+
+
+def _dynamic(dim: Any) -> bool:
+    return not (isinstance(dim, int) and dim > 0)
+
+
+def _shape_matches(shape: Sequence[Any], expected: Sequence[Dim]) -> bool:
+    if len(shape) != len(expected):
+        return False
+    return all(e == ANY or (_dynamic(d) if e is None else d == e)
+               for d, e in zip(shape, expected, strict=True))
+
+
+def _describe(name: str | None, dtype: str | None, shape: Sequence[Any] | None) -> str:
+    dims = "?" if shape is None else ",".join("N" if _dynamic(d) else str(d) for d in shape)
+    return f"{name!r} {dtype or '?'} [{dims}]"
+
+
+CLASSIFIER = IOContract(
+    input=TensorSpec(INPUT_NAME, "float32", (None, *IMAGE_SHAPE)),
+    output=TensorSpec(OUTPUT_NAME, "float32", (None, NUM_CLASSES)),
+)
+
+
+def embedding_contract(dim: int | None = None) -> IOContract:
+    """The recommender's embedding model: the classifier's input, penultimate activations out."""
+    return IOContract(input=CLASSIFIER.input,
+                      output=TensorSpec(EMBEDDING_LAYER, "float32", (None, ANY if dim is None else dim)),
+                      preprocessing="float32 NHWC [N,28,28,1] in [0,1]; output penultimate activations")

@@ -1,0 +1,200 @@
+"""Export one trained spec to the chosen formats and record every file in exports.json.
+
+Each export is independent: a converter that raises is recorded as failed (with its one-line
+error) and the others still run. An export whose source model.keras, settings and file are
+unchanged is skipped unless `force`. exports.json is rewritten (atomically) after every export,
+so an interrupted run leaves an accurate list behind; a file replaced by an export that was then
+killed before exports.json was rewritten no longer matches its entry's sha256, so its old parity
+result is not believed (ExportEntry.parity_state) and the next export redoes it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from toolkit import artifacts
+from toolkit.artifacts import SpecArtifacts
+from toolkit.errors import ArtifactError
+from toolkit.export._common import (
+    DEFAULT_CALIBRATION_SEED,
+    DEFAULT_CALIBRATION_SIZE,
+    base_metadata,
+    calibration_sample,
+    quiet,
+)
+from toolkit.export.record import (
+    EXPORTED,
+    FAILED,
+    ExportEntry,
+    ExportsRecord,
+    now,
+    read_exports,
+    write_exports,
+)
+from toolkit.export.registry import ExportFormat, export_path
+
+Hook = Callable[[str, str], None]  # (event: "start" | "done", key)
+SKIPPED = "skipped"
+
+
+@dataclass
+class ExportOutcome:
+    key: str
+    status: str  # "exported" | "skipped" | "failed"
+    entry: ExportEntry
+    error: str | None = None
+
+
+@dataclass
+class SpecExport:
+    spec: str
+    source_sha256: str
+    outcomes: list[ExportOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ExportOutcome]:
+        return [o for o in self.outcomes if o.status == FAILED]
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _settings(fmt: ExportFormat, *, opset: int | None, cal_size: int, cal_seed: int) -> dict[str, Any]:
+    """What, besides the source model, determines the exported file."""
+    from toolkit.export.onnx import DEFAULT_OPSET
+
+    settings: dict[str, Any] = {}
+    if fmt.format == "onnx":
+        settings["opset"] = DEFAULT_OPSET if opset is None else opset
+    if fmt.precision == "int8":
+        settings["calibration"] = {"size": cal_size, "seed": cal_seed, "source": "training images"}
+    return settings
+
+
+def _unchanged(arts: SpecArtifacts, entry: ExportEntry | None, *, source_sha: str,
+               settings: dict[str, Any]) -> bool:
+    if entry is None or not entry.exported or entry.source_model_sha256 != source_sha:
+        return False
+    if entry.settings != settings:
+        return False
+    path = arts.dir / entry.path
+    return path.is_file() and artifacts.sha256_file(path) == entry.sha256
+
+
+def export_lock(arts: SpecArtifacts):
+    """Held while exports.json is read and rewritten (export and parity), so two commands on the
+    same spec cannot interleave; the second one is told it is busy."""
+    return artifacts.exclusive_lock(arts.dir / ".export.lock", what=f"exports of {arts.name}")
+
+
+@dataclass
+class _Inputs:
+    """What the exporters share, loaded once and only when first needed."""
+
+    arts: SpecArtifacts
+    dataset: Any
+    data_dir: Any
+    calibration_size: int
+    calibration_seed: int
+    model: Any = None
+    calibration: np.ndarray | None = None
+
+    def keras_model(self):
+        if self.model is None:
+            from toolkit.models import load_model
+
+            self.model = load_model(self.arts.model)
+        return self.model
+
+    def calibration_images(self) -> np.ndarray:
+        if self.calibration is None:
+            if self.dataset is None:
+                from toolkit import data
+
+                self.dataset = data.load(self.data_dir)
+            self.calibration, _ = calibration_sample(self.dataset.x_train, size=self.calibration_size,
+                                                     seed=self.calibration_seed)
+        return self.calibration
+
+
+def export_spec(
+    name: str,
+    formats: Sequence[ExportFormat],
+    *,
+    root=None,
+    opset: int | None = None,
+    force: bool = False,
+    dataset=None,
+    data_dir=None,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    calibration_seed: int = DEFAULT_CALIBRATION_SEED,
+    hook: Hook | None = None,
+) -> SpecExport:
+    """Export spec `name`'s current model.keras to each format; never raises for one converter."""
+    arts = artifacts.spec_artifacts(name, root)
+    arts.require_trained()
+    if any(f.format == "onnx" for f in formats):
+        from toolkit.export.onnx import check_opset
+
+        check_opset(opset)  # a bad --opset is a usage error, before any work
+    with export_lock(arts):
+        source_sha = artifacts.sha256_file(arts.model)
+        record = read_exports(arts)
+        entries = record.by_key()
+        result = SpecExport(name, source_sha)
+        inputs = _Inputs(arts, dataset, data_dir, calibration_size, calibration_seed)
+        for fmt in formats:
+            settings = _settings(fmt, opset=opset, cal_size=calibration_size, cal_seed=calibration_seed)
+            if not force and _unchanged(arts, entries.get(fmt.key), source_sha=source_sha, settings=settings):
+                result.outcomes.append(ExportOutcome(fmt.key, SKIPPED, entries[fmt.key]))
+                continue
+            if hook:
+                hook("start", fmt.key)
+            outcome = _export_one(fmt, inputs, settings=settings, source_sha=source_sha, opset=opset)
+            entries[fmt.key] = outcome.entry
+            write_exports(arts, ExportsRecord(name, source_sha, list(entries.values())))
+            result.outcomes.append(outcome)
+            if hook:
+                hook("done", fmt.key)
+        return result
+
+
+def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any], source_sha: str,
+                opset: int | None) -> ExportOutcome:
+    arts = inputs.arts
+    target = export_path(arts, fmt)
+    entry = ExportEntry(
+        key=fmt.key, format=fmt.format, precision=fmt.precision, path=str(target.relative_to(arts.dir)),
+        status=FAILED, runtimes=list(fmt.runtimes), devices=list(fmt.devices),
+        source_model_sha256=source_sha, settings=settings, calibration=settings.get("calibration"),
+        exported_at=now(),
+    )
+    started = time.perf_counter()
+    try:
+        model = inputs.keras_model()
+        calibration = inputs.calibration_images() if fmt.precision == "int8" else None
+        with quiet():
+            facts = fmt.exporter_fn()(
+                model, target, precision=fmt.precision, calibration=calibration, opset=opset,
+                metadata=base_metadata(arts.name, source_sha, preprocessing=fmt.io.preprocessing),
+            )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one broken converter must not stop the others
+        if isinstance(exc, ArtifactError) and inputs.model is None:
+            raise  # model.keras itself is unreadable: nothing can be exported
+        entry.error = one_line(exc)
+        return ExportOutcome(fmt.key, FAILED, entry, entry.error)
+    entry.status = EXPORTED
+    entry.size_bytes = target.stat().st_size
+    entry.sha256 = artifacts.sha256_file(target)
+    entry.export_seconds = round(time.perf_counter() - started, 2)
+    entry.facts = dict(facts)
+    return ExportOutcome(fmt.key, EXPORTED, entry)

@@ -1,0 +1,214 @@
+"""exports.json: the typed, versioned record of a spec's exports, with its one reader and writer.
+
+    {"schema_version": 2, "spec": NAME, "source_model_sha256": ..., "updated_at": ...,
+     "exports": [ExportEntry, ...]}
+
+Written by `toolkit export` (toolkit.export.pipeline) after every export and by parity (each
+entry's `parity` summary); read by parity, the benchmarks and the report, always through
+`read_exports`, never by guessing keys.
+
+Versions: 2 adds `sha256` to each parity summary (the file parity checked); 1 (no
+schema_version) is read as if parity had checked the file the entry names. A parity summary
+applies only to the file it checked: `ExportEntry.parity_state(file_sha)` says "stale" when the
+file on disk is another one (e.g. an export was killed after replacing its file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from toolkit import artifacts, records
+from toolkit.artifacts import SpecArtifacts
+from toolkit.errors import ArtifactError
+
+SCHEMA_VERSION = 2
+WHAT = "exports list"
+EXPORTED, FAILED = "exported", "failed"
+NOT_RUN, STALE = "not run", "stale"
+# Summary fields that are numbers (None until parity ran).
+_NUMBERS = ("agreement", "max_abs_diff", "mean_abs_diff", "p99_abs_diff", "test_accuracy",
+            "keras_accuracy", "accuracy_delta_pp")
+
+
+@dataclass
+class ParitySummary:
+    """What exports.json keeps of an export's parity result (parity.json keeps all of it)."""
+
+    status: str  # "pass" | "fail" | "not run"
+    sha256: str | None = None  # of the file parity checked; None in version-1 records
+    failures: list[str] = field(default_factory=list)
+    agreement: float | None = None
+    flipped: int | None = None
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    p99_abs_diff: float | None = None
+    test_accuracy: float | None = None
+    keras_accuracy: float | None = None
+    accuracy_delta_pp: float | None = None
+    images: int = 0
+    # Added without a version bump (absent in older records, ignored by older readers):
+    accuracy_ci: list[float] | None = None  # 95% Wilson interval of test_accuracy
+    mcnemar_p: float | None = None  # exact McNemar test against Keras on the same images
+    discordant: list[int] | None = None  # [Keras right & export wrong, export right & Keras wrong]
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.status == NOT_RUN else self.status == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.status == NOT_RUN:
+            return {"status": NOT_RUN, "passed": None}
+        out = {"status": self.status, "passed": self.passed, "failures": self.failures,
+               "agreement": self.agreement, "flipped": self.flipped, "max_abs_diff": self.max_abs_diff,
+               "mean_abs_diff": self.mean_abs_diff, "p99_abs_diff": self.p99_abs_diff,
+               "test_accuracy": self.test_accuracy, "keras_accuracy": self.keras_accuracy,
+               "accuracy_delta_pp": self.accuracy_delta_pp, "images": self.images}
+        for name in ("accuracy_ci", "mcnemar_p", "discordant"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return {**out, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, path: Path) -> ParitySummary:
+        what = "exports list parity summary"
+        if not isinstance(doc, dict):
+            raise ArtifactError(f"{path}: {what} is not an object. "
+                                        "Delete the file and rerun the command that writes it")
+        opt = _optional(doc, path, what)
+        return cls(
+            status=records.require(doc, "status", str, path=path, what=what),
+            sha256=opt("sha256", str),
+            failures=list(opt("failures", list, [])),
+            flipped=opt("flipped", int),
+            images=opt("images", int, 0),
+            accuracy_ci=opt("accuracy_ci", list), mcnemar_p=opt("mcnemar_p", (int, float)),
+            discordant=opt("discordant", list),
+            **{name: opt(name, (int, float)) for name in _NUMBERS},
+        )
+
+
+@dataclass
+class ExportEntry:
+    key: str  # "onnx-int8", the registry key
+    format: str
+    precision: str
+    path: str  # relative to the spec's folder
+    status: str  # "exported" | "failed"
+    runtimes: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    source_model_sha256: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    exported_at: str | None = None
+    error: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None  # of the exported file, when it was written
+    export_seconds: float | None = None
+    parity: ParitySummary | None = None  # None: parity never ran on this entry
+    facts: dict[str, Any] = field(default_factory=dict)  # what the exporter reported (converter, ops...)
+
+    @property
+    def exported(self) -> bool:
+        return self.status == EXPORTED
+
+    def parity_state(self, file_sha: str | None) -> str:
+        """"pass" / "fail" / "not run" for the file whose sha256 is `file_sha`, or "stale" when
+        parity checked another file than the one there now."""
+        if self.parity is None or self.parity.status == NOT_RUN:
+            return NOT_RUN
+        checked = self.parity.sha256 or self.sha256  # version 1: the file the entry names
+        return self.parity.status if checked is not None and checked == file_sha else STALE
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "key": self.key, "format": self.format, "precision": self.precision, "path": self.path,
+            "runtimes": self.runtimes, "devices": self.devices,
+            "source_model_sha256": self.source_model_sha256, "settings": self.settings,
+            "calibration": self.calibration, "exported_at": self.exported_at, "status": self.status,
+            "error": self.error, "size_bytes": self.size_bytes, "sha256": self.sha256,
+        }
+        if self.export_seconds is not None:
+            out["export_seconds"] = self.export_seconds
+        out["parity"] = (self.parity or ParitySummary(NOT_RUN)).to_dict()
+        return {**out, **self.facts}
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, path: Path) -> ExportEntry:
+        what = "exports list entry"
+        if not isinstance(doc, dict):
+            raise ArtifactError(f"{path}: {what} is not an object. "
+                                        "Delete the file and rerun the command that writes it")
+        req = _required(doc, path, what)
+        opt = _optional(doc, path, what)
+        known = {"key", "format", "precision", "path", "status", "runtimes", "devices",
+                 "source_model_sha256", "settings", "calibration", "exported_at", "error",
+                 "size_bytes", "sha256", "export_seconds", "parity"}
+        return cls(
+            key=req("key", str), format=req("format", str), precision=req("precision", str),
+            path=req("path", str), status=req("status", str),
+            runtimes=list(opt("runtimes", list, [])), devices=list(opt("devices", list, [])),
+            source_model_sha256=opt("source_model_sha256", str), settings=opt("settings", dict, {}),
+            calibration=opt("calibration", dict), exported_at=opt("exported_at", str),
+            error=opt("error", str), size_bytes=opt("size_bytes", int), sha256=opt("sha256", str),
+            export_seconds=opt("export_seconds", (int, float)),
+            parity=None if doc.get("parity") is None else ParitySummary.from_dict(doc["parity"], path=path),
+            facts={k: v for k, v in doc.items() if k not in known},
+        )
+
+
+@dataclass
+class ExportsRecord:
+    spec: str
+    source_model_sha256: str | None = None
+    exports: list[ExportEntry] = field(default_factory=list)
+    updated_at: str | None = None
+
+    def by_key(self) -> dict[str, ExportEntry]:
+        return {e.key: e for e in self.exports}
+
+
+def read_exports(arts: SpecArtifacts) -> ExportsRecord:
+    """The spec's exports.json; an empty record when there is none yet."""
+    path = arts.exports_json
+    if not path.is_file():
+        return ExportsRecord(arts.name)
+    fix = f"Delete it and rerun: toolkit export --exp {arts.name} --force"
+    doc = records.load(path, what=WHAT, reader_version=SCHEMA_VERSION, fix=fix)
+    entries = records.require(doc, "exports", list, path=path, what=WHAT)
+    return ExportsRecord(
+        spec=records.optional(doc, "spec", str, path=path, what=WHAT, default=arts.name),
+        source_model_sha256=records.optional(doc, "source_model_sha256", str, path=path, what=WHAT),
+        exports=[ExportEntry.from_dict(e, path=path) for e in entries],
+        updated_at=records.optional(doc, "updated_at", str, path=path, what=WHAT),
+    )
+
+
+def write_exports(arts: SpecArtifacts, record: ExportsRecord) -> None:
+    """exports.json, atomically, entries in the registry's order."""
+    from toolkit.export.registry import FORMATS
+
+    order = {k: i for i, k in enumerate(FORMATS)}
+    listed = sorted(record.exports, key=lambda e: order.get(e.key, len(order)))
+    artifacts.write_json(arts.exports_json, {
+        records.VERSION_KEY: SCHEMA_VERSION,
+        "spec": record.spec,
+        "source_model_sha256": record.source_model_sha256,
+        "updated_at": now(),
+        "exports": [e.to_dict() for e in listed],
+    })
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _required(doc: dict[str, Any], path: Path, what: str):
+    return lambda name, types: records.require(doc, name, types, path=path, what=what)
+
+
+def _optional(doc: dict[str, Any], path: Path, what: str):
+    return lambda name, types, default=None: records.optional(doc, name, types, path=path, what=what,
+                                                              default=default)
