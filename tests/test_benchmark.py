@@ -403,7 +403,8 @@ def test_training_case_times_real_steps_and_round_trips_its_record(tmp_path):
 
     (case,) = training.plan_training_cases(["DNN_1L_No_Dropout_Exp1"], precisions=["off"], batches=["32"],
                                            threads=2)
-    assert case.kind == "training" and case.id == "DNN_1L_No_Dropout_Exp1-train-fp32-keras-train-cpu-training-b32-t2"
+    assert case.kind == "training"
+    assert case.id == "DNN_1L_No_Dropout_Exp1-train-fp32-keras-train-cpu-training-b32-t2"
     result = training.run_training_case(case, timer=own_timer, seconds=0.05)
     assert result.timed and result.stats.rounds >= 10 and result.warmup_steps == training.WARMUP_STEPS + 1
     assert result.check["variables_float32"] and result.check["steps_checked"] == result.stats.rounds + 4
