@@ -161,7 +161,7 @@ def _result() -> record.LoadtestResult:
 
 
 def test_the_record_round_trips_and_keeps_todays_bench_readers_working(tmp_path):
-    from toolkit import benchmark, report
+    from toolkit.benchmark import results, training
 
     path = record.write_result(_result(), tmp_path)
     doc = json.loads(path.read_text())
@@ -169,15 +169,15 @@ def test_the_record_round_trips_and_keeps_todays_bench_readers_working(tmp_path)
     back = record.read_result(path)
     assert back.steps[0].p99_ms == pytest.approx(3.0) and back.best_rate == 1000.0
     assert [r.file for r in record.load_results(tmp_path)] == [str(path)]
-    runs = benchmark.load_runs(tmp_path)  # the in-process reader passes over it: no rows from it
-    assert len(runs) == 1 and report._latest_results(runs) == {}
+    # Every other kind's reader passes over it (each reads only its own kind).
+    assert results.read_runs(tmp_path) == [] and training.read_training_runs(tmp_path) == []
 
 
 def test_the_reader_refuses_another_kind_or_version(tmp_path):
     path = record.write_result(_result(), tmp_path)
     doc = json.loads(path.read_text())
     path.write_text(json.dumps({**doc, "schema_version": 99}))
-    with pytest.raises(ArtifactError, match="schema version 99"):
+    with pytest.raises(ArtifactError, match="schema_version 99, newer than this toolkit reads"):
         record.read_result(path)
     path.write_text(json.dumps({**doc, "kind": "bench"}))
     with pytest.raises(ArtifactError, match="not a load-test result"):
@@ -410,3 +410,36 @@ def test_run_serve_is_off_by_default_and_runs_the_stage_when_asked(trained_root,
     result = runner.invoke(app, [*args, "--serve"])
     assert result.exit_code == 0, result.output
     assert calls == [{"exp": SERVE_SPEC, "artifacts": root, "data_dir": None}]
+
+
+@pytest.mark.slow  # served_root trains and exports
+def test_the_report_shows_a_load_test_as_a_served_row_never_compared(served_root, tmp_path):
+    import shutil
+
+    from toolkit import artifacts, report
+    from toolkit.export.record import read_exports
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(served_root / SERVE_SPEC, root / SERVE_SPEC)
+    arts = artifacts.spec_artifacts(SERVE_SPEC, root)
+    (entry,) = [e for e in read_exports(arts).exports if e.key == "onnx-fp32"]
+    result = _result()
+    result.server = {"classifier": {"spec": SERVE_SPEC, "key": "onnx-fp32", "sha256": entry.sha256,
+                                    "runtime": "onnxruntime", "threads": 1},
+                     "batching": {"max_batch": 16}}
+    record.write_result(result, root)
+    bench = runner.invoke(app, ["bench", "--exp", SERVE_SPEC, "--format", "onnx-fp32", "--runtime",
+                                "onnxruntime", "--batch", "1", "--threads", "1", "--seconds", "0.1",
+                                "--repeats", "1", "--no-memory", "--artifacts", str(root)])
+    assert bench.exit_code == 0, bench.output
+    rep = report.build_report(root, exps=[SERVE_SPEC])
+    (served,) = [r for r in rep.rows if r.source == "loadtest"]
+    assert (served.key, served.runtime, served.device) == ("onnx-fp32", "onnxruntime http/classify",
+                                                           "cpu server batch<=16")
+    assert served.p99_ms == pytest.approx(result.steps[0].p99_ms) and served.throughput == 1000.0
+    assert not served.compared and not any(served.fronts.values())
+    result.server["classifier"]["sha256"] = "0" * 64  # a newer test served a file no longer there
+    record.write_result(result, root)
+    rep = report.build_report(root, exps=[SERVE_SPEC])
+    assert not [r for r in rep.rows if r.source == "loadtest"]
+    assert any("has since been replaced" in n for n in rep.notes)

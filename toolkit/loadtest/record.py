@@ -1,10 +1,10 @@
 """The load-test record: one typed, versioned file per `toolkit loadtest` run under
 ARTIFACTS/bench/, with one writer (`write_result`) and one reader (`read_result`).
 
-Files carry "kind": "loadtest" and "schema_version"; readers of the in-process benchmark runs tell
-them apart by kind. Each file also holds an empty "results" list: today's reader of benchmark
-runs (toolkit.benchmark.load_runs) requires that key and then finds no in-process rows in it, so
-served figures never enter the in-process table, its Pareto fronts or its pick.
+Files carry "kind": "loadtest" and "schema_version" (toolkit.records: a missing version is 1, a
+newer one is refused with exit 4); every other reader under ARTIFACTS/bench/ skips the kind. The
+report reads these files as served rows (toolkit.report: shown, never on a front or picked). The
+empty "results" list is kept for readers of version-1 benchmark files written before kinds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from toolkit import artifacts
+from toolkit import artifacts, records
 from toolkit.errors import ArtifactError
 
 KIND = "loadtest"
@@ -103,17 +103,10 @@ def write_result(result: LoadtestResult, root: str | Path | None = None) -> Path
 def read_result(path: str | Path) -> LoadtestResult:
     path = Path(path)
     fix = "Delete it and rerun `toolkit loadtest`."
-    doc = artifacts.read_json(path, what="load-test result", fix=fix)
-    if not isinstance(doc, dict) or doc.get("kind") != KIND:
-        raise ArtifactError(
-            f"{path}: not a load-test result (kind {doc.get('kind') if isinstance(doc, dict) else None!r}, "
-            f"expected {KIND!r}). {fix}"
-        )
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{path}: load-test schema version {doc.get('schema_version')!r}, this toolkit "
-            f"reads {SCHEMA_VERSION}. {fix}"
-        )
+    doc = records.load(path, what="load-test result", reader_version=SCHEMA_VERSION, fix=fix)
+    if doc.get("kind") != KIND:
+        raise ArtifactError(f"{path}: not a load-test result (kind {doc.get('kind')!r}, expected "
+                            f"{KIND!r}). {fix}")
     try:
         return LoadtestResult.from_dict(doc, str(path))
     except TypeError as exc:

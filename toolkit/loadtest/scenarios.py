@@ -530,7 +530,7 @@ def _settings_dict(settings: LoadSettings, path: str) -> dict[str, Any]:
 
 
 def machine(target: Target) -> dict[str, Any]:
-    from toolkit.benchmark import cpu_model
+    from toolkit.benchmark.peaks import cpu_model
     from toolkit.runtimes import cpu_count
 
     cores = cpu_count()

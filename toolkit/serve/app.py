@@ -101,7 +101,7 @@ class ServeState:
         return indices, scores
 
     def describe(self) -> dict[str, Any]:
-        from toolkit.benchmark import package_versions
+        from toolkit.contract import package_versions
 
         rec = None
         if self.recommender is not None:
