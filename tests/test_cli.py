@@ -20,7 +20,8 @@ def test_list_shows_all_specs():
 
 def test_list_rejects_bad_family():
     result = runner.invoke(app, ["list", "--family", "RNN"])
-    assert result.exit_code == 2 and "--family must be DNN or CNN" in result.output
+    assert result.exit_code == 2 and "unknown model family 'RNN'" in result.output
+    assert "allowed: DNN, CNN, BNConv, ResNet, MobileNet" in result.output
 
 
 def test_data_reports_source_and_counts():

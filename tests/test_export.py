@@ -41,9 +41,11 @@ def exported(trained_root, tmp_path_factory, dataset):
 def test_registry_lists_every_format_and_precision():
     from toolkit.export.registry import FORMATS, PRECISIONS, select
 
-    assert set(FORMATS) == {f"{f}-{p}" for f in ("onnx", "tflite") for p in PRECISIONS}
+    # Every format in every precision, except int8io, which is TFLite only (the microcontroller build).
+    assert set(FORMATS) == {f"{f}-{p}" for f in ("onnx", "tflite") for p in PRECISIONS} - {"onnx-int8io"}
     assert [f.key for f in select(None, None)] == ["onnx-fp32", "tflite-fp32"]
-    assert len(select(["all"], ["all"])) == 8
+    assert len(select(["all"], ["all"])) == 9
+    assert [f.key for f in select(None, ["int8io"])] == ["tflite-int8io"]
     assert [f.key for f in select(["tflite"], ["int8,dynamic"])] == ["tflite-int8", "tflite-dynamic"]
     for fmt in FORMATS.values():
         assert fmt.key == f"{fmt.format}-{fmt.precision}"
@@ -91,13 +93,18 @@ def test_export_all_formats_and_precisions(exported):
         assert e["source_model_sha256"] == source
         assert e["parity"]["status"] in ("pass", "fail") and e["parity"]["images"] == 10_000
         assert e["parity"]["sha256"] == e["sha256"]  # parity names the very file it checked
-        if e["precision"] == "int8":
+        if e["precision"] in ("int8", "int8io"):
             assert e["calibration"] == {"size": 1000, "seed": 0, "source": "training images"}
+        # The tensor arena sits next to the size, for every TFLite file.
+        assert (e["arena_bytes"] > 0) if e["format"] == "tflite" else ("arena_bytes" not in e)
     # fp32 must match Keras; quantized variants are smaller than fp32.
     for fmt in ("onnx", "tflite"):
         assert entries[f"{fmt}-fp32"]["parity"]["status"] == "pass", result.output
         for prec in ("fp16", "int8", "dynamic"):
             assert entries[f"{fmt}-{prec}"]["size_bytes"] < entries[f"{fmt}-fp32"]["size_bytes"]
+    assert entries["tflite-int8io"]["size_bytes"] <= entries["tflite-int8"]["size_bytes"]
+    # int8 activations: a quarter of the float arena or less (the float input of tflite-int8 aside).
+    assert entries["tflite-int8io"]["arena_bytes"] < entries["tflite-fp32"]["arena_bytes"] / 3
     parity = json.loads(arts.parity_json.read_text())
     assert parity["test_images"] == 10_000 and {r["key"] for r in parity["exports"]} == set(FORMATS)
     assert parity["schema_version"] == 2
@@ -164,6 +171,74 @@ def test_tflite_contract_and_variants(exported, test_batch):
         model = runtimes.load(path, "litert")
         assert model.input_name == "image" and model.output_names == ("probabilities",)
         assert model.run(images[:5]).shape == (5, 10)
+
+
+def test_int8io_file_has_int8_io_its_quantization_in_metadata_and_runs_as_float(exported, test_batch):
+    """The microcontroller build: int8 in and out, scale/zero point in its metadata (equal to the
+    file's own), and every runtime consumer quantizes/dequantizes with them."""
+    from ai_edge_litert import interpreter as litert
+
+    from toolkit import runtimes
+    from toolkit.contract import INT8_CLASSIFIER
+
+    root, _ = exported
+    images, _ = test_batch
+    path = root / SPEC / "export" / "model.int8io.tflite"
+    interp = litert.Interpreter(model_path=str(path))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    quant = meta["io_quantization"]
+    assert (quant["input"]["scale"], quant["input"]["zero_point"]) == pytest.approx(inp["quantization"])
+    assert (quant["output"]["scale"], quant["output"]["zero_point"]) == pytest.approx(out["quantization"])
+    assert meta["arena_bytes"] > 0 and meta["preprocessing"] == INT8_CLASSIFIER.preprocessing
+    model = runtimes.load(path)  # the default contract: accepted as the documented exception
+    assert model.quantized_io and model.input_dtype == "int8"
+    probs = model.run(images[:16])
+    assert probs.dtype == np.float32 and probs.shape == (16, 10)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=0.05)
+    # The same numbers by hand: q = round(x / s) + z, then (q - z) * s on the way out.
+    s_in, z_in = inp["quantization"]
+    q = np.clip(np.round(images[:16] / s_in) + z_in, -128, 127).astype(np.int8)
+    interp.resize_tensor_input(inp["index"], [16, 28, 28, 1])
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], q)
+    interp.invoke()
+    s_out, z_out = out["quantization"]
+    by_hand = (interp.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out
+    np.testing.assert_allclose(probs, by_hand, atol=1e-7)
+    # A float-I/O file is never taken for an int8-I/O one.
+    assert not runtimes.load(root / SPEC / "export" / "model.int8.tflite").quantized_io
+
+
+def test_int8io_file_predicts_and_benchmarks_through_its_quantization(exported, test_batch, tmp_path):
+    from PIL import Image
+
+    from toolkit import runtimes
+    from toolkit.benchmark import engine
+    from toolkit.benchmark.plan import BenchCase
+
+    root, _ = exported
+    images, _ = test_batch
+    path = root / SPEC / "export" / "model.int8io.tflite"
+    png = tmp_path / "item.png"
+    Image.fromarray((images[3, ..., 0] * 255).round().astype(np.uint8), "L").save(png)
+    result = runner.invoke(app, ["predict", str(path), str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    expected = runtimes.load(path).run(images[3:4])[0]
+    assert json.loads(result.output)[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-6)
+    case = BenchCase(spec=SPEC, key="tflite-int8io", format="tflite", precision="int8io", runtime="litert",
+                     device="cpu", batch=1, threads=1, path=str(path), size_bytes=path.stat().st_size,
+                     sha256=None, parity="unknown", trained=True)
+    ctx = engine.BenchContext(root=root, images=images, inputs_source="real test images", seconds=0.05)
+    bench = engine.run_case(case, ctx)
+    assert bench.timed and bench.stats.p50_ms > 0 and "quantized before timing" in bench.notes["io_encoding"]
+    from toolkit.benchmark.results import InferenceResult
+
+    # Its notes stay notes: none of them overwrites a field of the case when the record is read back.
+    assert InferenceResult.from_dict(bench.to_dict(), path=tmp_path / "r.json") == bench
+    check = bench.check
+    assert check["top1_checked"] and check["top1_mismatches"] <= 0.05 * check["top1_compared"]
 
 
 @pytest.mark.slow
@@ -235,7 +310,8 @@ def test_export_with_nothing_trained_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--format", "coreml"], "valid: onnx, tflite"),
-    (["--precision", "int4"], "valid: fp32, fp16, int8, dynamic"),
+    (["--precision", "int4"], "valid: fp32, fp16, int8, dynamic, int8io"),
+    (["--format", "onnx", "--precision", "int8io"], "unsupported export onnx-int8io"),
     (["--format", "onnx", "--opset", "7"], "--opset 7 is not supported"),
 ])
 def test_bad_options_are_rejected_before_any_work(trained_root, tmp_path, args, needle):
@@ -290,7 +366,7 @@ def test_run_stage_is_registered():
 
 @pytest.mark.slow
 def test_every_spec_fp32_export_passes_parity(dataset, tmp_path):
-    """All 17 specs, freshly built: ONNX and TFLite fp32 agree with Keras on the 10k test set."""
+    """Every spec, freshly built: ONNX and TFLite fp32 agree with Keras on the 10k test set."""
     from toolkit import parity
     from toolkit.data import to_model_input
     from toolkit.export import onnx as onnx_export
@@ -319,4 +395,4 @@ def test_every_spec_fp32_export_passes_parity(dataset, tmp_path):
         Path(os.environ["TOOLKIT_PARITY_REPORT"]).write_text(json.dumps(rows, indent=2))
     failed = [r for r in rows if r["status"] != "pass"]
     assert not failed, failed
-    assert len(rows) == 34
+    assert len(rows) == 2 * len(SPECS)

@@ -11,9 +11,15 @@ import pytest
 TOOLKIT = Path(__file__).resolve().parent.parent / "toolkit"
 # The low layers: what every stage may use. Nothing here imports a stage.
 LOW = {"toolkit", "toolkit.errors", "toolkit.artifacts", "toolkit.contract", "toolkit.quiet", "toolkit._tf",
-       "toolkit.models", "toolkit.specs", "toolkit.data", "toolkit.records", "toolkit.precision",
-       "toolkit.checkpoint", "toolkit.stats"}
-# toolkit.models builds from a Spec, so specs sits with the low layers (it imports only contract/errors).
+       "toolkit.models", "toolkit.specs", "toolkit.data", "toolkit.records", "toolkit.recipe",
+       "toolkit.precision", "toolkit.checkpoint", "toolkit.stats"}
+# toolkit.models builds from a Spec, so specs sits with the low layers (it imports only contract/errors,
+# the recipe and the model families). The families package is low as a whole.
+FAMILIES = sorted((TOOLKIT / "families").glob("*.py"))
+
+
+def _is_low(name: str) -> bool:
+    return name in LOW or name == "toolkit.families" or name.startswith("toolkit.families.")
 
 
 def _module(path: Path) -> str:
@@ -53,7 +59,7 @@ def toolkit_imports(path: Path, module: str | None = None) -> set[str]:
 
 
 def _allowed_for_export(name: str) -> bool:
-    return name in LOW or name == "toolkit.export" or name.startswith("toolkit.export.")
+    return _is_low(name) or name == "toolkit.export" or name.startswith("toolkit.export.")
 
 
 @pytest.mark.parametrize("path", sorted((TOOLKIT / "export").glob("*.py")), ids=lambda p: p.name)
@@ -65,8 +71,14 @@ def test_export_imports_only_the_low_layers(path):
 @pytest.mark.parametrize("name", sorted(LOW - {"toolkit"}))
 def test_low_layers_import_no_stage(name):
     path = TOOLKIT / f"{name.split('.', 1)[1]}.py"
-    wrong = sorted(n for n in toolkit_imports(path) if n not in LOW)
+    wrong = sorted(n for n in toolkit_imports(path) if not _is_low(n))
     assert not wrong, f"{name} imports {wrong}; the low layers import only each other"
+
+
+@pytest.mark.parametrize("path", FAMILIES, ids=lambda p: p.name)
+def test_families_import_only_the_low_layers(path):
+    wrong = sorted(n for n in toolkit_imports(path) if not _is_low(n))
+    assert not wrong, f"toolkit/families/{path.name} imports {wrong}; families are a low layer"
 
 
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):

@@ -112,17 +112,18 @@ def test_policy_scope_restores_the_global_policy():
 
 @pytest.mark.slow
 def test_mixed_models_keep_float32_variables_and_output_and_copy_back_exactly():
-    from toolkit.models import build_model, compile_model
+    from toolkit.fitting import compile_model
+    from toolkit.models import build_model
 
     spec = get_spec("DNN_2L_Dropout_Exp2")
     for mode in ("bf16", "fp16"):
         with precision.policy_scope(mode):
-            model = compile_model(build_model(spec), spec)
+            model = compile_model(build_model(spec), spec, 1)
         precision.check_float32_contract(model)
         x = np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32)
         model.train_on_batch(x, np.arange(16) % 10)
         assert model.get_layer("embedding").compute_dtype == ("bfloat16" if mode == "bf16" else "float16")
-        copy = precision.float32_copy(model, lambda: compile_model(build_model(spec), spec))
+        copy = precision.float32_copy(model, lambda: compile_model(build_model(spec), spec, 1))
         assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
         assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), model.get_weights(), strict=True))
         opt = precision.base_optimizer(model.optimizer)
@@ -134,7 +135,8 @@ def test_mixed_models_keep_float32_variables_and_output_and_copy_back_exactly():
 def test_fused_adam_is_kerass_adam_up_to_rounding():
     """Mixed modes train with TensorFlow's fused Adam kernel; float32 keeps Keras' own update."""
     from toolkit._tf import keras
-    from toolkit.models import build_model, compile_model
+    from toolkit.fitting import compile_model
+    from toolkit.models import build_model
     from toolkit.train import build_training_model
 
     spec = get_spec("DNN_2L_Dropout_Exp2")
@@ -143,9 +145,9 @@ def test_fused_adam_is_kerass_adam_up_to_rounding():
     assert precision.training_optimizer("rmsprop", "bf16") == "rmsprop"
     x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
     models = []
-    for optimizer in (None, precision.training_optimizer("adam", "bf16")):
+    for mode in ("off", "bf16"):  # the optimizer of each mode, both models computing in float32
         keras.utils.set_random_seed(0)
-        models.append(compile_model(build_model(spec), spec, optimizer=optimizer))
+        models.append(compile_model(build_model(spec), spec, 1, mode=mode))
         for _ in range(5):
             models[-1].train_on_batch(x, np.arange(64) % 10)
     stock, fused = models
@@ -160,10 +162,11 @@ def test_fused_adam_is_kerass_adam_up_to_rounding():
 
 
 def _tiny_model():
-    from toolkit.models import build_model, compile_model
+    from toolkit.fitting import compile_model
+    from toolkit.models import build_model
 
     spec = get_spec("DNN_2L_Dropout_Exp2")
-    model = compile_model(build_model(spec), spec)
+    model = compile_model(build_model(spec), spec, 1)
     x = np.random.default_rng(0).random((32, 28, 28, 1), dtype=np.float32)
     model.train_on_batch(x, np.arange(32) % 10)
     return model

@@ -2,8 +2,9 @@
 
     analyze(exp)            training curves, per-class accuracy beside the seed's Table 5,
                             confusion matrix with the hardest class pairs, t-SNE of raw pixels and
-                            of penultimate activations, feature maps (CNN) or a two-unit
-                            activation scatter (DNN)             -> ROOT/NAME/analysis/
+                            of penultimate activations, feature maps of the layers the
+                            spec's family names, or a two-unit activation scatter (the
+                            seed's DNNs)                         -> ROOT/NAME/analysis/
     stability(exps, seeds)  trains seeds 0..N-1 through `train.train(promote=False)` (which
                             reuses completed runs) and summarises test accuracy and the
                             per-epoch validation curve over seeds -> ROOT/NAME/analysis/
@@ -381,18 +382,20 @@ def analyze(
 
 def _inner_views(spec: Spec, model, embed, sample_x, x_sample, labels, index: int, caption: str,
                  out: Path) -> dict[str, Any]:
-    """Feature maps of each conv and pool layer (CNN), or a two-unit scatter (DNN)."""
+    """Feature maps of the layers the spec's family names (toolkit.families), or, for a family that
+    names none (the seed's DNNs), a scatter of two embedding units."""
     from toolkit._tf import keras
 
-    if spec.conv_filters:
-        names = [n for i in range(1, len(spec.conv_filters) + 1) for n in (f"conv_{i}", f"pool_{i}")]
+    names = spec.family_entry.feature_maps(spec.arch)
+    if names:
         probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
         acts = [np.asarray(a)[0] for a in probe(sample_x, training=False)]
         layers = list(zip(names, acts, strict=True))
         path = plot_feature_maps(sample_x[0, ..., 0], layers,
                                  f"{spec.name}: feature maps of test image {index} ({caption})",
                                  out / "feature_maps.png")
-        return {"file": path, "layers": [{"name": n, "shape": list(a.shape)} for n, a in layers]}
+        return {"file": path, "view": "feature_maps",
+                "layers": [{"name": n, "shape": list(a.shape)} for n, a in layers]}
     acts = _predict(embed, x_sample)
     point = _predict(embed, sample_x)[0]
     variance = acts.var(axis=0)
@@ -402,8 +405,8 @@ def _inner_views(spec: Spec, model, embed, sample_x, x_sample, labels, index: in
         acts, units, labels, (f"test image {index}\n({caption})", point), layer,
         f"{spec.name}: two hidden activations (layer '{layer}', the 2 highest-variance units) "
         f"on {len(acts):,} test images", out / "activation_scatter.png")
-    return {"file": path, "layers": [{"name": layer, "units": list(units),
-                                      "shape": [int(acts.shape[1])]}]}
+    return {"file": path, "view": "activation_scatter",
+            "layers": [{"name": layer, "units": list(units), "shape": [int(acts.shape[1])]}]}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -456,7 +459,7 @@ def summary_markdown(summary: dict[str, Any], history: dict[str, list[float]]) -
               f"mostly of their own class: raw pixels {t['knn5_agreement_raw']:.1%}, penultimate "
               f"activations ({t['embedding_dim']}-d) {t['knn5_agreement_embedding']:.1%}.", ""]
     s = summary["sample"]
-    if any(layer["name"].startswith("conv") for layer in s["layers"]):
+    if s["view"] == "feature_maps":
         shapes = ", ".join(f"{layer['name']} {'x'.join(map(str, layer['shape']))}" for layer in s["layers"])
         lines += ["## Feature maps", "", "![feature maps](feature_maps.png)", "",
                   f"Test image {s['index']} ({s['label']}, predicted {s['predicted']}): {shapes}.", ""]

@@ -6,6 +6,7 @@
     ROOT/NAME/runs/.<run-id>.partial/                     resume state of an unfinished run
     ROOT/NAME/runs/<run-id>.lock                          held while a run trains
     ROOT/NAME/export/, exports.json, parity.json, analysis/   later stages
+    ROOT/NAME/distill/                                    a teacher's probabilities for its students
     ROOT/NAME/predictions/<key>.npy                       top-1 per test image of each checked file
     ROOT/bench/, ROOT/report.*, ROOT/sweep.*
 
@@ -85,10 +86,13 @@ def require_writable(folder: Path) -> None:
         raise not_writable(folder, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
-def run_id(seed: int, epochs: int, limit_train: int | None = None, mixed_precision: str = "off") -> str:
-    """seed0-e20, seed1-e5-n3000, seed0-e20-bf16: float32 runs carry no precision suffix."""
+def run_id(seed: int, epochs: int, limit_train: int | None = None, mixed_precision: str = "off",
+           variant: str | None = None) -> str:
+    """seed0-e20, seed1-e5-n3000, seed0-e20-bf16, seed0-e30-r1a2b3c4d (a recipe other than the
+    spec's own). Float32 runs carry no precision suffix."""
     rid = f"seed{seed}-e{epochs}"
     rid = f"{rid}-n{limit_train}" if limit_train else rid
+    rid = f"{rid}-{variant}" if variant else rid
     return rid if mixed_precision == "off" else f"{rid}-{mixed_precision}"
 
 
@@ -276,6 +280,11 @@ class SpecArtifacts:
     def recommend_dir(self) -> Path:
         return self.dir / "recommend"
 
+    @property
+    def distill_dir(self) -> Path:
+        """A teacher's probabilities on training images, kept for its students (toolkit.distill)."""
+        return self.dir / "distill"
+
     def is_trained(self) -> bool:
         return self.model.is_file() and self.metrics.is_file()
 
@@ -313,12 +322,15 @@ TRAINING_RECIPE = 2
 
 
 def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
-                  data_checksums: dict[str, str], mixed_precision: str = "off") -> dict[str, Any]:
+                  data_checksums: dict[str, str], mixed_precision: str = "off", variant: str | None = None,
+                  teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """What identifies a run: reuse a run only when every field here matches. JSON-normalised
     (tuples become lists) so it compares equal to the copy read back from metrics.json.
 
     `mixed_precision` is the resolved mode (toolkit.precision); float32 ("off") adds nothing, so
-    float32 manifests and run ids are exactly those of runs trained before the option existed."""
+    float32 manifests and run ids are exactly those of runs trained before the option existed.
+    `variant` tags a recipe other than the spec's own; `teacher` is the run a student distils
+    from (both absent for the seed's specs, whose manifests are unchanged)."""
     manifest: dict[str, Any] = {
         "spec_name": spec.name,
         "recipe": TRAINING_RECIPE,
@@ -327,8 +339,10 @@ def make_manifest(spec, *, seed: int, epochs: int, limit_train: int | None,
         "epochs": epochs,
         "limit_train": limit_train,
         "data": dict(sorted(data_checksums.items())),
-        "run_id": run_id(seed, epochs, limit_train, mixed_precision),
+        "run_id": run_id(seed, epochs, limit_train, mixed_precision, variant),
     }
+    if teacher is not None:
+        manifest["teacher"] = teacher
     if mixed_precision != "off":
         manifest["mixed_precision"] = mixed_precision
     return json.loads(json.dumps(manifest))

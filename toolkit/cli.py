@@ -170,31 +170,44 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]], *, no_wra
 
 @command("list")
 def list_specs(
-    family: Annotated[str | None, typer.Option(help="Only DNN or CNN specs.")] = None,
+    family: Annotated[str | None, typer.Option(help="Only the specs of this family (one group).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every spec as JSON, for scripts.")] = False,
 ) -> None:
-    """List the 17 experiment specs with their architecture and the seed's test accuracy."""
-    from toolkit.errors import UsageError
+    """List the experiment specs by family: the study's 17 and the new ones, with architecture,
+    recipe, parameters and MFLOPs per image (counted from the spec; no TensorFlow)."""
+    import json
+
+    from toolkit.families import FAMILIES, get_family
     from toolkit.specs import SPECS
 
-    if family and family.upper() not in ("DNN", "CNN"):
-        raise UsageError(f"--family must be DNN or CNN, got {family!r}")
-    rows = []
-    for spec in SPECS.values():
-        if family and spec.family != family.upper():
-            continue
-        rows.append([
-            spec.name, spec.family, list(spec.conv_filters) or "-", list(spec.dense_units),
-            [int(d * 100) for d in spec.dropout], ["L2" if f else "-" for f in spec.l2],
-            spec.optimizer, spec.batch_size, "yes" if spec.augment else "no",
-            f"{spec.param_count():,}", f"{spec.mflops_per_image():.2f}",
-            f"{spec.reported.test_accuracy:.4f}" if spec.reported else "-",
-        ])
-    print_table(
-        "Experiment specs (seed Tables 2 and 3; OCR readings in toolkit/specs.py)",
-        ["spec", "family", "filters", "dense", "dropout %", "reg", "optimizer", "batch", "aug",
-         "params", "MFLOPs", "seed test acc"],
-        rows,
-    )
+    chosen = get_family(family).name if family else None
+    specs = [s for s in SPECS.values() if chosen in (None, s.family)]
+    if as_json:
+        typer.echo(json.dumps([_spec_json(s) for s in specs], indent=2))
+        return
+    table = Table(title="Experiment specs by family (study: the seed's Tables 2 and 3, OCR readings in "
+                        "toolkit/specs.py; new: added since)")
+    for col in ("spec", "family", "origin", "architecture", "recipe", "epochs", "batch", "params", "MFLOPs",
+                "seed test acc"):
+        table.add_column(col, overflow="fold")
+    for name in FAMILIES:
+        group = [s for s in specs if s.family == name]
+        if table.rows and group:
+            table.add_section()
+        for spec in group:
+            table.add_row(spec.name, spec.family, spec.origin, spec.describe(), spec.recipe.describe(),
+                          str(spec.epochs), str(spec.batch_size), f"{spec.param_count():,}",
+                          f"{spec.mflops_per_image():.2f}",
+                          f"{spec.reported.test_accuracy:.4f}" if spec.reported else "-")
+    console.print(table)
+
+
+def _spec_json(spec) -> dict[str, Any]:
+    return {"name": spec.name, "family": spec.family, "origin": spec.origin,
+            "params": spec.param_count(), "mflops_per_image": round(spec.mflops_per_image(), 4),
+            "embedding_size": spec.embedding_size(), "architecture": spec.family_entry.summary(spec.arch),
+            "recipe": spec.recipe.manifest_fields(),
+            "seed_test_accuracy": spec.reported.test_accuracy if spec.reported else None}
 
 
 @command("data")
@@ -234,6 +247,18 @@ def _load_data(data_dir: Path | None):
 # ---------------------------------------------------------------- train / run
 
 
+TeacherOption = Annotated[
+    str | None,
+    typer.Option("--teacher", help="Distil from this trained spec's probabilities (overrides the recipe's)."),
+]
+RecipeOption = Annotated[
+    list[str] | None,
+    typer.Option("--recipe", help="Change a recipe field for this run, FIELD=VALUE (repeatable), "
+                                  "e.g. --recipe optimizer=sgd --recipe learning_rate=0.1 (fields: "
+                                  "toolkit/recipe.py)."),
+]
+
+
 @command("train")
 def train_cmd(
     exp: ExpOption = "CNN_1L_Dropout_Exp6",
@@ -244,12 +269,16 @@ def train_cmd(
     data_dir: DataDirOption = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last completed epoch.")] = False,
     force: Annotated[bool, typer.Option(help="Retrain even if this run is complete.")] = False,
+    teacher: TeacherOption = None,
+    recipe: RecipeOption = None,
     mixed_precision: MixedPrecisionOption = None,
 ) -> None:
     """Train one spec on the real data; writes ARTIFACTS/NAME/{model.keras,metrics.json,...}."""
-    _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
-                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=force,
-                      mixed_precision=mixed_precision)
+    from toolkit.recipe import parse_overrides
+
+    _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train, artifacts=artifacts,
+                      data_dir=data_dir, resume=resume, force=force, teacher=teacher,
+                      recipe=parse_overrides(recipe), mixed_precision=mixed_precision)
 
 
 def _train_and_report(**kwargs: Any) -> dict[str, Any]:
@@ -268,9 +297,12 @@ def _train_and_report(**kwargs: Any) -> dict[str, Any]:
         console.print(f"Reused the completed run {result.run_dir} (same spec, seed, epochs, "
                       "data); pass --force to train it again.")
     rows = [list(r) for r in train.comparison_rows(result.metrics, spec)]
-    print_table(f"{spec.name}: this run vs the seed's reported figures",
-                ["figure", "this run", "95% interval (Wilson)", "seed"], rows)
+    title = (f"{spec.name}: this run vs the seed's reported figures" if spec.reported
+             else f"{spec.name}: this run (a new spec: the seed reports no figures for it)")
+    print_table(title, ["figure", "this run", "95% interval (Wilson)", "seed"], rows)
     _print_seed_spread(spec.name, root, result.metrics)
+    for line in train.run_notes(result.metrics):
+        console.print(line)
     console.print(f"Current run: {result.run_dir.parent.parent} (run {result.run_dir.name}, "
                   f"{result.metrics['params']:,} params, mixed precision "
                   f"{result.metrics.get('mixed_precision', 'off')})")
@@ -306,19 +338,30 @@ def run_cmd(
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training.")] = False,
+    teacher: TeacherOption = None,
+    recipe: RecipeOption = None,
     mixed_precision: MixedPrecisionOption = None,
     serve: Annotated[bool, typer.Option("--serve", help="Then serve the pick and load-test it (batching "
                                         "on and off, classify, similar, ceiling; several minutes).")] = False,
 ) -> None:
-    """The whole pipeline for one spec: train, then every later stage."""
+    """The whole pipeline for one spec: train (its untrained teachers first, with the same seed,
+    epochs and limit), then every later stage."""
+    from toolkit.recipe import parse_overrides
+
     if mixed_precision:
         from toolkit import precision
 
         precision.resolve(mixed_precision)  # a bad mode is one line, before any stage starts
+    overrides = parse_overrides(recipe)
+    common = dict(epochs=epochs, seed=seed, limit_train=limit_train, artifacts=artifacts, data_dir=data_dir)
+    minutes = _train_teachers_first(exp, teacher=teacher, recipe=overrides, **common)
     console.rule(f"[bold]train {exp}")
-    _train_and_report(exp=exp, epochs=epochs, seed=seed, limit_train=limit_train,
-                      artifacts=artifacts, data_dir=data_dir, resume=resume, force=False,
-                      mixed_precision=mixed_precision)
+    metrics = _train_and_report(exp=exp, resume=resume, force=False, teacher=teacher, recipe=overrides,
+                                mixed_precision=mixed_precision, **common)
+    if minutes:
+        spent = ", ".join(f"teacher {name} {m:.1f} min" for name, m in minutes.items())
+        console.print(f"Training minutes: {spent} (trained first, for this run); student {exp} "
+                      f"{metrics['train_seconds'] / 60:.1f} min.")
     for name, stage in RUN_STAGES:
         console.rule(f"[bold]{name} {exp}")
         stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
@@ -327,6 +370,24 @@ def run_cmd(
         if flags.get(flag):
             console.rule(f"[bold]{name} {exp}")
             stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
+
+
+def _train_teachers_first(exp: str, *, teacher: str | None, recipe: dict[str, Any],
+                          **common: Any) -> dict[str, float]:
+    """Train the spec's untrained teachers (deepest first); their training minutes by name."""
+    from toolkit import artifacts as arts_mod
+    from toolkit import distill, specs
+
+    spec = specs.with_overrides(specs.get_spec(exp), **{**recipe, "teacher": teacher})
+    minutes: dict[str, float] = {}
+    for needed in reversed(distill.teachers(spec)):
+        if arts_mod.spec_artifacts(needed.name, common["artifacts"]).is_trained():
+            continue
+        console.rule(f"[bold]train teacher {needed.name}")
+        console.print(f"{spec.name} distils from {needed.name}, which is not trained yet: training it first.")
+        metrics = _train_and_report(exp=needed.name, resume=True, force=False, **common)
+        minutes[needed.name] = metrics["train_seconds"] / 60
+    return minutes
 
 
 # Command modules of later features register themselves (commands and run stages) on import,

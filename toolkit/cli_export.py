@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from toolkit.cli import (
     RUN_STAGES,
@@ -27,7 +29,8 @@ FormatOption = Annotated[
 ]
 PrecisionOption = Annotated[
     list[str] | None,
-    typer.Option("--precision", help="fp32, fp16, int8, dynamic or all. Default: fp32."),
+    typer.Option("--precision", help="fp32, fp16, int8, dynamic, int8io (TFLite only: int8 input and "
+                                     "output, for microcontrollers) or all. Default: fp32."),
 ]
 
 STATUS_TEXT = {
@@ -76,44 +79,64 @@ def _mb(size: Any) -> str:
     return f"{size / 1e6:.3f}" if isinstance(size, int | float) else "-"
 
 
+def _kib(size: Any) -> str:
+    return f"{size / 1024:,.1f}" if isinstance(size, int | float) else "-"
+
+
 def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, int | float) else "-"
 
 
 def print_status_table(name: str, root) -> None:
-    """One row per export of a spec, from exports.json: the status the issue asks for. A parity
-    result counts only for the file it checked (a replaced file shows as stale)."""
+    """One row per export of a spec, from exports.json: the status the issue asks for, with which
+    checks failed (their full text follows the table, one line per export). A parity result counts
+    only for the file it checked (a replaced file shows as stale)."""
     from toolkit import artifacts as arts_mod
     from toolkit.export.record import NOT_RUN, ParitySummary, read_exports
     from toolkit.stats import interval_of_accuracy
 
     arts = arts_mod.spec_artifacts(name, root)
     entries = read_exports(arts).exports
-    rows = []
+    rows, details = [], []
     keras_acc = None
     for e in entries:
         path = arts.dir / e.path
         state = "failed" if not e.exported else e.parity_state(
             arts_mod.sha256_file(path) if path.is_file() else None)
         parity = e.parity if state in ("pass", "fail") and e.parity else ParitySummary(NOT_RUN)
-        note = e.error or "" if not e.exported else "; ".join(parity.failures)
+        failures = [e.error or "export failed"] if not e.exported else parity.failures
+        if failures:
+            details.append(f"  {e.key}: {'; '.join(failures)}")
         delta = parity.accuracy_delta_pp
         rows.append([
-            e.key, STATUS_TEXT.get(state, state), _mb(e.size_bytes), _fmt(parity.agreement, ".2%"),
+            e.key, STATUS_TEXT.get(state, state), _mb(e.size_bytes), _kib(e.arena_bytes),
+            _fmt(parity.agreement, ".2%"),
             _fmt(parity.flipped, "d"), _fmt(parity.max_abs_diff, ".2e"), _fmt(parity.p99_abs_diff, ".2e"),
-            _accuracy(parity), f"{delta:+.2f}" if delta is not None else "-", _mcnemar(parity), note,
+            _accuracy(parity), f"{delta:+.2f}" if delta is not None else "-", _mcnemar(parity),
+            ", ".join(dict.fromkeys(_check_name(f) for f in failures)),
         ])
         if keras_acc is None and parity.keras_accuracy is not None and parity.images:
             keras_acc = interval_of_accuracy(parity.keras_accuracy, parity.images)
     title = f"{name}: exports and parity on the 10,000 test images"
     if keras_acc is not None:
         title += f" (Keras accuracy {keras_acc.estimate:.2%}, 95% CI {_ci([keras_acc.low, keras_acc.high])})"
-    print_table(title, ["export", "status", "MB", "top-1 agree", "flipped", "max |d|", "p99 |d|",
-                        "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"], rows,
-                no_wrap=("export", "status", "accuracy ± 95% CI", "McNemar p (b/c)"))
+    columns = ["export", "status", "MB", "arena KiB", "top-1 agree", "flipped", "max |d|", "p99 |d|",
+               "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"]
+    print_table(title, columns, rows, no_wrap=("export", "status", "accuracy ± 95% CI", "McNemar p (b/c)"))
     console.print("McNemar p: exact two-sided test of the export against Keras on the same images; b = "
                   "images only Keras got right, c = only the export; p >= 0.05: no significant difference "
                   "in accuracy. '-': parity predates the test (rerun toolkit parity).")
+    if details:
+        console.print("Failed checks, by how much:", soft_wrap=True)
+        for line in details:
+            console.print(escape(line), soft_wrap=True)
+
+
+def _check_name(failure: str) -> str:
+    """The name of a failed check: the words a failure message starts with ("max abs difference",
+    "top-1 agreement", "model.keras changed since this export")."""
+    match = re.match(r"[A-Za-z][\w\-./]*(?: [A-Za-z][\w\-./]*)*", failure)
+    return match.group(0) if match else failure[:40]
 
 
 def _ci(bounds: Any) -> str:
@@ -291,8 +314,6 @@ def predict_cmd(
     invert: Annotated[str, typer.Option("--invert", help="auto (light backgrounds), yes or no.")] = "auto",
 ) -> None:
     """Classify images with an exported model (or model.keras); conversions are stated."""
-    from rich.markup import escape
-
     from toolkit.predict import predict
 
     outcome = predict(model_file, list(images), top_k=top_k, runtime=runtime, invert=invert)

@@ -5,9 +5,9 @@
 
 Models, exporters, runtimes, parity, predict and the benchmarks all read these names; nobody
 spells them out again. `IOContract` describes one file's inputs and outputs, so that a format
-whose file legitimately differs (the planned microcontroller variant with int8 input and
-output, or the recommender's embedding model) carries its own description instead of a
-special case in every consumer. Imports nothing heavy.
+whose file legitimately differs (the microcontroller variant with int8 input and output,
+INT8_CLASSIFIER, or the recommender's embedding model) carries its own description instead of
+a special case in every consumer. Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ OUTPUT_NAME = "probabilities"
 IMAGE_SHAPE: tuple[int, int, int] = (28, 28, 1)
 NUM_CLASSES = len(CLASS_NAMES)
 EMBEDDING_LAYER = "embedding"  # the last hidden dense layer: the recommender's features
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "dynamic")
+# int8io: full integer with int8 input and output (the microcontroller build; see INT8_CLASSIFIER).
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "dynamic", "int8io")
 PREPROCESSING = ("float32 NHWC [N,28,28,1], grayscale, pixel/255 in [0,1]; "
                  "output softmax probabilities [N,10]")
 
@@ -128,6 +129,19 @@ def _describe(name: str | None, dtype: str | None, shape: Sequence[Any] | None) 
 CLASSIFIER = IOContract(
     input=TensorSpec(INPUT_NAME, "float32", (None, *IMAGE_SHAPE)),
     output=TensorSpec(OUTPUT_NAME, "float32", (None, NUM_CLASSES)),
+)
+
+
+# The one documented exception to the float32 contract: `tflite-int8io`, a full-integer file
+# with int8 input and output (the TFLite Micro convention). Its input and output scale and zero
+# point are in the file (and its metadata); runtimes quantize images with them (q = round(x /
+# scale) + zero_point) and dequantize the output, so every consumer still sees CLASSIFIER.
+INT8_CLASSIFIER = IOContract(
+    input=TensorSpec(INPUT_NAME, "int8", (None, *IMAGE_SHAPE)),
+    output=TensorSpec(OUTPUT_NAME, "int8", (None, NUM_CLASSES)),
+    preprocessing=("int8 NHWC [N,28,28,1]: q = round(pixel/255 / input scale) + input zero point; "
+                   "output int8 [N,10]: probability = (q - output zero point) x output scale (scales "
+                   "and zero points in the file's metadata)"),
 )
 
 

@@ -46,6 +46,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": QUANTIZED,
     "int8": QUANTIZED,
     "dynamic": QUANTIZED,
+    "int8io": QUANTIZED,  # compared after dequantizing its int8 output
 }
 
 

@@ -7,7 +7,10 @@
 `load` checks the file's declared input and output (name, dtype, rank, shape) against the model
 contract (toolkit.contract.CLASSIFIER unless told otherwise): a file that differs is a
 ContractError (an ArtifactError, exit 4) naming the file, what it has and what is expected,
-before anything runs on it.
+before anything runs on it. The one exception is a file with int8 input and output
+(tflite-int8io, toolkit.contract.INT8_CLASSIFIER): its `run` quantizes the float images and
+dequantizes the output with the scale and zero point stored in the file, so callers still pass
+float32 images and get float32 probabilities.
 
 RUNTIMES is the one table of runtimes (key, file suffixes, device, loader). Parity, benchmarks,
 `toolkit predict` and the recommender all go through it, always by key. Loaders import their
@@ -25,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.contract import CLASSIFIER, INPUT_NAME, OUTPUT_NAME, IOContract
+from toolkit.contract import CLASSIFIER, INPUT_NAME, INT8_CLASSIFIER, OUTPUT_NAME, IOContract
 from toolkit.errors import ArtifactError, ContractError, DeviceUnavailableError, UsageError
 from toolkit.quiet import quiet_stderr
 
@@ -52,6 +55,21 @@ class LoadedModel:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The contract's output for a batch in the contract's input format."""
         raise NotImplementedError
+
+    # A file with int8 input and output (tflite-int8io) takes quantized images and returns
+    # quantized probabilities; `run` wraps both conversions. The benchmarks time `run_encoded` on
+    # inputs encoded beforehand, as a microcontroller is fed int8 images. For every other file
+    # the three are the identity and `run`.
+    quantized_io: bool = False
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        return batch
+
+    def run_encoded(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)
+
+    def decode(self, output: np.ndarray) -> np.ndarray:
+        return output
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "provider": self.provider, "device": self.device,
@@ -232,8 +250,28 @@ class LiteRTModel(LoadedModel):
         self.output_shape = tuple(int(d) for d in outputs[first]["shape_signature"])
         self.output_dtype = _dtype(outputs[first]["dtype"])
         self._batch = -1
+        # An int8 input/output with a scale is quantized I/O: its parameters are in the file.
+        self.input_quant = _int_quantization(details)
+        self.output_quant = _int_quantization(outputs[first])
+        self.quantized_io = self.input_quant is not None and self.output_quant is not None
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        if self.input_quant is None:
+            return batch
+        (scale, zero_point), info = self.input_quant, np.iinfo(self.input_dtype)
+        q = np.round(np.asarray(batch, dtype=np.float32) / scale) + zero_point
+        return np.clip(q, info.min, info.max).astype(self.input_dtype)
+
+    def decode(self, output: np.ndarray) -> np.ndarray:
+        if self.output_quant is None:
+            return output
+        scale, zero_point = self.output_quant
+        return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.decode(self.run_encoded(self.encode(batch)))
+
+    def run_encoded(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) != self._batch:
             self.interpreter.resize_tensor_input(self._input_index, list(batch.shape), strict=False)
             with quiet_stderr():
@@ -242,6 +280,14 @@ class LiteRTModel(LoadedModel):
         self.interpreter.set_tensor(self._input_index, batch)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output_index).copy()
+
+
+def _int_quantization(details: dict[str, Any]) -> tuple[float, int] | None:
+    """(scale, zero point) of an int8/uint8 tensor that has them, else None (a float tensor)."""
+    scale, zero_point = details.get("quantization") or (0.0, 0)
+    if np.dtype(details["dtype"]).kind not in "iu" or not scale:
+        return None
+    return float(scale), int(zero_point)
 
 
 def _signature_names(interpreter) -> dict[int, str]:
@@ -352,6 +398,8 @@ def load(path: str | Path, runtime: str | None = None, *, device: str = "cpu",
         raise UsageError(f"threads must be >= 1, got {threads}")
     model = chosen.loader(path, device=device, threads=threads)
     problems = model.mismatches(contract) if contract is not None else []
+    if problems and contract == CLASSIFIER and model.quantized_io and not model.mismatches(INT8_CLASSIFIER):
+        problems = []  # the int8-I/O exception: `run` quantizes and dequantizes with the file's own
     if problems:
         raise contract_error(path, problems)
     return model

@@ -42,7 +42,8 @@ from typing import Any
 
 from toolkit import artifacts, data
 from toolkit.errors import ArtifactError, Interrupted, PartialFailure, ToolkitError, UsageError
-from toolkit.specs import Spec, match_specs, with_overrides
+from toolkit.families import FAMILIES
+from toolkit.specs import Spec, match_specs, study_specs, with_overrides
 from toolkit.stats import Interval, Spread, interval_of_accuracy, seed_spread
 
 BACKENDS = ("local", "ray")
@@ -88,7 +89,7 @@ class RunStatus:
         """Relative cost of one epoch, only for the ETA: FLOPs, plus a floor for per-batch
         overhead, with on-the-fly augmentation counted as roughly tripling it on CPU."""
         weight = self.spec.mflops_per_image() + 1.0
-        return weight * (3.0 if self.spec.augment else 1.0)
+        return weight * (3.0 if self.spec.recipe.augments else 1.0)
 
 
 @dataclass
@@ -132,7 +133,7 @@ class SweepState:
 def plan_sweep(patterns: Sequence[str] | None, *, seeds: int = 1, epochs: int | None = None,
                limit_train: int | None = None, backend: str = "local",
                mixed_precision: str | None = None) -> SweepState:
-    """The runs of a sweep: every spec matching `patterns` (default all 17) x seeds 0..N-1, each
+    """The runs of a sweep: every spec matching `patterns` (default the study's 17) x seeds 0..N-1, each
     in `mixed_precision` (default: each spec's recipe), resolved here for this machine."""
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
@@ -144,9 +145,11 @@ def plan_sweep(patterns: Sequence[str] | None, *, seeds: int = 1, epochs: int | 
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     from toolkit import precision
 
+    # Without patterns a sweep reproduces the study's tables: its 17 specs.
+    chosen = match_specs(patterns) if patterns else study_specs()
     specs = [with_overrides(s, epochs=epochs,
                             mixed_precision=precision.resolve(mixed_precision or s.mixed_precision))
-             for s in match_specs(patterns)]
+             for s in chosen]
     from toolkit.train import check_limit_train
 
     for spec in specs:
@@ -155,10 +158,19 @@ def plan_sweep(patterns: Sequence[str] | None, *, seeds: int = 1, epochs: int | 
     return SweepState(runs, epochs, seeds, limit_train, backend)
 
 
-def _manifest(run: RunStatus, checksums: dict[str, str]) -> dict[str, Any]:
+def _manifest(run: RunStatus, checksums: dict[str, str], root: Path) -> dict[str, Any] | None:
+    """The manifest `train` gives this run (None: a student whose teacher is not trained here)."""
+    from toolkit import distill
+    from toolkit.specs import run_variant
+
+    try:
+        teacher = distill.teacher_record(run.spec, root)
+    except ArtifactError:
+        return None
     return artifacts.make_manifest(run.spec, seed=run.seed, epochs=run.spec.epochs,
                                    limit_train=run.limit_train, data_checksums=checksums,
-                                   mixed_precision=run.spec.mixed_precision)
+                                   mixed_precision=run.spec.mixed_precision, variant=run_variant(run.spec),
+                                   teacher=teacher)
 
 
 def _describe(exc: BaseException) -> str:
@@ -334,7 +346,9 @@ def install_run(root: Path, run: RunStatus, files: dict[str, bytes],
                 checksums: dict[str, str]) -> Path:
     """Put a run trained elsewhere into ROOT/NAME/runs/<run-id>/ in one rename, as train does."""
     arts = artifacts.spec_artifacts(run.spec.name, root)
-    manifest = _manifest(run, checksums)
+    manifest = _manifest(run, checksums, root)
+    if manifest is None:
+        raise ArtifactError(f"{run.key}: its teacher is not trained under {root}; train it first")
     rid = manifest["run_id"]
     with artifacts.exclusive_lock(arts.lock_file(rid), what=f"run {run.spec.name}/{rid}",
                                   wait=True):
@@ -480,7 +494,8 @@ def _finish_completed(state: SweepState, root: Path, checksums: dict[str, str]) 
     remaining: list[RunStatus] = []
     for run in state.runs:
         arts = artifacts.spec_artifacts(run.spec.name, root)
-        existing = artifacts.completed_run(arts, _manifest(run, checksums))
+        manifest = _manifest(run, checksums, root)
+        existing = artifacts.completed_run(arts, manifest) if manifest is not None else None
         if existing is not None:
             metrics = artifacts.read_json(existing / "metrics.json", what="metrics")
             _finish(state, run, metrics=metrics, run_dir=existing, reused=True)
@@ -715,6 +730,15 @@ def render_csv(state: SweepState, rows: list[SpecRow]) -> str:
     return buf.getvalue()
 
 
+# Bar colours by the family's place in the registry (the seed's DNN green and CNN blue first).
+PALETTE = ("#55A868", "#4C72B0", "#DD8452", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
+
+
+def family_color(family: str) -> str:
+    names = list(FAMILIES)
+    return PALETTE[names.index(family) % len(PALETTE)] if family in names else PALETTE[-1]
+
+
 def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
     """Horizontal bars of our mean test accuracy (std error bars, each seed a dot), the seed's
     reported value a red diamond, best spec on top."""
@@ -730,7 +754,7 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
     ys = list(range(len(scored)))
     means = [r.stats["test_accuracy"].mean for r in scored]
     errs = [r.stats["test_accuracy"].std or 0.0 for r in scored]
-    colors = ["#4C72B0" if r.spec.family == "CNN" else "#55A868" for r in scored]
+    colors = [family_color(r.spec.family) for r in scored]
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(scored) + 2.0), layout="constrained")
     ax.barh(ys, means, xerr=errs if any(errs) else None, color=colors, alpha=0.85, capsize=3,
             height=0.65, error_kw={"elinewidth": 1.2})
@@ -763,8 +787,8 @@ def render_chart(state: SweepState, rows: list[SpecRow], target: Path) -> None:
 
     handles, _ = ax.get_legend_handles_labels()
     families = {r.spec.family for r in scored}
-    handles += [Patch(color=color, label=f"{family} (this toolkit)")
-                for family, color in (("CNN", "#4C72B0"), ("DNN", "#55A868")) if family in families]
+    handles += [Patch(color=family_color(family), label=f"{family} (this toolkit)")
+                for family in FAMILIES if family in families]
     # Below the axes, so it never hides a bar or a seed marker.
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)

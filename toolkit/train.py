@@ -22,7 +22,7 @@ import numpy as np
 from toolkit import artifacts, data, precision
 from toolkit.contract import package_versions
 from toolkit.errors import Interrupted, UsageError
-from toolkit.specs import Spec, get_spec, with_overrides
+from toolkit.specs import Spec, get_spec, run_variant, with_overrides
 
 EpochHook = Callable[[int, int, dict[str, float]], None]
 
@@ -84,28 +84,38 @@ def train(
     progress: bool = False,
     on_epoch: EpochHook | None = None,
     console=None,
+    teacher: str | None = None,
+    recipe: dict[str, Any] | None = None,
     mixed_precision: str | None = None,
 ) -> TrainResult:
     """Train `exp` (or reuse the completed run with the same manifest) and return its metrics.
 
     `promote` makes the run the spec's current run (what `toolkit train` does); sweeps and
-    stability analyses pass False so they never replace another seed's current run.
-    `mixed_precision` (bf16, fp16, off, auto; None: the spec's recipe) is resolved here, once:
-    the run id, manifest and metrics name the resolved mode (toolkit.precision).
+    stability analyses pass False so they never replace another seed's current run. `teacher`
+    and `recipe` (field: value) change the spec's recipe for this run; such a run gets its own
+    run id (a recipe tag), so it never replaces the spec's own run. `mixed_precision` (bf16,
+    fp16, off, auto; None: the spec's default) is resolved here, once: the run id, manifest and
+    metrics name the resolved mode (toolkit.precision).
     """
+    from toolkit import distill
+
     spec = get_spec(exp) if isinstance(exp, str) else exp
+    changes = dict(recipe or {})
+    changes.update({k: v for k, v in (("teacher", teacher), ("epochs", epochs)) if v is not None})
     mode = precision.resolve(mixed_precision or spec.mixed_precision)
-    spec = with_overrides(spec, epochs=epochs, mixed_precision=mode)
+    spec = with_overrides(spec, **changes, mixed_precision=mode)
     if seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}")
     if limit_train is not None and limit_train <= 0:
         raise UsageError(f"--limit-train must be positive, got {limit_train}")
     check_limit_train(limit_train, fraction=spec.validation_fraction)  # before the run id names it
+    teacher_run = distill.teacher_record(spec, root)  # a bad or untrained teacher stops us here
     dataset = data.load(data_dir)
     arts = artifacts.spec_artifacts(spec.name, root)
     manifest = artifacts.make_manifest(
         spec, seed=seed, epochs=spec.epochs, limit_train=limit_train,
-        data_checksums=dataset.checksums, mixed_precision=mode,
+        data_checksums=dataset.checksums, variant=run_variant(spec), teacher=teacher_run,
+        mixed_precision=mode,
     )
     rid = manifest["run_id"]
     with artifacts.exclusive_lock(arts.lock_file(rid), what=f"run {spec.name}/{rid}"):
@@ -124,42 +134,54 @@ def train(
 
 
 def _make_datasets(spec: Spec, dataset: data.Dataset, *, seed: int, limit_train: int | None,
-                   initial_epoch: int):
+                   initial_epoch: int, teacher_run: dict[str, Any] | None = None, root=None):
     """Training batches for epochs initial_epoch..epochs-1 as one stream, and validation batches.
 
     Each epoch's order is a stateless shuffle keyed by (seed, epoch), so a resumed run sees the
-    same batches in its later epochs as an uninterrupted one would.
+    same batches in its later epochs as an uninterrupted one would. Targets and augmentation
+    follow the recipe (toolkit.fitting, toolkit.augment).
     """
+    from toolkit import augment, fitting
     from toolkit._tf import tf
 
     train_idx, val_idx = split_indices(
         len(dataset.y_train), seed=seed, fraction=spec.validation_fraction,
         limit_train=limit_train,
     )
-    x_train = tf.constant(data.to_model_input(dataset.x_train[train_idx]))
-    y_train = tf.constant(dataset.y_train[train_idx].astype(np.int32))
+    images = data.to_model_input(dataset.x_train[train_idx])
+    teacher_probs = None
+    if teacher_run is not None:
+        from toolkit import distill
+
+        teacher_probs = distill.teacher_probabilities(
+            teacher_run, images, temperature=spec.recipe.distill_temperature, root=root)
+    x_train = tf.constant(images)
+    y_train = tf.constant(fitting.targets(spec.recipe, dataset.y_train[train_idx], teacher_probs))
     x_val = data.to_model_input(dataset.x_train[val_idx])
-    y_val = dataset.y_train[val_idx].astype(np.int32)
+    y_val = fitting.eval_targets(spec.recipe, dataset.y_train[val_idx])
     n_train = len(train_idx)
+    augmenter = augment.batch_augmenter(spec.recipe, seed)
 
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n_train), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(spec.batch_size).map(
-            lambda idx: (tf.gather(x_train, idx), tf.gather(y_train, idx)))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(spec.batch_size)
+        if augmenter is None:
+            return batches.map(lambda idx: (tf.gather(x_train, idx), tf.gather(y_train, idx)))
+        return batches.enumerate().map(
+            lambda step, idx: (augmenter(tf.gather(x_train, idx), epoch, step), tf.gather(y_train, idx)))
 
     train_ds = tf.data.Dataset.range(initial_epoch, spec.epochs).flat_map(epoch_batches)
     if spec.augment:
-        from toolkit.models import augmentation
-
-        augment = augmentation(seed + 1000 * initial_epoch)
-        train_ds = train_ds.map(lambda x, y: (augment(x, training=True), y))
+        seed_da = augment.seed_da(seed + 1000 * initial_epoch)
+        train_ds = train_ds.map(lambda x, y: (seed_da(x, training=True), y))
     train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(1024)
     return train_ds, val_ds, n_train, len(y_val)
 
 
 def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, console) -> Path:
+    from toolkit import fitting
     from toolkit._tf import keras, tf
     from toolkit.callbacks import EpochHookCallback, PartialCheckpoint, RichProgress
 
@@ -169,12 +191,18 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     # Same spec and seed give the same weights run to run on CPU.
     tf.config.experimental.enable_op_determinism()
     partial = arts.partial_dir(rid)
-    model, history, initial_epoch, seconds_before = _model_and_state(spec, manifest, partial, resume)
-    train_ds, val_ds, n_train, n_val = _make_datasets(
-        spec, dataset, seed=seed, limit_train=limit_train, initial_epoch=initial_epoch)
+    n_train = len(split_indices(len(dataset.y_train), seed=seed, fraction=spec.validation_fraction,
+                                limit_train=limit_train)[0])
     steps = int(np.ceil(n_train / spec.batch_size))
+    model, history, initial_epoch, seconds_before = _model_and_state(spec, manifest, partial, resume,
+                                                                     steps_per_epoch=steps)
+    train_ds, val_ds, n_train, n_val = _make_datasets(
+        spec, dataset, seed=seed, limit_train=limit_train, initial_epoch=initial_epoch,
+        teacher_run=manifest.get("teacher"), root=arts.root)
     checkpoint = PartialCheckpoint(partial, manifest, history, seconds_before)
-    callbacks: list[keras.callbacks.Callback] = [checkpoint]
+    best = fitting.BestEpoch(partial, initial_epoch) if spec.recipe.selection == "best" else None
+    # The best epoch's weights are saved before the checkpoint that marks the epoch done.
+    callbacks: list[keras.callbacks.Callback] = [c for c in (best, checkpoint) if c is not None]
     if on_epoch is not None:
         callbacks.append(EpochHookCallback(on_epoch, spec.epochs))
     display = None
@@ -200,28 +228,34 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         if display is not None:
             display.stop()
     if mode != "off":  # model.keras and the exports hold the float32 model, as for float32 runs
-        model = precision.float32_copy(model, build=lambda: build_training_model(spec, "off"))
+        model = precision.float32_copy(
+            model, build=lambda: build_training_model(spec, "off", steps_per_epoch=steps))
+    history = checkpoint.history
+    # Selection decides on the validation holdout only, before the test set is ever looked at.
+    kept = (best.apply(model) if best is not None else None) or spec.epochs
     x_test = data.to_model_input(dataset.x_test)
-    test_loss, test_accuracy = model.evaluate(x_test, dataset.y_test.astype(np.int32),
+    test_loss, test_accuracy = model.evaluate(x_test, fitting.eval_targets(spec.recipe, dataset.y_test),
                                               batch_size=1024, verbose=0)
     # Kept beside the run so that any two runs or exports can be compared image by image.
     top1 = np.argmax(model.predict(x_test, batch_size=1024, verbose=0), axis=1).astype(np.uint8)
-    history = checkpoint.history
+    figures = fitting.selected_figures(history, kept)
     metrics = {
         "spec": spec.name,
         "run_id": rid,
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
-        "train_accuracy": history["accuracy"][-1],
-        "train_loss": history["loss"][-1],
-        "val_accuracy": history["val_accuracy"][-1],
-        "val_loss": history["val_loss"][-1],
+        "train_accuracy": figures["accuracy"],
+        "train_loss": figures["loss"],
+        "val_accuracy": figures["val_accuracy"],
+        "val_loss": figures["val_loss"],
         "train_seconds": round(checkpoint.seconds, 2),
         # Training and validation images per second over the run's epochs.
         "images_per_second": round(n_train * spec.epochs / checkpoint.seconds, 1),
         # The resolved mode; the test figures are always of the saved float32 model.
         "mixed_precision": mode,
         "epochs": spec.epochs,
+        "selection": spec.recipe.selection,
+        "selected_epoch": kept,
         "seed": seed,
         "limit_train": limit_train,
         # A resumed run restores weights, optimizer state and dropout seed states, and sees the
@@ -240,30 +274,34 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     return _commit_run(arts, rid, model, history, metrics, partial, top1=top1)
 
 
-def _model_and_state(spec: Spec, manifest: dict[str, Any], partial: Path, resume: bool):
+def _model_and_state(spec: Spec, manifest: dict[str, Any], partial: Path, resume: bool, *,
+                     steps_per_epoch: int):
     """(model, history, epochs done, seconds so far): a new model, or with --resume the last
-    committed epoch of the interrupted run (toolkit.checkpoint), restored into a fresh build."""
+    committed epoch of the interrupted run (toolkit.checkpoint), restored into a fresh build (so
+    an optimizer's weight-decay exclusions and schedule are the recipe's, not a loaded copy's)."""
     from toolkit.checkpoint import load_resume
 
     state = load_resume(partial, manifest) if resume else None
     if state is None and partial.exists():
         shutil.rmtree(partial)
-    model = build_training_model(spec, spec.mixed_precision)
+    model = build_training_model(spec, spec.mixed_precision, steps_per_epoch=steps_per_epoch)
     if state is None:
         return model, {}, 0, 0.0
     state.snapshot.restore(model)
     return model, state.history, state.epochs_done, state.seconds
 
 
-def build_training_model(spec: Spec, mode: str):
-    """The spec's model compiled for training in `mode` (the policy, and the optimizer that goes
-    with it); variables and output stay float32. Training, the profile and the training benchmark
-    all build through here."""
-    from toolkit.models import build_model, compile_model
+def build_training_model(spec: Spec, mode: str, *, steps_per_epoch: int | None = None):
+    """The spec's model compiled for training in `mode` (the policy, and the recipe's optimizer
+    for it); variables and output stay float32. Training, the profile and the training benchmark
+    all build through here. `steps_per_epoch` shapes a scheduled learning rate (default: the
+    full training split's, which is what benchmarks and profiles of one step need)."""
+    from toolkit import fitting
+    from toolkit.models import build_model
 
+    steps = steps_per_epoch or int(np.ceil(TRAIN_IMAGES * (1 - spec.validation_fraction) / spec.batch_size))
     with precision.policy_scope(mode):
-        model = compile_model(build_model(spec), spec,
-                              optimizer=precision.training_optimizer(spec.optimizer, mode))
+        model = fitting.compile_model(build_model(spec), spec, steps, mode=mode)
     precision.check_float32_contract(model)
     return model
 
@@ -349,6 +387,21 @@ def comparison_rows(metrics: dict[str, Any], spec: Spec) -> list[tuple[str, str,
         rows.append((key, fmt.format(ours) if ours is not None else "-", ci,
                      fmt.format(theirs) if theirs is not None else "-"))
     return rows
+
+
+def run_notes(metrics: dict[str, Any]) -> list[str]:
+    """What else a user should know about a finished run: the kept epoch, the teacher."""
+    notes = []
+    if metrics.get("selection") == "best":
+        notes.append(f"Kept epoch {metrics['selected_epoch']} of {metrics['epochs']}: the best validation "
+                     f"accuracy ({metrics['val_accuracy']:.4f} on the seeded holdout; the test set plays no "
+                     "part).")
+    teacher = (metrics.get("manifest") or {}).get("teacher")
+    if teacher:
+        acc = teacher.get("test_accuracy")
+        notes.append(f"Distilled from {teacher['spec']} (run {teacher['run_id']}"
+                     + (f", test accuracy {acc:.4f})." if acc is not None else ")."))
+    return notes
 
 
 def seed_spread(arts: artifacts.SpecArtifacts, metrics: dict[str, Any]):

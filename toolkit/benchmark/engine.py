@@ -4,8 +4,9 @@
     result = run_case(case, ctx)             # an InferenceResult
 
 How a case is timed:
-- the session or interpreter is built, the inputs prepared (and, on GPU, copied to the device)
-  before the clock starts; warm-up calls follow, checked like every other call;
+- the session or interpreter is built, the inputs prepared (and, on GPU, copied to the device;
+  for an int8-I/O file, quantized) before the clock starts; warm-up calls follow, checked like
+  every other call;
 - each timed call is one `run` on one batch, read with `time.perf_counter` around the call only
   (GPU calls synchronize inside that span, so the clock never stops before the device does);
 - every call's output is checked outside the timed span: shape [N,10], finite values, and for
@@ -221,6 +222,13 @@ def prepare(case: BenchCase, ctx: BenchContext, cases: Sequence[BenchCase] = ())
 
         call, fetch = prepare_gpu(case=case, model=model, inputs=inputs, notes=notes)
         return Prepared(case, model, inputs, call, fetch, checker, notes)
+    if model.quantized_io:
+        # An int8-I/O file is fed int8 images, as on a microcontroller: quantized here, outside the
+        # clock, and its int8 output dequantized after it, for the check (toolkit.runtimes).
+        encoded = [model.encode(batch) for batch in inputs]
+        notes["io_encoding"] = "int8 input/output: quantized before timing, dequantized after"
+        return Prepared(case, model, inputs, lambda i: model.run_encoded(encoded[i % len(encoded)]),
+                        model.decode, checker, notes)
     return Prepared(case, model, inputs, lambda i: model.run(inputs[i % len(inputs)]), lambda out: out,
                     checker, notes)
 

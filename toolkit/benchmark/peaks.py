@@ -19,7 +19,7 @@ from toolkit import runtimes
 
 # Compute each precision runs on: fp16 files compute in float32 on these CPUs (weights are
 # up-cast); dynamic quantization runs int8 GEMMs.
-PEAK_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "dynamic": "int8"}
+PEAK_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "dynamic": "int8", "int8io": "int8"}
 PEAK_KINDS = ("fp32", "int8", "fp32_ort")
 
 

@@ -73,7 +73,7 @@ def _settings(fmt: ExportFormat, *, opset: int | None, cal_size: int, cal_seed: 
     settings: dict[str, Any] = {}
     if fmt.format == "onnx":
         settings["opset"] = DEFAULT_OPSET if opset is None else opset
-    if fmt.precision == "int8":
+    if fmt.calibrated:
         settings["calibration"] = {"size": cal_size, "seed": cal_seed, "source": "training images"}
     return settings
 
@@ -179,7 +179,7 @@ def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any],
     started = time.perf_counter()
     try:
         model = inputs.keras_model()
-        calibration = inputs.calibration_images() if fmt.precision == "int8" else None
+        calibration = inputs.calibration_images() if fmt.calibrated else None
         with quiet():
             facts = fmt.exporter_fn()(
                 model, target, precision=fmt.precision, calibration=calibration, opset=opset,
@@ -196,5 +196,7 @@ def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any],
     entry.size_bytes = target.stat().st_size
     entry.sha256 = artifacts.sha256_file(target)
     entry.export_seconds = round(time.perf_counter() - started, 2)
-    entry.facts = dict(facts)
+    facts = dict(facts)
+    entry.arena_bytes = facts.pop("arena_bytes", None)
+    entry.facts = facts
     return ExportOutcome(fmt.key, EXPORTED, entry)

@@ -105,6 +105,9 @@ class ExportEntry:
     exported_at: str | None = None
     error: str | None = None
     size_bytes: int | None = None
+    # Peak bytes of activation tensors alive at once at batch 1 (TFLite files: the tensor arena a
+    # microcontroller needs; toolkit.export.tflite_info). None where not measured.
+    arena_bytes: int | None = None
     sha256: str | None = None  # of the exported file, when it was written
     export_seconds: float | None = None
     parity: ParitySummary | None = None  # None: parity never ran on this entry
@@ -130,6 +133,8 @@ class ExportEntry:
             "calibration": self.calibration, "exported_at": self.exported_at, "status": self.status,
             "error": self.error, "size_bytes": self.size_bytes, "sha256": self.sha256,
         }
+        if self.arena_bytes is not None:
+            out["arena_bytes"] = self.arena_bytes
         if self.export_seconds is not None:
             out["export_seconds"] = self.export_seconds
         out["parity"] = (self.parity or ParitySummary(NOT_RUN)).to_dict()
@@ -145,7 +150,7 @@ class ExportEntry:
         opt = _optional(doc, path, what)
         known = {"key", "format", "precision", "path", "status", "runtimes", "devices",
                  "source_model_sha256", "settings", "calibration", "exported_at", "error",
-                 "size_bytes", "sha256", "export_seconds", "parity"}
+                 "size_bytes", "arena_bytes", "sha256", "export_seconds", "parity"}
         return cls(
             key=req("key", str), format=req("format", str), precision=req("precision", str),
             path=req("path", str), status=req("status", str),
@@ -153,6 +158,7 @@ class ExportEntry:
             source_model_sha256=opt("source_model_sha256", str), settings=opt("settings", dict, {}),
             calibration=opt("calibration", dict), exported_at=opt("exported_at", str),
             error=opt("error", str), size_bytes=opt("size_bytes", int), sha256=opt("sha256", str),
+            arena_bytes=opt("arena_bytes", int),
             export_seconds=opt("export_seconds", (int, float)),
             parity=None if doc.get("parity") is None else ParitySummary.from_dict(doc["parity"], path=path),
             facts={k: v for k, v in doc.items() if k not in known},

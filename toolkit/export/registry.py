@@ -1,7 +1,7 @@
 """The one table of export formats and precisions.
 
 The CLI, parity, the benchmarks and the report all read FORMATS, always by key
-("onnx-fp32", "tflite-int8", ...). Exporters are named as "module:function" strings and
+("onnx-fp32", "tflite-int8", "tflite-int8io", ...). Exporters are named as "module:function" strings and
 resolved only when an export runs, so importing this module never imports TensorFlow (an
 ONNX Runtime-only host can still read the table and run the files).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.artifacts import SpecArtifacts
-from toolkit.contract import CLASSIFIER, PRECISIONS, IOContract
+from toolkit.contract import CLASSIFIER, INT8_CLASSIFIER, PRECISIONS, IOContract
 from toolkit.errors import UsageError
 
 FORMAT_NAMES: tuple[str, ...] = ("onnx", "tflite")
@@ -32,13 +32,18 @@ class ExportFormat:
     runtimes: tuple[str, ...]  # toolkit.runtimes keys that run this file
     devices: tuple[str, ...]
     description: str = ""
-    # The file's inputs and outputs. Every format today keeps the classifier contract; a variant
-    # with other I/O (the planned microcontroller build: int8 in and out) names its own here.
+    # The file's inputs and outputs: the classifier contract, except the microcontroller build
+    # (tflite-int8io: int8 in and out), which names its own.
     io: IOContract = CLASSIFIER
 
     @property
     def quantized(self) -> bool:
         return self.precision != "fp32"
+
+    @property
+    def calibrated(self) -> bool:
+        """Full-integer variants calibrate their activation ranges on training images."""
+        return self.precision in ("int8", "int8io")
 
     @property
     def filename(self) -> str:
@@ -51,10 +56,10 @@ class ExportFormat:
 
 
 def _fmt(format_: str, precision: str, runtimes: tuple[str, ...], devices: tuple[str, ...],
-         description: str) -> ExportFormat:
+         description: str, io: IOContract = CLASSIFIER) -> ExportFormat:
     suffix = {"onnx": ".onnx", "tflite": ".tflite"}[format_]
     return ExportFormat(f"{format_}-{precision}", format_, precision, suffix,
-                        f"toolkit.export.{format_}:export", runtimes, devices, description)
+                        f"toolkit.export.{format_}:export", runtimes, devices, description, io)
 
 
 _ORT = ("onnxruntime", "onnxruntime-cuda")
@@ -74,6 +79,9 @@ FORMATS: dict[str, ExportFormat] = {
         _fmt("tflite", "int8", ("litert",), ("cpu",),
              "TFLite full-integer int8 with float32 input/output (representative dataset)"),
         _fmt("tflite", "dynamic", ("litert",), ("cpu",), "TFLite dynamic-range (int8 weights)"),
+        _fmt("tflite", "int8io", ("litert",), ("cpu",),
+             "TFLite full-integer int8 with int8 input/output (TFLite Micro convention; scale and zero "
+             "point in its metadata)", io=INT8_CLASSIFIER),
     )
 }
 
@@ -105,7 +113,8 @@ def _expand(values: Iterable[str] | None, valid: tuple[str, ...], what: str,
 
 
 def select(formats: list[str] | None, precisions: list[str] | None) -> list[ExportFormat]:
-    """The export formats for --format/--precision (default: every format, fp32 only).
+    """The export formats for --format/--precision (default: every format that has the precision;
+    fp32 only).
 
     Rejects unknown names and unsupported pairs before any work, listing the valid keys.
     """
@@ -114,7 +123,9 @@ def select(formats: list[str] | None, precisions: list[str] | None) -> list[Expo
     chosen = [FORMATS[f"{n}-{p}"] for n in names for p in precs if f"{n}-{p}" in FORMATS]
     missing = [f"{n}-{p}" for n in names for p in precs if f"{n}-{p}" not in FORMATS]
     explicit_all = any(ALL in str(v).lower() for v in (*(formats or ()), *(precisions or ())))
-    if missing and not explicit_all:
+    # A pair that does not exist is an error only when the user named both sides of it
+    # (`--precision int8io` alone means the formats that have it: TFLite).
+    if missing and formats and not explicit_all:
         raise UsageError(f"unsupported export {', '.join(missing)}; valid: {', '.join(FORMATS)}")
     if not chosen:
         raise UsageError(f"no export matches; valid: {', '.join(FORMATS)}")
