@@ -5,12 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXP ?= CNN_1L_Dropout_Exp6
 
-.PHONY: run test setup setup-dev data lint clean-venv
+.PHONY: run test setup setup-dev data browser lint clean-venv
 
 run: setup
 	$(BIN)/toolkit run --exp $(EXP)
 
-test: setup-dev
+test: setup-dev browser
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q bench/ --benchmark-disable --bench-smoke
 
@@ -27,15 +27,27 @@ data:
 	  echo "No Debian package manager: Fashion-MNIST will be downloaded on first use"; \
 	fi
 
+# Debian's Chromium and chromedriver for the page's browser test (tests/test_page_browser.py), as
+# root on Debian (CI); elsewhere, or if the install fails, that test skips and says why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+	  echo "Chromium and chromedriver: present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+	    || echo "Could not install chromium/chromium-driver: the browser test will skip"; \
+	else \
+	  echo "Not root on Debian: the browser test skips unless chromium and chromium-driver are installed"; \
+	fi
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 setup: data $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[serve]'
 
 setup-dev: data $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(BIN)/pip install -q -e '.[dev,ray,serve]'
 
 lint: setup-dev
 	$(BIN)/ruff check .

@@ -60,3 +60,52 @@ def test_batch(dataset) -> tuple[np.ndarray, np.ndarray]:
     from toolkit.data import to_model_input
 
     return to_model_input(dataset.x_test[:256]), dataset.y_test[:256]
+
+
+# ---------------------------------------------------------------- serving (test_serve, test_page_browser)
+
+SERVE_SPEC = "DNN_2L_Dropout_Exp2"  # the fastest trained spec to convert
+SERVE_CATALOG = 500  # the recommender's catalog: the first 500 real training images
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """A uint8 [28,28] image as the bytes of a PNG file."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def served_root(trained_root, tmp_path_factory) -> Path:
+    """A private root: SERVE_SPEC exported to ONNX fp32 (parity passed), its embedding ONNX and catalog."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    root = tmp_path_factory.mktemp("serve") / "artifacts"
+    shutil.copytree(trained_root / SERVE_SPEC, root / SERVE_SPEC,
+                    ignore=shutil.ignore_patterns("runs", "recommend"))
+    for args in (["export", "--exp", SERVE_SPEC, "--format", "onnx", "--precision", "fp32"],
+                 ["recommend", "--exp", SERVE_SPEC, "--index", "0", "--onnx", "--catalog-limit",
+                  str(SERVE_CATALOG)]):
+        result = CliRunner().invoke(app, [*args, "--artifacts", str(root)])
+        assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture(scope="session")
+def live_server(served_root):
+    """`toolkit serve` in a child process that cannot import TensorFlow, on a free loopback port:
+    max batch 16, 2 ms max wait, 64 queued images, 64 kB bodies; stopped (Ctrl-C) at the end."""
+    from toolkit.serve.process import spawn
+
+    with spawn(["--exp", SERVE_SPEC, "--artifacts", str(served_root), "--catalog-limit", str(SERVE_CATALOG),
+                "--max-batch", "16", "--max-wait-ms", "2", "--max-queue", "64",
+                "--max-body-mb", str(64 / 1024)]) as server:
+        yield server

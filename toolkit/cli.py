@@ -325,6 +325,8 @@ def _print_seed_spread(name: str, root: Path | None, metrics: dict[str, Any]) ->
 
 # Stages of `toolkit run`, in order. Later features append theirs: (name, fn(exp, root, opts)).
 RUN_STAGES: list[tuple[str, Callable[..., None]]] = []
+# Stages that run only when their flag is given, after RUN_STAGES: (flag, name, fn).
+OPTIONAL_RUN_STAGES: list[tuple[str, str, Callable[..., Any]]] = []
 
 
 @command("run")
@@ -339,6 +341,8 @@ def run_cmd(
     teacher: TeacherOption = None,
     recipe: RecipeOption = None,
     mixed_precision: MixedPrecisionOption = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Then serve the pick and load-test it (batching "
+                                        "on and off, classify, similar, ceiling; several minutes).")] = False,
 ) -> None:
     """The whole pipeline for one spec: train (its untrained teachers first, with the same seed,
     epochs and limit), then every later stage."""
@@ -361,6 +365,11 @@ def run_cmd(
     for name, stage in RUN_STAGES:
         console.rule(f"[bold]{name} {exp}")
         stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
+    flags = {"serve": serve}
+    for flag, name, stage in OPTIONAL_RUN_STAGES:
+        if flags.get(flag):
+            console.rule(f"[bold]{name} {exp}")
+            stage(exp=exp, artifacts=artifacts, data_dir=data_dir)
 
 
 def _train_teachers_first(exp: str, *, teacher: str | None, recipe: dict[str, Any],
@@ -383,7 +392,7 @@ def _train_teachers_first(exp: str, *, teacher: str | None, recipe: dict[str, An
 
 # Command modules of later features register themselves (commands and run stages) on import,
 # in this order, which is also the order of their `toolkit run` stages.
-COMMAND_MODULES = ("cli_export", "cli_bench", "cli_analysis", "cli_sweep")
+COMMAND_MODULES = ("cli_export", "cli_bench", "cli_analysis", "cli_sweep", "cli_serve")
 
 
 def _register_command_modules() -> None:

@@ -25,9 +25,9 @@ Which differences are real (toolkit.stats):
   cannot be separated from another front row (cost intervals overlap, accuracy not significantly
   different) are marked tied.
 
-Rows come from ROW_SOURCES: "bench" today. Served rows (the load tester's `kind: "loadtest"`
-files) plug in as another source whose rows have `source="loadtest"`: they are shown with the
-columns that apply to them but stay outside the fronts and the pick (`Row.compared`).
+Rows come from ROW_SOURCES: "bench" (measured files) and "loadtest" (served rows: the load
+tester's `kind: "loadtest"` files, `source="loadtest"`): served rows are shown with the columns
+that apply to them but stay outside the fronts and the pick (`Row.compared`).
 """
 
 from __future__ import annotations
@@ -369,8 +369,70 @@ def _bench_rows(join: _Join) -> list[Row]:
     return rows
 
 
-# Where rows come from, by Row.source. The load tester's served rows join here as "loadtest".
-ROW_SOURCES: dict[str, Callable[[_Join], list[Row]]] = {BENCH: _bench_rows}
+SERVED = "loadtest"  # Row.source of `toolkit loadtest` results: shown, never compared
+
+
+def _served_rows(join: _Join) -> list[Row]:
+    """One row per endpoint x scenario x batching setting of each spec's current served file,
+    from its latest load test (toolkit.loadtest.record). A different measurement from the
+    in-process rows (HTTP, client and server on one machine): shown, never on a front or picked."""
+    from toolkit.loadtest.record import load_results
+
+    latest: dict[tuple, Any] = {}
+    for result in load_results(join.base):  # oldest first: later results replace earlier ones
+        ident = (result.server or {}).get("classifier") or {}
+        if ident.get("spec") in join.names and result.endpoint != "ceiling":
+            batching = (result.server or {}).get("batching") or {}
+            latest[(ident["spec"], ident.get("key"), result.endpoint, result.scenario,
+                    batching.get("max_batch"))] = result
+    rows = []
+    for (name, key, _endpoint, _scenario, max_batch), result in sorted(latest.items(), key=str):
+        row = _served_row(join, name, key, result, max_batch)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _served_row(join: _Join, name: str, key: str, result: Any, max_batch: int | None) -> Row | None:
+    from toolkit.specs import get_spec
+
+    arts = artifacts.spec_artifacts(name, join.base)
+    file = next((f for f in _files(arts, None, [], None) if f.key == key), None)
+    ident = result.server["classifier"]
+    if file is None or file.sha256 != ident.get("sha256"):
+        join.notes.append(f"served rows: {Path(result.file).name} measured a {name} {key} file that has "
+                          "since been replaced; rerun `toolkit loadtest` against a server of the new file")
+        return None
+    step = _served_step(result)
+    if step is None:
+        join.notes.append(f"served rows: {Path(result.file).name} ({name} {key} {result.endpoint} "
+                          f"{result.scenario}) has no valid step to show (see `toolkit loadtest` output)")
+        return None
+    spec = get_spec(name)
+    batching = f"batch<={max_batch}" if max_batch and max_batch > 1 else "no batching"
+    size = file.size_bytes if file.size_bytes is not None else file.path.stat().st_size
+    rate = result.best_rate if result.scenario == "server" else step.achieved_rate
+    return Row(spec=name, key=key, format=file.format, precision=file.precision,
+               runtime=f"{ident.get('runtime', '?')} http/{result.endpoint}",
+               device=f"cpu {result.scenario} {batching}", threads=ident.get("threads"),
+               accuracy=file.accuracy, keras_accuracy=file.reference_accuracy, parity=file.parity,
+               size_mb=size / 1e6, params=spec.param_count(), mflops=spec.mflops_per_image(),
+               images=file.images, p50_ms=step.p50_ms, p99_ms=step.p99_ms, throughput=rate,
+               throughput_batch=1, measured_at=result.written_at, source=SERVED)
+
+
+def _served_step(result: Any) -> Any:
+    """The step a served row shows: the server scenario's step at its best passing rate, or the
+    one step of single-stream and offline; None when no valid step has figures."""
+    valid = [s for s in result.steps if s.valid and s.p50_ms is not None]
+    if result.scenario == "server":
+        passed = [s for s in valid if s.passed]
+        return max(passed, key=lambda s: s.achieved_rate) if passed else None
+    return valid[-1] if valid else None
+
+
+# Where rows come from, by Row.source: measured files, and served rows from load tests.
+ROW_SOURCES: dict[str, Callable[[_Join], list[Row]]] = {BENCH: _bench_rows, SERVED: _served_rows}
 
 
 def _spec_rows(arts: artifacts.SpecArtifacts, join: _Join) -> tuple[list[Row], int]:

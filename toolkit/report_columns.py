@@ -7,7 +7,7 @@
 "terminal" (toolkit report), "markdown" (report.md), "bench" (toolkit bench's table); every
 column with CSV fields is in report.csv. A cell without a value is "-" and the report's notes
 say why (old bench files without repeats or memory results, missing per-image predictions).
-Served rows (Row.source "loadtest") will read the same columns; a column that does not apply to
+Served rows (Row.source "loadtest") read the same columns; a column that does not apply to
 them returns None for such rows.
 """
 

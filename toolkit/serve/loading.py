@@ -1,0 +1,267 @@
+"""What the server loads: the chosen export of a spec, and the recommender (embedding ONNX +
+catalog). Imports no TensorFlow; this is the serving code's one door to the export records.
+
+The export is the report's pick for the spec (the most accurate export with parity passed,
+ties within 0.1 point going to the fastest), narrowed by --format/--precision when given. A
+missing export refuses with exit 4, an export whose parity failed or never ran with exit 5, each
+naming the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import CLASS_NAMES, artifacts
+from toolkit.errors import ArtifactError, ParityError, ToolkitError, UsageError
+from toolkit.serve.index import ExactIndex
+
+# When no benchmark results exist to pick from: the smallest, fastest CPU variants first.
+FALLBACK_ORDER = (
+    "onnx-int8",
+    "tflite-int8",
+    "onnx-dynamic",
+    "tflite-dynamic",
+    "onnx-fp32",
+    "tflite-fp32",
+    "tflite-fp16",
+    "onnx-fp16",
+)
+SERVING_RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}  # CPU runtimes only: no TensorFlow
+
+
+@dataclass(frozen=True)
+class ExportChoice:
+    key: str
+    format: str
+    precision: str
+    path: Path
+    sha256: str
+    parity: dict[str, Any]
+    chosen_by: str
+
+
+@dataclass
+class Classifier:
+    spec: str
+    choice: ExportChoice
+    model: Any  # toolkit.runtimes.LoadedModel
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N,28,28] -> probabilities float32 [N,10]."""
+        from toolkit.data import to_model_input
+
+        return self.model.run(to_model_input(pixels))
+
+
+@dataclass
+class Recommender:
+    spec: str
+    embedder: Any  # toolkit.recommend.OnnxEmbedder
+    index: Any  # toolkit.serve.index.ExactIndex over the L2-normalised catalog
+    labels: np.ndarray
+    images: np.ndarray  # uint8 [M,28,28]: the catalog items, for thumbnails
+    info: dict[str, Any]
+
+    def search(self, pixels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 [N,28,28] -> (catalog indices, cosine similarities) [N,k], best first, and the
+        candidates the exact search rescored for each query [N]."""
+        from toolkit.data import to_model_input
+
+        return self.index.search(self.embedder.embed(to_model_input(pixels)), k)
+
+
+def _exports(arts: artifacts.SpecArtifacts) -> list[Any]:
+    from toolkit.export.record import read_exports
+
+    return read_exports(arts).exports
+
+
+def _parity_of(arts: artifacts.SpecArtifacts, entry: Any) -> dict[str, Any]:
+    """The entry's parity summary, its status for the file there now: pass, fail, not run, or
+    stale (parity checked another file than the one there now)."""
+    path = arts.dir / entry.path
+    state = entry.parity_state(artifacts.sha256_file(path) if path.is_file() else None)
+    summary = entry.parity.to_dict() if entry.parity is not None else {}
+    return {**summary, "status": state}
+
+
+def _report_pick(spec: str, root: Path, keys: list[str]) -> tuple[str | None, str]:
+    """The report's pick among `keys` (CPU rows of the serving runtimes), or None and why not."""
+    from toolkit import report
+
+    try:
+        rep = report.build_report(root, exps=[spec])
+    except ToolkitError as exc:
+        return None, exc.message
+    rows = [
+        r
+        for r in rep.rows
+        if r.key in keys and r.device == "cpu" and r.runtime == SERVING_RUNTIMES.get(r.format)
+    ]
+    pick, text = report.recommend(rows)
+    return (pick.key if pick else None), text
+
+
+def choose_export(
+    spec: str,
+    root: str | Path | None = None,
+    *,
+    format: str | None = None,  # noqa: A002
+    precision: str | None = None,
+) -> ExportChoice:
+    """The export to serve (see the module's docstring for the rule and the exit codes)."""
+    from toolkit.contract import PRECISIONS
+    from toolkit.export.registry import FORMAT_NAMES
+
+    if format is not None and format not in SERVING_RUNTIMES:
+        raise UsageError(f"--format {format!r} cannot be served; valid: {', '.join(FORMAT_NAMES)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    arts = artifacts.spec_artifacts(spec, root)
+    fix_export = (
+        f"toolkit export --exp {spec} --format {format or 'all'} --precision {precision or 'all'}"
+        f" --artifacts {arts.root}"
+    )
+    entries = [
+        e
+        for e in _exports(arts)
+        if e.exported
+        and (format is None or e.format == format)
+        and (precision is None or e.precision == precision)
+        and e.format in SERVING_RUNTIMES
+        and (arts.dir / e.path).is_file()
+    ]
+    wanted = " ".join(x for x in (format, precision) if x) or "any"
+    if not entries:
+        raise ArtifactError(
+            f"{spec}: no {wanted} export under {arts.dir} to serve. Export it first: {fix_export}"
+        )
+    parity = {e.key: _parity_of(arts, e) for e in entries}
+    passed = {e.key: e for e in entries if parity[e.key]["status"] == "pass"}
+    if not passed:
+        states = ", ".join(f"{e.key} {parity[e.key]['status']}" for e in entries)
+        raise ParityError(
+            f"{spec}: no {wanted} export has passed parity ({states}); a server must not "
+            f"answer with an unproven model. Fix: toolkit parity --exp {spec} --artifacts "
+            f"{arts.root} (or re-export: {fix_export} --force)"
+        )
+    key, why = _report_pick(spec, arts.root, list(passed))
+    if key is not None:
+        chosen_by = f"the report's pick for {spec} ({why.removeprefix('Recommended pick: ')})"
+    else:
+        key = next(k for k in (*FALLBACK_ORDER, *passed) if k in passed)
+        chosen_by = (
+            f"the first of {', '.join(FALLBACK_ORDER)} with parity passed, because the report "
+            f"has no pick ({why.rstrip('.')}); run `toolkit bench --exp {spec}` to pick by speed"
+        )
+    return _verified(arts, passed[key], parity[key], chosen_by)
+
+
+def _verified(arts: artifacts.SpecArtifacts, entry: Any, parity: dict[str, Any],
+              chosen_by: str) -> ExportChoice:
+    path = arts.dir / entry.path
+    fix = (
+        f"toolkit export --exp {arts.name} --format {entry.format} --precision {entry.precision} "
+        f"--force --artifacts {arts.root}"
+    )
+    sha = artifacts.sha256_file(path)
+    if sha != entry.sha256:
+        raise ArtifactError(
+            f"{path}: its SHA-256 differs from the one exports.json recorded (the file "
+            f"changed after export and parity). Re-export it: {fix}"
+        )
+    if arts.model.is_file() and entry.source_model_sha256 != artifacts.sha256_file(arts.model):
+        raise ArtifactError(f"{path} was exported from an older model.keras; re-export it: {fix}")
+    return ExportChoice(entry.key, entry.format, entry.precision, path, sha, parity, chosen_by)
+
+
+def load_classifier(
+    spec: str,
+    root: str | Path | None = None,
+    *,
+    format: str | None = None,  # noqa: A002
+    precision: str | None = None,
+    threads: int | None = 1,
+) -> Classifier:
+    from toolkit import runtimes
+
+    choice = choose_export(spec, root, format=format, precision=precision)
+    model = runtimes.load(choice.path, SERVING_RUNTIMES[choice.format], threads=threads)
+    probe = model.run(np.zeros((2, 28, 28, 1), np.float32))
+    if probe.shape != (2, len(CLASS_NAMES)):
+        raise ArtifactError(
+            f"{choice.path}: outputs shape {list(probe.shape)} for 2 images, expected "
+            f"[2, {len(CLASS_NAMES)}]. Re-export it"
+        )
+    parity = {
+        k: choice.parity.get(k)
+        for k in ("status", "agreement", "test_accuracy", "keras_accuracy", "max_abs_diff")
+        if k in choice.parity
+    }
+    identity = {
+        "spec": spec,
+        "key": choice.key,
+        "format": choice.format,
+        "precision": choice.precision,
+        "sha256": choice.sha256,
+        "file": choice.path.name,
+        "parity": parity,
+        **model.describe(),
+        "chosen_by": choice.chosen_by,
+    }
+    return Classifier(spec, choice, model, identity)
+
+
+def load_recommender(
+    spec: str,
+    root: str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    threads: int | None = 1,
+    catalog_limit: int | None = None,
+    progress=None,
+) -> Recommender:
+    """recommend/embedding.onnx and its catalog (built with ONNX Runtime when the cache is missing
+    or stale; never re-exported here, which would need TensorFlow)."""
+    from toolkit import data, recommend
+
+    arts = artifacts.spec_artifacts(spec, root)
+    path = arts.recommend_dir / recommend.EMBEDDING_ONNX
+    fix = (
+        f"Build it where TensorFlow is installed: toolkit recommend --exp {spec} --onnx --index 0 "
+        f"--artifacts {arts.root}"
+    )
+    if not path.is_file():
+        raise ArtifactError(f"{path}: the recommender's embedding model is missing. {fix}")
+    embedder = recommend.OnnxEmbedder(path, threads)
+    if arts.model.is_file() and embedder.source_sha256 != artifacts.sha256_file(arts.model):
+        raise ArtifactError(f"{path} was exported from an older model.keras. {fix}")
+    dataset = data.load(data_dir)
+    catalog = recommend.load_catalog(
+        spec, embedder, dataset, root=root, limit=catalog_limit, progress=progress
+    )
+    started = time.perf_counter()
+    index = ExactIndex.build(catalog.vectors)
+    info = {
+        "items": int(len(catalog.labels)),
+        "dim": int(catalog.vectors.shape[1]),
+        "embedding_file": str(path.relative_to(arts.dir)),
+        "embedding_sha256": artifacts.sha256_file(path),
+        "source_model_sha256": embedder.source_sha256,
+        "cache_dtype": catalog.info.get("dtype"),
+        "built_now": catalog.built,
+        "catalog_seconds": round(catalog.seconds, 2),
+        "index_seconds": round(time.perf_counter() - started, 2),
+        "search": (
+            f"exact cosine top-k: a scan of {index.head.shape[1]} rotated dims (holding "
+            f"{index.head_energy:.1%} of the energy) bounds every item's score; the candidates "
+            "are rescored on the full float32 vectors"
+        ),
+    }
+    return Recommender(spec, embedder, index, catalog.labels, dataset.x_train[: len(catalog.labels)], info)
