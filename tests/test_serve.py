@@ -104,8 +104,10 @@ def test_a_file_changed_after_parity_is_refused(served_root, tmp_path):
     root = _copy(served_root, tmp_path)
     with open(root / SPEC / "export" / "model.fp32.onnx", "ab") as fh:
         fh.write(b"\0")
-    with pytest.raises(ArtifactError, match="SHA-256 differs"):
+    # Parity checked another file than the one there now: stale, never "pass" (exit 5, the fix named).
+    with pytest.raises(ParityError, match="onnx-fp32 stale.*toolkit parity") as info:
         choose_export(SPEC, root)
+    assert info.value.exit_code == 5
     with pytest.raises(UsageError, match="valid: onnx, tflite"):
         choose_export(SPEC, root, format="keras")
 
@@ -127,7 +129,7 @@ def test_classify_upload_converts_like_predict_and_answers_with_the_model(client
 
     path = tmp_path / "boot.png"
     path.write_bytes(png(dataset.x_test[0]))
-    expected = predict(state.classifier.choice.path, [path], top_k=3)[0]
+    expected = predict(state.classifier.choice.path, [path], top_k=3).results[0]
     multipart = client.post("/v1/classify", files={"image": ("boot.png", path.read_bytes(), "image/png")})
     raw = client.post("/v1/classify?k=3", content=path.read_bytes(), headers={"Content-Type": "image/png"})
     for response in (multipart, raw):
@@ -148,7 +150,7 @@ def test_classify_upload_converts_like_predict_and_answers_with_the_model(client
     answer = client.post(
         "/v1/classify", files={"image": ("photo.jpg", photo.read_bytes(), "image/jpeg")}
     ).json()
-    assert answer["conversions"] == predict(state.classifier.choice.path, [photo])[0].conversions
+    assert answer["conversions"] == predict(state.classifier.choice.path, [photo]).results[0].conversions
     assert any("inverted" in note for note in answer["conversions"])
 
 
