@@ -74,5 +74,20 @@ def kind_of(doc: dict[str, Any], *, default: str) -> str:
     return kind if isinstance(kind, str) else default
 
 
+def documents_of_kind(folder: Path, kind: str, *, what: str, reader_version: int, fix: str,
+                      default_kind: str = "inference") -> list[tuple[Path, dict[str, Any]]]:
+    """(path, document) of every JSON file in `folder` whose kind is `kind`, oldest name first,
+    each version-checked; files of other kinds are skipped (their owners read them)."""
+    from toolkit.artifacts import read_json
+
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        doc = read_json(path, what=what, fix=fix)
+        if isinstance(doc, dict) and kind_of(doc, default=default_kind) == kind:
+            check_version(doc, path=path, what=what, reader_version=reader_version)
+            out.append((path, doc))
+    return out
+
+
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)

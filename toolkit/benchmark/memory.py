@@ -178,15 +178,9 @@ def write_memory_run(root: str | Path | None, *, source: str, results: list[Memo
 
 def read_memory_runs(root: str | Path | None) -> list[MemoryRun]:
     """Every memory file under ROOT/bench/, oldest first; other kinds are skipped."""
-    folder = artifacts.bench_dir(root)
-    if not folder.is_dir():
-        return []
     runs = []
-    for path in sorted(folder.glob("*.json")):
-        doc = artifacts.read_json(path, what="benchmark results", fix=f"{FIX}.")
-        if not isinstance(doc, dict) or records.kind_of(doc, default="inference") != MEMORY:
-            continue  # the inference reader reports a file that is not an object
-        records.check_version(doc, path=path, what=WHAT, reader_version=SCHEMA_VERSION)
+    for path, doc in records.documents_of_kind(artifacts.bench_dir(root), MEMORY, what=WHAT,
+                                               reader_version=SCHEMA_VERSION, fix=f"{FIX}."):
         entries = records.require(doc, "results", list, path=path, what=WHAT)
         runs.append(MemoryRun(
             source=records.optional(doc, "source", str, path=path, what=WHAT, default="unknown"),

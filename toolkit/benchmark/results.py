@@ -70,6 +70,14 @@ class TimingStats:
                    stddev_ms=float(arr.std(ddof=1) * 1e3) if arr.size > 1 else 0.0,
                    images_per_s=float(batch / p50))
 
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], *, path: Path, what: str) -> TimingStats | None:
+        """The statistics stored flat in a result entry (None for an untimed one)."""
+        if not records.require(doc, "timed", bool, path=path, what=what):
+            return None
+        return cls(**{n: records.require(doc, n, int if n == "rounds" else (int, float), path=path, what=what)
+                      for n in _STATS})
+
 
 @dataclass
 class InferenceResult:
@@ -123,10 +131,8 @@ class InferenceResult:
             return records.optional(doc, name, types, path=path, what=f"{WHAT} entry", default=default)
 
         number = (int, float)
-        timed = req("timed", bool)
-        stats = None
-        if timed:
-            stats = TimingStats(**{n: req(n, int if n == "rounds" else number) for n in _STATS})
+        stats = TimingStats.from_doc(doc, path=path, what=f"{WHAT} entry")
+        timed = stats is not None
         case = BenchCase.from_dict(doc, path=path)
         known = {*case.to_dict(), *_FIELDS, *_STATS}
         return cls(

@@ -163,10 +163,8 @@ class TrainingResult:
             return records.optional(doc, name, types, path=path, what=f"{WHAT} entry", default=default)
 
         number = (int, float)
-        timed = req("timed", bool)
-        stats = None
-        if timed:
-            stats = TimingStats(**{n: req(n, int if n == "rounds" else number) for n in _STATS})
+        stats = TimingStats.from_doc(doc, path=path, what=f"{WHAT} entry")
+        timed = stats is not None
         return cls(case=BenchCase.from_dict(doc, path=path), timed=timed, stats=stats,
                    check=req("check", dict), params=req("params", int),
                    mflops_per_image=req("mflops_per_image", number),
@@ -209,13 +207,9 @@ def write_training_run(root: str | Path | None, run: TrainingRun) -> Path:
 
 def read_training_runs(root: str | Path | None) -> list[TrainingRun]:
     """Every training run under ROOT/bench/, oldest first; other kinds are skipped."""
-    folder = artifacts.bench_dir(root)
     runs = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        doc = artifacts.read_json(path, what=WHAT, fix=f"{FIX}.")
-        if not isinstance(doc, dict) or records.kind_of(doc, default="inference") != TRAINING:
-            continue
-        records.check_version(doc, path=path, what=WHAT, reader_version=SCHEMA_VERSION)
+    for path, doc in records.documents_of_kind(artifacts.bench_dir(root), TRAINING, what=WHAT,
+                                               reader_version=SCHEMA_VERSION, fix=f"{FIX}."):
         entries = records.require(doc, "results", list, path=path, what=WHAT)
         runs.append(TrainingRun(
             source=records.optional(doc, "source", str, path=path, what=WHAT, default="unknown"),
