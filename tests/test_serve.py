@@ -578,3 +578,16 @@ def test_requirements_serve_covers_the_serve_extra_without_tensorflow():
     needed = ("numpy", "rich", "typer", "onnxruntime", "ai-edge-litert", "pillow")
     assert {d for d in project["dependencies"] if d.split(">")[0].split("<")[0] in needed} <= listed
     assert not any(r.startswith(("tensorflow", "keras", "tf2onnx")) for r in listed)
+
+
+def test_with_benchmarks_the_server_takes_the_reports_pick(served_root, tmp_path):
+    from toolkit.serve.loading import choose_export
+
+    root = _copy(served_root, tmp_path)
+    bench = runner.invoke(app, ["bench", "--exp", SPEC, "--format", "onnx-fp32", "--runtime", "onnxruntime",
+                                "--batch", "1", "--threads", "1", "--seconds", "0.1", "--repeats", "1",
+                                "--no-memory", "--artifacts", str(root)])
+    assert bench.exit_code == 0, bench.output
+    choice = choose_export(SPEC, root)
+    assert choice.key == "onnx-fp32"
+    assert choice.chosen_by.startswith(f"the report's pick for {SPEC}") and "onnx-fp32" in choice.chosen_by

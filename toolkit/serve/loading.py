@@ -92,20 +92,25 @@ def _parity_of(arts: artifacts.SpecArtifacts, entry: Any) -> dict[str, Any]:
 
 
 def _report_pick(spec: str, root: Path, keys: list[str]) -> tuple[str | None, str]:
-    """The report's pick among `keys` (CPU rows of the serving runtimes), or None and why not."""
+    """The report's pick among `keys` (CPU rows of the serving runtimes), or None and why not:
+    the report's own pick when it is servable, else the fastest servable row the report's rule
+    ties with the most accurate one."""
     from toolkit import report
 
     try:
         rep = report.build_report(root, exps=[spec])
     except ToolkitError as exc:
         return None, exc.message
-    rows = [
-        r
-        for r in rep.rows
-        if r.key in keys and r.device == "cpu" and r.runtime == SERVING_RUNTIMES.get(r.format)
-    ]
-    pick, text = report.recommend(rows)
-    return (pick.key if pick else None), text
+    rows = [r for r in rep.rows if r.compared and r.key in keys and r.device == "cpu"
+            and r.runtime == SERVING_RUNTIMES.get(r.format)]
+    if rep.pick is not None and rep.pick in rows:
+        return rep.pick.key, rep.pick_text
+    tied = [r for r in rows if r.tied and r.p50_ms is not None]
+    if not tied:
+        return None, rep.pick_text or "no servable row is tied with the most accurate one"
+    fastest = min(tied, key=lambda r: r.p50_ms)
+    return fastest.key, (f"Recommended pick: {fastest.key} on {fastest.runtime}, the fastest servable row "
+                         f"tied with the most accurate ({fastest.p50_ms:.3f} ms batch-1 p50)")
 
 
 def choose_export(
