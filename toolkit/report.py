@@ -381,10 +381,13 @@ def _served_rows(join: _Join) -> list[Row]:
     latest: dict[tuple, Any] = {}
     for result in load_results(join.base):  # oldest first: later results replace earlier ones
         ident = (result.server or {}).get("classifier") or {}
-        if ident.get("spec") in join.names and result.endpoint != "ceiling":
-            batching = (result.server or {}).get("batching") or {}
-            latest[(ident["spec"], ident.get("key"), result.endpoint, result.scenario,
-                    batching.get("max_batch"))] = result
+        if ident.get("spec") not in join.names or result.endpoint == "ceiling":
+            continue
+        batching = (result.server or {}).get("batching") or {}
+        key = (ident["spec"], ident.get("key"), result.endpoint, result.scenario, batching.get("max_batch"))
+        # A later test without a valid step does not hide an earlier valid one of the same setting.
+        if key not in latest or _served_step(result) is not None or _served_step(latest[key]) is None:
+            latest[key] = result
     rows = []
     for (name, key, _endpoint, _scenario, max_batch), result in sorted(latest.items(), key=str):
         row = _served_row(join, name, key, result, max_batch)
