@@ -233,29 +233,13 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
     history = checkpoint.history
     # Selection decides on the validation holdout only, before the test set is ever looked at.
     kept = (best.apply(model) if best is not None else None) or spec.epochs
-    x_test = data.to_model_input(dataset.x_test)
-    test_loss, test_accuracy = model.evaluate(x_test, fitting.eval_targets(spec.recipe, dataset.y_test),
-                                              batch_size=1024, verbose=0)
-    # Kept beside the run so that any two runs or exports can be compared image by image.
-    top1 = np.argmax(model.predict(x_test, batch_size=1024, verbose=0), axis=1).astype(np.uint8)
-    figures = fitting.selected_figures(history, kept)
+    test = _evaluate(model, spec, dataset)
     metrics = {
         "spec": spec.name,
         "run_id": rid,
-        "test_accuracy": float(test_accuracy),
-        "test_loss": float(test_loss),
-        "train_accuracy": figures["accuracy"],
-        "train_loss": figures["loss"],
-        "val_accuracy": figures["val_accuracy"],
-        "val_loss": figures["val_loss"],
-        "train_seconds": round(checkpoint.seconds, 2),
-        # Training and validation images per second over the run's epochs.
-        "images_per_second": round(n_train * spec.epochs / checkpoint.seconds, 1),
-        # The resolved mode; the test figures are always of the saved float32 model.
-        "mixed_precision": mode,
-        "epochs": spec.epochs,
-        "selection": spec.recipe.selection,
-        "selected_epoch": kept,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        **_run_figures(spec, history, kept=kept, seconds=checkpoint.seconds, n_train=n_train),
         "seed": seed,
         "limit_train": limit_train,
         # A resumed run restores weights, optimizer state and dropout seed states, and sees the
@@ -271,7 +255,41 @@ def _train_new(spec, dataset, arts, manifest, *, resume, progress, on_epoch, con
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "manifest": manifest,
     }
-    return _commit_run(arts, rid, model, history, metrics, partial, top1=top1)
+    return _commit_run(arts, rid, model, history, metrics, partial, top1=test["top1"])
+
+
+def _evaluate(model, spec: Spec, dataset: data.Dataset) -> dict[str, Any]:
+    """Test loss and accuracy of the saved (float32) model, and its top-1 per test image, kept
+    beside the run so that any two runs or exports can be compared image by image."""
+    from toolkit import fitting
+
+    x_test = data.to_model_input(dataset.x_test)
+    loss, accuracy = model.evaluate(x_test, fitting.eval_targets(spec.recipe, dataset.y_test),
+                                    batch_size=1024, verbose=0)
+    top1 = np.argmax(model.predict(x_test, batch_size=1024, verbose=0), axis=1).astype(np.uint8)
+    return {"loss": float(loss), "accuracy": float(accuracy), "top1": top1}
+
+
+def _run_figures(spec: Spec, history: dict[str, list[float]], *, kept: int, seconds: float,
+                 n_train: int) -> dict[str, Any]:
+    """The training figures of the kept epoch, the time and speed, and how the run trained."""
+    from toolkit import fitting
+
+    figures = fitting.selected_figures(history, kept)
+    return {
+        "train_accuracy": figures["accuracy"],
+        "train_loss": figures["loss"],
+        "val_accuracy": figures["val_accuracy"],
+        "val_loss": figures["val_loss"],
+        "train_seconds": round(seconds, 2),
+        # Training and validation images per second over the run's epochs.
+        "images_per_second": round(n_train * spec.epochs / seconds, 1),
+        # The resolved mode; the test figures are always of the saved float32 model.
+        "mixed_precision": spec.mixed_precision,
+        "epochs": spec.epochs,
+        "selection": spec.recipe.selection,
+        "selected_epoch": kept,
+    }
 
 
 def _model_and_state(spec: Spec, manifest: dict[str, Any], partial: Path, resume: bool, *,
