@@ -69,6 +69,21 @@ def optional(doc: dict[str, Any], name: str, types: type | tuple[type, ...], *, 
     return require(doc, name, types, path=path, what=what)
 
 
+class Entry:
+    """One JSON object of a record, read field by field; every check names the file and field."""
+
+    def __init__(self, doc: Any, *, path: Path, what: str, fix: str) -> None:
+        if not isinstance(doc, dict):
+            raise ArtifactError(f"{path}: a {what} is not an object. {fix}")
+        self.doc, self.path, self.what = doc, path, what
+
+    def req(self, name: str, types: type | tuple[type, ...]) -> Any:
+        return require(self.doc, name, types, path=self.path, what=self.what)
+
+    def opt(self, name: str, types: type | tuple[type, ...], default: Any = None) -> Any:
+        return optional(self.doc, name, types, path=self.path, what=self.what, default=default)
+
+
 def kind_of(doc: dict[str, Any], *, default: str) -> str:
     kind = doc.get(KIND_KEY, default)
     return kind if isinstance(kind, str) else default

@@ -37,7 +37,7 @@ from toolkit import artifacts, records
 from toolkit.benchmark.memchild import STAGES
 from toolkit.benchmark.plan import MEMORY, BenchCase
 from toolkit.contract import package_versions
-from toolkit.errors import ArtifactError, ToolkitError
+from toolkit.errors import ToolkitError
 
 SCHEMA_VERSION = 1
 WHAT = "memory benchmark results"
@@ -77,14 +77,9 @@ class MemoryResult:
 
     @classmethod
     def from_dict(cls, doc: Any, *, path: Path) -> MemoryResult:
-        if not isinstance(doc, dict):
-            raise ArtifactError(f"{path}: a {WHAT} entry is not an object. {FIX}")
-
-        def opt(name, types, default=None):
-            return records.optional(doc, name, types, path=path, what=f"{WHAT} entry", default=default)
-
-        peaks = records.require(doc, "peaks_mb", dict, path=path, what=f"{WHAT} entry")
-        times = records.require(doc, "ms", dict, path=path, what=f"{WHAT} entry")
+        entry = records.Entry(doc, path=path, what=f"{WHAT} entry", fix=FIX)
+        opt = entry.opt
+        peaks, times = entry.req("peaks_mb", dict), entry.req("ms", dict)
         return cls(
             case=BenchCase.from_dict(doc, path=path),
             peaks_mb={s: _number(peaks.get(s)) for s in STAGES},

@@ -121,15 +121,8 @@ class InferenceResult:
 
     @classmethod
     def from_dict(cls, doc: Any, *, path: Path) -> InferenceResult:
-        if not isinstance(doc, dict):
-            raise ArtifactError(f"{path}: a {WHAT} entry is not an object. {FIX}")
-
-        def req(name, types):
-            return records.require(doc, name, types, path=path, what=f"{WHAT} entry")
-
-        def opt(name, types, default=None):
-            return records.optional(doc, name, types, path=path, what=f"{WHAT} entry", default=default)
-
+        entry = records.Entry(doc, path=path, what=f"{WHAT} entry", fix=FIX)
+        req, opt = entry.req, entry.opt
         number = (int, float)
         stats = TimingStats.from_doc(doc, path=path, what=f"{WHAT} entry")
         timed = stats is not None

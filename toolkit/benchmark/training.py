@@ -35,7 +35,7 @@ from toolkit import artifacts, records
 from toolkit.benchmark.plan import TRAINING, BenchCase
 from toolkit.benchmark.results import _STATS, TimingStats
 from toolkit.contract import package_versions
-from toolkit.errors import ArtifactError, ToolkitError, UsageError
+from toolkit.errors import ToolkitError, UsageError
 
 SCHEMA_VERSION = 1
 RUNTIME = "keras-train"
@@ -153,15 +153,8 @@ class TrainingResult:
 
     @classmethod
     def from_dict(cls, doc: Any, *, path: Path) -> TrainingResult:
-        if not isinstance(doc, dict):
-            raise ArtifactError(f"{path}: a {WHAT} entry is not an object. {FIX}")
-
-        def req(name, types):
-            return records.require(doc, name, types, path=path, what=f"{WHAT} entry")
-
-        def opt(name, types, default=None):
-            return records.optional(doc, name, types, path=path, what=f"{WHAT} entry", default=default)
-
+        entry = records.Entry(doc, path=path, what=f"{WHAT} entry", fix=FIX)
+        req, opt = entry.req, entry.opt
         number = (int, float)
         stats = TimingStats.from_doc(doc, path=path, what=f"{WHAT} entry")
         timed = stats is not None
