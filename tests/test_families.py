@@ -129,8 +129,9 @@ def test_seed_manifest_summary_is_unchanged():
         "l2": (0.0,), "optimizer": "adam", "conv_filters": (64,), "kernel_size": (3, 3), "conv_strides": 1,
         "pool_size": (2, 2), "pool_strides": 2, "batch_size": 512, "augment": False, "epochs": 20,
         "validation_fraction": 0.1}
-    summary = specs.get_spec("embedded").summary()
+    summary = specs.get_spec("frontier").summary()
     assert summary["family"] == "BNConv" and summary["schedule"] == "cosine" and "teacher" not in summary
+    assert specs.get_spec("embedded").summary()["teacher"] == "frontier"
 
 
 @pytest.mark.parametrize("family,arch,needles", [
