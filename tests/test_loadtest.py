@@ -278,6 +278,19 @@ def test_no_server_at_the_address_is_one_line_and_exit_2():
     assert result.exit_code == 2 and "no toolkit server answers" in result.output
 
 
+def test_a_slow_schedule_spins_before_its_sends_and_never_sends_early():
+    """100 req/s: the client wakes a tenth of the gap (1 ms) early and spins to the due time;
+    above 500 req/s it does not spin. Either way no request leaves before its scheduled time."""
+    slow = (np.arange(20) * 1e7).astype(np.int64)
+    assert client.spin_lead_ns(slow) == 1_000_000
+    assert client.spin_lead_ns((np.arange(20) * 1e6).astype(np.int64)) == 0
+    assert client.spin_lead_ns(np.zeros(1, np.int64)) == 0
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    with fixed_server(answer) as port:
+        out = _engine(port, n=20, rate=100.0)
+    assert (out.status == 200).all() and (out.sent >= out.scheduled).all()
+
+
 def test_every_request_opens_a_connection_when_none_is_idle():
     """No client cap: 30 requests due at once over 1 pre-opened connection -> 30 connections."""
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"

@@ -192,16 +192,18 @@ def test_similar_equals_an_exact_search_and_returns_thumbnails(client, state, da
     assert len(plain.json()["similar"]) == 5 and "thumbnail" not in plain.json()["similar"][0]
 
 
-def test_the_index_finds_what_a_full_scan_finds(dataset):
+@pytest.mark.parametrize("head_dims", [64, 384])
+def test_the_index_finds_what_a_full_scan_finds(dataset, head_dims):
     """On real vectors (3,000 L2-normalised training images) and queries both like the catalog
-    (test images) and unlike it (noise): the same top k as toolkit.recommend.search."""
+    (test images) and unlike it (noise): the same top k as toolkit.recommend.search, through the
+    int8 scan's bounds and the float32 ones."""
     from toolkit.recommend import normalize, search
     from toolkit.serve.index import ExactIndex
 
     catalog = normalize(dataset.x_train[:3000])
     noise = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
     queries = normalize(np.concatenate([dataset.x_test[:90], noise]))
-    index = ExactIndex.build(catalog, head_dims=64)
+    index = ExactIndex.build(catalog, head_dims=head_dims)
     for k in (1, 10, 100):
         expected_idx, expected_sims = search(catalog, queries, k)
         got_idx, got_sims, candidates = index.search(queries, k)
@@ -366,10 +368,11 @@ def _batcher(run, **settings):
     return DynamicBatcher("test", run, BatchingSettings(**settings))
 
 
-def test_concurrent_requests_share_runtime_calls_and_get_their_own_rows():
+@pytest.mark.parametrize("inline", [False, True], ids=["worker-thread", "inline"])
+def test_concurrent_requests_share_runtime_calls_and_get_their_own_rows(inline):
     async def scenario():
         run = SlowRows(seconds=0.02)
-        batcher = _batcher(run, max_batch=8, max_wait_ms=5.0, max_queue=64)
+        batcher = _batcher(run, max_batch=8, max_wait_ms=5.0, max_queue=64, inline=inline)
         rows = [np.full((1, 2, 2), i, np.uint8) for i in range(20)]
         results = await asyncio.gather(*(batcher.submit(r, need=i % 7) for i, r in enumerate(rows)))
         batcher.close()
@@ -381,10 +384,11 @@ def test_concurrent_requests_share_runtime_calls_and_get_their_own_rows():
     assert run.needs[0] == 6  # the batch runs with the largest need (k) of its requests
 
 
-def test_a_request_larger_than_max_batch_runs_alone_and_errors_reach_only_their_batch():
+@pytest.mark.parametrize("inline", [False, True], ids=["worker-thread", "inline"])
+def test_a_request_larger_than_max_batch_runs_alone_and_errors_reach_only_their_batch(inline):
     async def scenario():
         run = SlowRows()
-        batcher = _batcher(run, max_batch=4, max_wait_ms=0.0, max_queue=64)
+        batcher = _batcher(run, max_batch=4, max_wait_ms=0.0, max_queue=64, inline=inline)
         big = await batcher.submit(np.ones((10, 1), np.uint8))
         run.fail = True
         with pytest.raises(RuntimeError, match="runtime failed"):
@@ -403,7 +407,7 @@ def test_beyond_the_queue_limit_requests_are_refused_at_once():
 
     async def scenario():
         run = SlowRows(seconds=0.3)
-        batcher = _batcher(run, max_batch=2, max_wait_ms=0.0, max_queue=4)
+        batcher = _batcher(run, max_batch=2, max_wait_ms=0.0, max_queue=4, inline=False)
         first = asyncio.ensure_future(batcher.submit(np.ones((2, 1), np.uint8)))  # running
         await asyncio.sleep(0.05)
         queued = [asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.uint8))) for _ in range(4)]
@@ -424,7 +428,7 @@ def test_a_client_that_disconnects_frees_its_slot_before_the_runtime_sees_it():
 
     async def scenario():
         run = SlowRows(seconds=0.2)
-        batcher = _batcher(run, max_batch=1, max_wait_ms=0.0, max_queue=8)
+        batcher = _batcher(run, max_batch=1, max_wait_ms=0.0, max_queue=8, inline=False)
         busy = asyncio.ensure_future(batcher.submit(np.full((1, 1), 1, np.uint8)))
         await asyncio.sleep(0.02)
         gone = asyncio.get_running_loop().create_future()
@@ -457,7 +461,8 @@ def test_overload_answers_503_fast_over_http(state, dataset):
             time.sleep(0.25)
             return np.full((len(pixels), 10), 0.1, np.float32)
 
-    slow = ServeState(Slow(), None, BatchingSettings(max_batch=1, max_wait_ms=0.0, max_queue=4))
+    # On a worker thread: inline, a 250 ms batch would hold the event loop (inline is for fast models).
+    slow = ServeState(Slow(), None, BatchingSettings(max_batch=1, max_wait_ms=0.0, max_queue=4, inline=False))
 
     async def scenario():
         transport = httpx.ASGITransport(app=create_app(slow))

@@ -65,6 +65,14 @@ def serve_cmd(
             "--max-queue", min=1, help="Queued images per endpoint beyond which requests get 503 at once."
         ),
     ] = 1024,
+    inline: Annotated[
+        bool,
+        typer.Option(
+            "--inline/--worker-thread",
+            help="Run classify batches on the event loop's thread (one runnable thread fewer) or "
+            "on a worker thread; similar batches always run on a worker thread (README: Serving).",
+        ),
+    ] = True,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Runtime threads per call.")] = 1,
     max_body_mb: Annotated[
         float, typer.Option("--max-body-mb", min=0.01, help="Largest request body.")
@@ -95,7 +103,9 @@ def serve_cmd(
     from toolkit.serve import BatchingSettings, Limits, ServeSettings, build_state, run
 
     try:
-        batching = BatchingSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+        batching = BatchingSettings(
+            max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, inline=inline
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     settings = ServeSettings(
@@ -153,7 +163,9 @@ def _print_startup(state: Any, settings: Any) -> None:
         console.print("Recommender: off (--no-similar); /v1/similar answers 404.")
     b, lim = settings.batching, settings.limits
     console.print(
-        f"Batching: up to {b.max_batch} images per call, {b.max_wait_ms:g} ms max wait, 503 beyond "
+        f"Batching: up to {b.max_batch} images per call, {b.max_wait_ms:g} ms max wait, "
+        f"classify {'on the event loop' if b.inline else 'on a worker thread'}, similar on a worker "
+        "thread, 503 beyond "
         f"{b.max_queue} queued. Limits: body {lim.max_body_bytes:,} bytes, {lim.max_pixels:,} "
         f"decoded pixels, {lim.max_json_images} JSON images, k <= {state.max_k}. "
         f"Stack: uvicorn ({http_parser_name()}, {event_loop_name()})."

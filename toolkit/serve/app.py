@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +78,13 @@ class ServeState:
         if self.recommender is not None:
             self.max_k = min(self.limits.max_k, len(self.recommender.labels))
             # One search per batch, at the largest k asked in it; each request keeps its first k.
+            # Always on a worker thread: a search batch takes milliseconds, which on the event loop
+            # would hold up every other request (measured: p99 29 ms inline against 27 ms at
+            # 200 req/s); `inline` is for classify's sub-millisecond batches.
             self.similar = DynamicBatcher(
                 "similar",
                 self._search,
-                self.batching,
+                replace(self.batching, inline=False),
                 on_batch=self.metrics.batch_hook("similar"),
                 on_reject=self.metrics.reject_hook("similar"),
             )
@@ -113,6 +116,7 @@ class ServeState:
                 "max_batch": self.batching.max_batch,
                 "max_wait_ms": self.batching.max_wait_ms,
                 "max_queue": self.batching.max_queue,
+                "inline": self.batching.inline,
             },
             "limits": {
                 **self.limits.describe(),

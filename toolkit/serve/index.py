@@ -1,4 +1,4 @@
-"""Exact top-k cosine search over the catalog, four times less memory traffic than a full scan.
+"""Exact top-k cosine search over the catalog, reading a sixteenth of the bytes of a full scan.
 
 A full scan reads the whole float32 catalog (60,000 x 1024 = 245 MB) for every batch of queries:
 on this machine that is memory-bound at 10-25 ms, too slow for a 25 ms p99 under load. This index
@@ -6,49 +6,67 @@ gives the same answer as the full scan (toolkit.recommend.search) by filter and 
 
 1. Rotate the space by the eigenvectors of the catalog's second moment (an orthogonal rotation
    keeps every dot product). The first `head` rotated dimensions carry most of the energy
-   (96.7% at 256 of 1024 dims for Exp6's embeddings).
-2. Scan only the head: h = q_head . c_head (a quarter of the bytes). By Cauchy-Schwarz the rest
-   of the dot product lies within +-|q_tail| |c_tail|, so every item has a lower and an upper
-   bound on its true score.
+   (96.7% at 256 of 1024 dims for Exp6's embeddings). By Cauchy-Schwarz the rest of an item's
+   dot product lies within +-|q_tail| |c_tail|.
+2. Scan the head in int8 (15 MB for Exp6): one ONNX Runtime MatMulInteger call per batch, which
+   runs on the CPU's int8 dot-product instructions, about 10x faster here than numpy's float32
+   scan of the head (61 MB). Rounding query and catalog to int8 moves a dot product by at most
+   s_c |q|_1 / 2 + s_q |c|_1 / 2 + H s_q s_c / 4 (s: the int8 scales, H: head dims), so every
+   item still has a lower and an upper bound on its true score.
 3. The k-th largest lower bound is a score the true top k all reach; only items whose upper bound
-   reaches it can be in the top k. Those candidates (a few hundred at the median) are rescored
-   exactly against the original float32 vectors, and the top k taken with the same tie order as
-   the full scan (higher similarity, then lower catalog index).
+   reaches it can be in the top k. Those (about a thousand) get the float32 head product and the
+   tighter bound of step 1, the same rule again, and the survivors (a few hundred at the median)
+   are rescored exactly against the original float32 vectors; the top k are taken with the same
+   tie order as the full scan (higher similarity, then lower catalog index).
 
-The bounds carry a slack far above float32 rounding, so the rotation's rounding can only add
-candidates, never drop one. A query unlike the catalog simply gets more candidates.
+The bounds carry a slack far above float32 rounding, so rounding can only add candidates, never
+drop one. A query unlike the catalog simply gets more candidates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 HEAD_DIMS = 256
 SLACK = 1e-4  # on scores in [-1, 1]; float32 rounding of the rotated products is ~1e-6
+INT8_MAX = 127
+UINT8_ZERO = 128  # queries go to MatMulInteger as uint8 around this zero point (the fast u8 x s8 path)
 
 
 @dataclass
 class ExactIndex:
     vectors: np.ndarray  # float32 [M,D], L2-normalised, the original catalog (exact rescoring)
     rotation: np.ndarray  # float32 [D,D], orthogonal
-    head: np.ndarray  # float32 [M,H], rotated catalog, first H dims (the scan)
+    head: np.ndarray  # float32 [M,H], rotated catalog, first H dims (the second filter)
     tail_norms: np.ndarray  # float32 [M], |rotated catalog, dims H..D|
+    code_scales: np.ndarray  # float32 [M], head[i] ~ code_scales[i] * int8 codes[i]
+    bound_terms: np.ndarray  # float32 [4,M]: |c_tail|, code scale, |c_head|_1, SLACK (the bounds)
+    scan: Any  # callable: uint8 queries [Q,H] -> int32 [Q,M], the codes' dot products
 
     @classmethod
-    def build(cls, vectors: np.ndarray, head_dims: int = HEAD_DIMS) -> ExactIndex:
+    def build(cls, vectors: np.ndarray, head_dims: int = HEAD_DIMS, threads: int | None = 1) -> ExactIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         moment = (vectors.T @ vectors).astype(np.float64) / max(len(vectors), 1)  # eigh keeps V orthogonal
         eigenvalues, eigenvectors = np.linalg.eigh(moment)
         rotation = np.ascontiguousarray(eigenvectors[:, np.argsort(eigenvalues)[::-1]], dtype=np.float32)
         head_dims = min(head_dims, vectors.shape[1])
         rotated = vectors @ rotation
+        head = np.ascontiguousarray(rotated[:, :head_dims])
+        scales = _int8_scales(head)
+        codes = np.clip(np.rint(head / scales[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+        tail_norms = np.linalg.norm(rotated[:, head_dims:], axis=1).astype(np.float32)
         return cls(
             vectors,
             rotation,
-            np.ascontiguousarray(rotated[:, :head_dims]),
-            np.linalg.norm(rotated[:, head_dims:], axis=1).astype(np.float32),
+            head,
+            tail_norms,
+            scales,
+            np.stack([tail_norms, scales, np.abs(head).sum(axis=1, dtype=np.float32),
+                      np.full_like(scales, SLACK)]),
+            int8_scan(codes, threads),
         )
 
     @property
@@ -58,20 +76,77 @@ class ExactIndex:
         return float((self.head.astype(np.float64) ** 2).sum()) / total if total else 1.0
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indices [Q,k], similarities [Q,k], candidates rescored per query [Q])."""
+        """(indices [Q,k], similarities [Q,k], candidates rescored exactly per query [Q])."""
+        queries = np.asarray(queries, np.float32)
         k = min(k, len(self.vectors))
-        rotated = np.asarray(queries, np.float32) @ self.rotation
-        head_scores = rotated[:, : self.head.shape[1]] @ self.head.T
-        tail = np.linalg.norm(rotated[:, self.head.shape[1] :], axis=1)
+        rotated = queries @ self.rotation
+        head_dims = self.head.shape[1]
+        q_head = np.ascontiguousarray(rotated[:, :head_dims])
+        q_tail = np.linalg.norm(rotated[:, head_dims:], axis=1)
+        q_scales = _int8_scales(q_head)
+        q_codes = np.clip(np.rint(q_head / q_scales[:, None]), -INT8_MAX, INT8_MAX)
+        q_codes = (q_codes + UINT8_ZERO).astype(np.uint8)
+        # Both int8 bounds for the whole batch at once: approx = t s (q_codes . codes) and
+        # margin = [|q_tail|, |q|_1/2 + H t/4, t/2, 1] . [|c_tail|, s, |c|_1, SLACK] per item.
+        approx = self.scan(q_codes).astype(np.float32)
+        approx *= self.code_scales
+        approx *= q_scales[:, None]
+        coefficients = np.stack([q_tail, np.abs(q_head).sum(axis=1) / 2 + head_dims * q_scales / 4,
+                                 q_scales / 2, np.ones_like(q_scales)], axis=1)
+        margins = coefficients @ self.bound_terms
+        first_stage = _reachable(approx, margins, k)
         indices = np.empty((len(queries), k), np.int64)
         sims = np.empty((len(queries), k), np.float32)
         counts = np.empty(len(queries), np.int64)
-        for row in range(len(queries)):
-            margin = tail[row] * self.tail_norms + SLACK
-            lower = head_scores[row] - margin
-            threshold = np.partition(lower, len(lower) - k)[len(lower) - k]
-            candidates = np.flatnonzero(head_scores[row] + margin >= threshold)
-            exact = self.vectors[candidates] @ np.asarray(queries[row], np.float32)
-            order = np.lexsort((candidates, -exact))[:k]
-            indices[row], sims[row], counts[row] = candidates[order], exact[order], len(candidates)
+        for row, first in enumerate(first_stage):
+            tail_margin = q_tail[row] * self.tail_norms[first] + SLACK
+            second = first[_reachable(self.head[first] @ q_head[row], tail_margin, k)[0]]
+            exact = self.vectors[second] @ queries[row]
+            order = np.lexsort((second, -exact))[:k]
+            indices[row], sims[row], counts[row] = second[order], exact[order], len(second)
         return indices, sims, counts
+
+
+def _int8_scales(rows: np.ndarray) -> np.ndarray:
+    """Per-row symmetric int8 scale (max |x| / 127); an all-zero row gets 1 (its codes are 0)."""
+    peak = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(len(rows), np.float32)
+    return np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
+
+
+def _reachable(scores: np.ndarray, margins: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row of [Q,M] scores, the positions whose upper bound (score + margin) reaches the row's
+    k-th largest lower bound: a set that holds the true top k whenever every true score lies
+    within score +- margin."""
+    scores, margins = np.atleast_2d(scores), np.atleast_2d(margins)
+    width = scores.shape[1]
+    thresholds = np.partition(scores - margins, width - k, axis=1)[:, width - k]
+    reach = scores + margins >= thresholds[:, None]
+    return [np.flatnonzero(row) for row in reach]
+
+
+def int8_scan(codes: np.ndarray, threads: int | None = 1):
+    """uint8 queries [Q,H] (zero point 128) -> int32 [Q,M]: their dot products with the int8 codes
+    [M,H], as one ONNX Runtime MatMulInteger graph holding the codes (prepacked once at load)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    head_dims = codes.shape[1]
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["queries", "codes", "zero_point"], ["dots"])],
+        "catalog_scan",
+        [helper.make_tensor_value_info("queries", TensorProto.UINT8, ["Q", head_dims])],
+        [helper.make_tensor_value_info("dots", TensorProto.INT32, ["Q", len(codes)])],
+        [numpy_helper.from_array(np.ascontiguousarray(codes.T), "codes"),
+         numpy_helper.from_array(np.array(UINT8_ZERO, np.uint8), "zero_point")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by every ONNX Runtime the toolkit supports
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def scan(queries: np.ndarray) -> np.ndarray:
+        return session.run(None, {"queries": queries})[0]
+
+    return scan

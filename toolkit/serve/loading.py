@@ -252,7 +252,7 @@ def load_recommender(
         spec, embedder, dataset, root=root, limit=catalog_limit, progress=progress
     )
     started = time.perf_counter()
-    index = ExactIndex.build(catalog.vectors)
+    index = ExactIndex.build(catalog.vectors, threads=threads)
     info = {
         "items": int(len(catalog.labels)),
         "dim": int(catalog.vectors.shape[1]),
@@ -264,9 +264,9 @@ def load_recommender(
         "catalog_seconds": round(catalog.seconds, 2),
         "index_seconds": round(time.perf_counter() - started, 2),
         "search": (
-            f"exact cosine top-k: a scan of {index.head.shape[1]} rotated dims (holding "
+            f"exact cosine top-k: an int8 scan of {index.head.shape[1]} rotated dims (holding "
             f"{index.head_energy:.1%} of the energy) bounds every item's score; the candidates "
-            "are rescored on the full float32 vectors"
+            "are narrowed on those dims in float32, then rescored on the full float32 vectors"
         ),
     }
     return Recommender(spec, embedder, index, catalog.labels, dataset.x_train[: len(catalog.labels)], info)
