@@ -161,7 +161,6 @@ class _Engine:
         self.finished = 0
         self.all_done = self.loop.create_future()
         self.timer = _Timerfd()
-        self.spin_ns = 0  # set by run() from the schedule
 
     async def open(self, count: int) -> None:
         """Open `count` idle connections before the clock starts."""
@@ -239,14 +238,11 @@ class _Engine:
         scheduled, n = self.out.scheduled, len(self.out.scheduled)
         while self.next < n:
             now = time.monotonic_ns()
-            due = int(scheduled[self.next])
-            if due - now > self.spin_ns:
-                self.timer.arm(due - self.spin_ns)
-                if due - self.spin_ns > time.monotonic_ns():
+            if scheduled[self.next] > now:
+                self.timer.arm(scheduled[self.next])
+                if scheduled[self.next] > time.monotonic_ns():
                     return
                 continue  # became due while arming: send it now
-            while time.monotonic_ns() < due:  # the last spin_ns on the CPU: see spin_lead_ns
-                pass
             self.send(self.next)
             self.next += 1
 
@@ -268,22 +264,6 @@ class _Engine:
             if conn.transport is not None:
                 conn.transport.abort()
         self.timer.close()
-
-
-SPIN_SHARE = 0.1  # of one core, at most, spent spinning before sends
-SPIN_MAX_GAP_NS = 2_000_000  # rates above 500 req/s keep the client awake anyway: no spin
-
-
-def spin_lead_ns(offsets_ns: np.ndarray) -> int:
-    """How early to wake before each send and spin until it is due. An idle client sleeps between
-    sends, and waking it (on this VM: the virtual CPU halts when idle) put 1.05-1.2 ms of send lag
-    at the p99 of 100 req/s against 0.5-0.9 ms at 200-800 req/s, enough to invalidate a step. So
-    at low rates the client wakes a tenth of the mean gap early and spins (at most a tenth of a
-    core); at high rates it is never idle long and does not spin."""
-    if len(offsets_ns) < 2:
-        return 0
-    mean_gap = float(offsets_ns[-1] - offsets_ns[0]) / (len(offsets_ns) - 1)
-    return int(SPIN_SHARE * mean_gap) if mean_gap >= SPIN_MAX_GAP_NS else 0
 
 
 async def run(
@@ -309,7 +289,6 @@ async def run(
             budget = len(offsets_ns) * timeout_s + 1.0
         else:
             outcomes.scheduled[:] = start + np.asarray(offsets_ns, np.int64)
-            engine.spin_ns = spin_lead_ns(offsets_ns)
             engine.loop.add_reader(engine.timer.fd, engine.on_tick)
             engine.timer.arm(int(outcomes.scheduled[0]))
             budget = (int(outcomes.scheduled[-1]) - time.monotonic_ns()) / 1e9 + timeout_s + 1.0

@@ -276,6 +276,28 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+IDLE_CPU_PCT = 15.0  # a server below this share of a core has nothing left from the last step
+IDLE_WINDOW_S = 0.5
+IDLE_MAX_WAIT_S = 30.0
+
+
+def wait_until_idle(target: Target, endpoint: str) -> float:
+    """Seconds spent waiting for the server's CPU to fall below IDLE_CPU_PCT over a window. A step
+    that overloaded the server leaves a backlog of requests whose clients gave up; measured here,
+    the step after an overloaded /v1/ceiling step inherited it (load average 1.2 at 100 req/s)
+    and was invalid. A server without /metrics is not waited for."""
+    started = time.monotonic()
+    while time.monotonic() - started < IDLE_MAX_WAIT_S:
+        cpu0 = scrape(target, endpoint).get("cpu")
+        if cpu0 is None:
+            break
+        time.sleep(IDLE_WINDOW_S)
+        cpu1 = scrape(target, endpoint).get("cpu")
+        if cpu1 is None or 100 * (cpu1 - cpu0) / IDLE_WINDOW_S < IDLE_CPU_PCT:
+            break
+    return time.monotonic() - started
+
+
 def run_step(
     target: Target,
     endpoint: str,
@@ -287,6 +309,7 @@ def run_step(
     closed_loop: bool = False,
     connections: int | None = None,
 ) -> Step:
+    wait_until_idle(target, endpoint)
     before, load0, cpu0, wall0 = (
         scrape(target, endpoint),
         os.getloadavg()[0],
