@@ -141,6 +141,35 @@ def test_an_invalid_step_is_measured_again_and_twice_stops_the_search():
     assert "could not keep its schedule at 400 req/s twice" in notes[-1]
 
 
+def test_a_first_rate_invalid_twice_while_the_server_kept_up_moves_the_search_up():
+    """The client waking late at low load: 100 req/s invalid twice, every answer fast -> 200 is
+    measured (100 reports nothing); an invalid rate with failures still stops the search."""
+    settings = scenarios.LoadSettings(start_rate=100, resolution=1.5)
+    lags = iter([5.0, 5.0] + [0.01] * 20)
+    tried, notes = [], []
+
+    def measure(rate):
+        tried.append(rate)
+        return scenarios.summarize(
+            _outcomes(4.0 if rate <= 500 else 40.0, lag_ms=next(lags)), target_rate=rate, bound_ms=10,
+            min_queries=1,
+        )
+
+    scenarios._search(measure, settings, notes)
+    assert tried[:4] == [100, 100, 200, 400] and "the search goes on at 200" in notes[0]
+    assert max(r for r in tried if r <= 500) >= 400
+
+    def failing(rate):
+        tried.append(rate)
+        out = _outcomes(4.0, lag_ms=5.0)
+        out.status[:3] = 503
+        return scenarios.summarize(out, target_rate=rate, bound_ms=10, min_queries=1)
+
+    tried.clear()
+    scenarios._search(failing, settings, notes)
+    assert tried == [100, 100] and "could not keep its schedule" in notes[-1]
+
+
 # ---------------------------------------------------------------- the record
 
 
