@@ -156,6 +156,28 @@ def ort_session_options(threads: int | None):
     return options
 
 
+def constant_op_session(op: str, *, input_name: str, input_type: int, input_shape: list[Any],
+                        constants: dict[str, np.ndarray], output_type: int, output_shape: list[Any],
+                        threads: int | None):
+    """An ONNX Runtime CPU session of one `op` node over one input and constant operands (in the
+    node's input order after it), e.g. a MatMulInteger against weights prepacked once at load."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node(op, [input_name, *constants], ["output"])], f"{op}_on_constants",
+        [helper.make_tensor_value_info(input_name, input_type, input_shape)],
+        [helper.make_tensor_value_info("output", output_type, output_shape)],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 9)
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(model.SerializeToString(), sess_options=ort_session_options(threads),
+                                providers=["CPUExecutionProvider"])
+
+
 class OrtModel(LoadedModel):
     def __init__(self, path: Path, *, device: str, threads: int | None) -> None:
         import onnxruntime as ort

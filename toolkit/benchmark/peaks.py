@@ -69,22 +69,10 @@ def fp32_gemm_peak(threads: int, *, n: int = 1024, seconds: float = 0.6) -> dict
 
 
 def _ort_gemm_session(op: str, a_type: int, weights: np.ndarray, out_type: int, threads: int):
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
-
     n = weights.shape[0]
-    graph = helper.make_graph(
-        [helper.make_node(op, ["a", "b"], ["y"])], f"{op}_gemm",
-        [helper.make_tensor_value_info("a", a_type, [n, n])],
-        [helper.make_tensor_value_info("y", out_type, [n, n])],
-        [numpy_helper.from_array(weights, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = min(model.ir_version, 9)
-    onnx.checker.check_model(model)
-    return ort.InferenceSession(model.SerializeToString(), sess_options=runtimes.ort_session_options(threads),
-                                providers=["CPUExecutionProvider"])
+    return runtimes.constant_op_session(op, input_name="a", input_type=a_type, input_shape=[n, n],
+                                        constants={"b": weights}, output_type=out_type,
+                                        output_shape=[n, n], threads=threads)
 
 
 def int8_gemm_peak(threads: int, *, n: int = 1024, seconds: float = 0.6) -> dict[str, Any]:

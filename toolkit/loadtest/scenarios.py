@@ -281,21 +281,22 @@ IDLE_WINDOW_S = 0.5
 IDLE_MAX_WAIT_S = 30.0
 
 
-def wait_until_idle(target: Target, endpoint: str) -> float:
-    """Seconds spent waiting for the server's CPU to fall below IDLE_CPU_PCT over a window. A step
-    that overloaded the server leaves a backlog of requests whose clients gave up; measured here,
-    the step after an overloaded /v1/ceiling step inherited it (load average 1.2 at 100 req/s)
-    and was invalid. A server without /metrics is not waited for."""
+def wait_until_idle(target: Target, endpoint: str) -> dict[str, Any]:
+    """The server's /metrics reading (as `scrape`) once its CPU stayed below IDLE_CPU_PCT over a
+    window, or after IDLE_MAX_WAIT_S. A step that overloaded the server leaves a backlog of
+    requests whose clients gave up; measured here, the step after an overloaded /v1/ceiling step
+    inherited it (load average 1.2 at 100 req/s) and was invalid. A server without /metrics is
+    not waited for."""
     started = time.monotonic()
-    while time.monotonic() - started < IDLE_MAX_WAIT_S:
-        cpu0 = scrape(target, endpoint).get("cpu")
-        if cpu0 is None:
-            break
+    reading = scrape(target, endpoint)
+    while reading.get("cpu") is not None and time.monotonic() - started < IDLE_MAX_WAIT_S:
         time.sleep(IDLE_WINDOW_S)
-        cpu1 = scrape(target, endpoint).get("cpu")
-        if cpu1 is None or 100 * (cpu1 - cpu0) / IDLE_WINDOW_S < IDLE_CPU_PCT:
+        previous, reading = reading, scrape(target, endpoint)
+        if reading.get("cpu") is None:
             break
-    return time.monotonic() - started
+        if 100 * (reading["cpu"] - previous["cpu"]) / IDLE_WINDOW_S < IDLE_CPU_PCT:
+            break
+    return reading
 
 
 def run_step(
@@ -309,9 +310,8 @@ def run_step(
     closed_loop: bool = False,
     connections: int | None = None,
 ) -> Step:
-    wait_until_idle(target, endpoint)
     before, load0, cpu0, wall0 = (
-        scrape(target, endpoint),
+        wait_until_idle(target, endpoint),
         os.getloadavg()[0],
         _cpu_seconds(),
         time.monotonic(),

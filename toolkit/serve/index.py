@@ -55,8 +55,7 @@ class ExactIndex:
         head_dims = min(head_dims, vectors.shape[1])
         rotated = vectors @ rotation
         head = np.ascontiguousarray(rotated[:, :head_dims])
-        scales = _int8_scales(head)
-        codes = np.clip(np.rint(head / scales[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+        codes, scales = _int8_codes(head)
         tail_norms = np.linalg.norm(rotated[:, head_dims:], axis=1).astype(np.float32)
         return cls(
             vectors,
@@ -83,9 +82,8 @@ class ExactIndex:
         head_dims = self.head.shape[1]
         q_head = np.ascontiguousarray(rotated[:, :head_dims])
         q_tail = np.linalg.norm(rotated[:, head_dims:], axis=1)
-        q_scales = _int8_scales(q_head)
-        q_codes = np.clip(np.rint(q_head / q_scales[:, None]), -INT8_MAX, INT8_MAX)
-        q_codes = (q_codes + UINT8_ZERO).astype(np.uint8)
+        q_codes, q_scales = _int8_codes(q_head)
+        q_codes = (q_codes.astype(np.int16) + UINT8_ZERO).astype(np.uint8)
         # Both int8 bounds for the whole batch at once: approx = t s (q_codes . codes) and
         # margin = [|q_tail|, |q|_1/2 + H t/4, t/2, 1] . [|c_tail|, s, |c|_1, SLACK] per item.
         approx = self.scan(q_codes).astype(np.float32)
@@ -107,10 +105,12 @@ class ExactIndex:
         return indices, sims, counts
 
 
-def _int8_scales(rows: np.ndarray) -> np.ndarray:
-    """Per-row symmetric int8 scale (max |x| / 127); an all-zero row gets 1 (its codes are 0)."""
+def _int8_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8 codes and scales, rows ~ scales[:, None] * codes; the scale is
+    max |x| / 127, and an all-zero row gets 1 (its codes are 0)."""
     peak = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(len(rows), np.float32)
-    return np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
+    scales = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
+    return np.clip(np.rint(rows / scales[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8), scales
 
 
 def _reachable(scores: np.ndarray, margins: np.ndarray, k: int) -> list[np.ndarray]:
@@ -126,25 +126,17 @@ def _reachable(scores: np.ndarray, margins: np.ndarray, k: int) -> list[np.ndarr
 
 def int8_scan(codes: np.ndarray, threads: int | None = 1):
     """uint8 queries [Q,H] (zero point 128) -> int32 [Q,M]: their dot products with the int8 codes
-    [M,H], as one ONNX Runtime MatMulInteger graph holding the codes (prepacked once at load)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    [M,H], as one ONNX Runtime MatMulInteger holding the codes (prepacked once at load)."""
+    from onnx import TensorProto
 
-    head_dims = codes.shape[1]
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["queries", "codes", "zero_point"], ["dots"])],
-        "catalog_scan",
-        [helper.make_tensor_value_info("queries", TensorProto.UINT8, ["Q", head_dims])],
-        [helper.make_tensor_value_info("dots", TensorProto.INT32, ["Q", len(codes)])],
-        [numpy_helper.from_array(np.ascontiguousarray(codes.T), "codes"),
-         numpy_helper.from_array(np.array(UINT8_ZERO, np.uint8), "zero_point")],
+    from toolkit.runtimes import constant_op_session
+
+    session = constant_op_session(
+        "MatMulInteger", input_name="queries", input_type=TensorProto.UINT8,
+        input_shape=["Q", codes.shape[1]],
+        constants={"codes": np.ascontiguousarray(codes.T), "zero_point": np.array(UINT8_ZERO, np.uint8)},
+        output_type=TensorProto.INT32, output_shape=["Q", len(codes)], threads=threads,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # readable by every ONNX Runtime the toolkit supports
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def scan(queries: np.ndarray) -> np.ndarray:
         return session.run(None, {"queries": queries})[0]
