@@ -254,8 +254,8 @@ _NEW_SPECS: tuple[Spec, ...] = (
         family="BNConv",
         arch=BNConvArch(stem_filters=48, stem_stride=2, stages=((112, 112), (224, 224))),
         recipe=Recipe(optimizer="sgd", learning_rate=0.1, weight_decay=5e-4, schedule="cosine",
-                      warmup_epochs=1, label_smoothing=0.1, crop_padding=2, flip=True, erasing=0.1,
-                      epochs=50, batch_size=128, selection="best"),
+                      warmup_epochs=1, label_smoothing=0.1, crop_padding=2, flip=True, erasing=0.25,
+                      epochs=60, batch_size=128, selection="best"),
         mixed_precision="auto",
     ),
     # Exp6's accuracy at <= 1/6 of its int8 batch-1 latency: a stride-2 stem, one conv at 7x7, a
