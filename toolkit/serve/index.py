@@ -41,8 +41,6 @@ class ExactIndex:
     vectors: np.ndarray  # float32 [M,D], L2-normalised, the original catalog (exact rescoring)
     rotation: np.ndarray  # float32 [D,D], orthogonal
     head: np.ndarray  # float32 [M,H], rotated catalog, first H dims (the second filter)
-    tail_norms: np.ndarray  # float32 [M], |rotated catalog, dims H..D|
-    code_scales: np.ndarray  # float32 [M], head[i] ~ code_scales[i] * int8 codes[i]
     bound_terms: np.ndarray  # float32 [4,M]: |c_tail|, code scale, |c_head|_1, SLACK (the bounds)
     scan: Any  # callable: uint8 queries [Q,H] -> int32 [Q,M], the codes' dot products
 
@@ -61,12 +59,20 @@ class ExactIndex:
             vectors,
             rotation,
             head,
-            tail_norms,
-            scales,
             np.stack([tail_norms, scales, np.abs(head).sum(axis=1, dtype=np.float32),
                       np.full_like(scales, SLACK)]),
             int8_scan(codes, threads),
         )
+
+    @property
+    def tail_norms(self) -> np.ndarray:
+        """float32 [M]: |rotated catalog, dims H..D|."""
+        return self.bound_terms[0]
+
+    @property
+    def code_scales(self) -> np.ndarray:
+        """float32 [M]: head[i] ~ code_scales[i] * int8 codes[i]."""
+        return self.bound_terms[1]
 
     @property
     def head_energy(self) -> float:
