@@ -110,12 +110,11 @@ class ParityResult:
 
     @classmethod
     def from_dict(cls, doc: Any, *, path: Path) -> ParityResult:
-        what = f"{WHAT} entry"
-        if not isinstance(doc, dict):
-            raise ArtifactError(f"{path}: a {what} is not an object. Delete it and rerun `toolkit parity`")
+        entry = records.Entry(doc, path=path, what=f"{WHAT} entry",
+                              fix="Delete it and rerun `toolkit parity`")
         names = {f.name for f in fields(cls)} - {"top1"}
         for name in ("key", "status"):
-            records.require(doc, name, str, path=path, what=what)
+            entry.req(name, str)
         return cls(**{k: v for k, v in doc.items() if k in names})
 
 
@@ -346,17 +345,17 @@ def read_parity(arts) -> ParityRecord | None:
     path = arts.parity_json
     if not path.is_file():
         return None
-    doc = records.load(path, what=WHAT, reader_version=SCHEMA_VERSION,
-                       fix=f"Delete it and rerun: toolkit parity --exp {arts.name}")
-    items = records.require(doc, "exports", list, path=path, what=WHAT)
-    keras = records.optional(doc, "keras", dict, path=path, what=WHAT, default={})
+    fix = f"Delete it and rerun: toolkit parity --exp {arts.name}"
+    doc = records.load(path, what=WHAT, reader_version=SCHEMA_VERSION, fix=fix)
+    record = records.Entry(doc, path=path, what=WHAT, fix=fix)
+    keras = record.opt("keras", dict, {})
     return ParityRecord(
-        spec=records.optional(doc, "spec", str, path=path, what=WHAT, default=arts.name),
-        source_model_sha256=records.optional(doc, "source_model_sha256", str, path=path, what=WHAT),
-        results=[ParityResult.from_dict(r, path=path) for r in items],
-        test_images=records.optional(doc, "test_images", int, path=path, what=WHAT, default=0),
+        spec=record.opt("spec", str, arts.name),
+        source_model_sha256=record.opt("source_model_sha256", str),
+        results=[ParityResult.from_dict(r, path=path) for r in record.req("exports", list)],
+        test_images=record.opt("test_images", int, 0),
         keras_accuracy=keras.get("test_accuracy"),
-        checked_at=records.optional(doc, "checked_at", str, path=path, what=WHAT),
+        checked_at=record.opt("checked_at", str),
         keras_predictions=records.optional(keras, "predictions", dict, path=path, what=f"{WHAT} keras entry"),
     )
 

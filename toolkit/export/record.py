@@ -22,10 +22,10 @@ from typing import Any
 
 from toolkit import artifacts, records
 from toolkit.artifacts import SpecArtifacts
-from toolkit.errors import ArtifactError
 
 SCHEMA_VERSION = 2
 WHAT = "exports list"
+_FIX = "Delete the file and rerun the command that writes it"
 EXPORTED, FAILED = "exported", "failed"
 NOT_RUN, STALE = "not run", "stale"
 # Summary fields that are numbers (None until parity ran).
@@ -73,13 +73,10 @@ class ParitySummary:
 
     @classmethod
     def from_dict(cls, doc: Any, *, path: Path) -> ParitySummary:
-        what = "exports list parity summary"
-        if not isinstance(doc, dict):
-            raise ArtifactError(f"{path}: {what} is not an object. "
-                                        "Delete the file and rerun the command that writes it")
-        opt = _optional(doc, path, what)
+        entry = records.Entry(doc, path=path, what="exports list parity summary", fix=_FIX)
+        opt = entry.opt
         return cls(
-            status=records.require(doc, "status", str, path=path, what=what),
+            status=entry.req("status", str),
             sha256=opt("sha256", str),
             failures=list(opt("failures", list, [])),
             flipped=opt("flipped", int),
@@ -142,12 +139,8 @@ class ExportEntry:
 
     @classmethod
     def from_dict(cls, doc: Any, *, path: Path) -> ExportEntry:
-        what = "exports list entry"
-        if not isinstance(doc, dict):
-            raise ArtifactError(f"{path}: {what} is not an object. "
-                                        "Delete the file and rerun the command that writes it")
-        req = _required(doc, path, what)
-        opt = _optional(doc, path, what)
+        entry = records.Entry(doc, path=path, what="exports list entry", fix=_FIX)
+        req, opt = entry.req, entry.opt
         known = {"key", "format", "precision", "path", "status", "runtimes", "devices",
                  "source_model_sha256", "settings", "calibration", "exported_at", "error",
                  "size_bytes", "arena_bytes", "sha256", "export_seconds", "parity"}
@@ -183,12 +176,12 @@ def read_exports(arts: SpecArtifacts) -> ExportsRecord:
         return ExportsRecord(arts.name)
     fix = f"Delete it and rerun: toolkit export --exp {arts.name} --force"
     doc = records.load(path, what=WHAT, reader_version=SCHEMA_VERSION, fix=fix)
-    entries = records.require(doc, "exports", list, path=path, what=WHAT)
+    record = records.Entry(doc, path=path, what=WHAT, fix=fix)
     return ExportsRecord(
-        spec=records.optional(doc, "spec", str, path=path, what=WHAT, default=arts.name),
-        source_model_sha256=records.optional(doc, "source_model_sha256", str, path=path, what=WHAT),
-        exports=[ExportEntry.from_dict(e, path=path) for e in entries],
-        updated_at=records.optional(doc, "updated_at", str, path=path, what=WHAT),
+        spec=record.opt("spec", str, arts.name),
+        source_model_sha256=record.opt("source_model_sha256", str),
+        exports=[ExportEntry.from_dict(e, path=path) for e in record.req("exports", list)],
+        updated_at=record.opt("updated_at", str),
     )
 
 
@@ -210,11 +203,3 @@ def write_exports(arts: SpecArtifacts, record: ExportsRecord) -> None:
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-def _required(doc: dict[str, Any], path: Path, what: str):
-    return lambda name, types: records.require(doc, name, types, path=path, what=what)
-
-
-def _optional(doc: dict[str, Any], path: Path, what: str):
-    return lambda name, types, default=None: records.optional(doc, name, types, path=path, what=what,
-                                                              default=default)
