@@ -24,10 +24,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from toolkit import runtimes  # noqa: E402
-from toolkit.artifacts import trained_specs  # noqa: E402
 from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks  # noqa: E402
-from toolkit.benchmark.peaks import machine_info as toolkit_machine_info  # noqa: E402
 from toolkit.benchmark.plan import (  # noqa: E402
     DEFAULT_SECONDS,
     INFERENCE,
@@ -37,8 +34,11 @@ from toolkit.benchmark.plan import (  # noqa: E402
     BenchCase,
     parse_threads,
 )
-from toolkit.contract import package_versions  # noqa: E402
-from toolkit.errors import ToolkitError  # noqa: E402
+from toolkit.core import machine  # noqa: E402
+from toolkit.core.artifacts import trained_specs  # noqa: E402
+from toolkit.core.errors import ToolkitError  # noqa: E402
+from toolkit.core.machine import machine_info as toolkit_machine_info  # noqa: E402
+from toolkit.core.machine import package_versions  # noqa: E402
 
 SMOKE = {
     "exp": ["DNN_1L_No_Dropout_Exp1"],
@@ -323,7 +323,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if training:
         _training_summary(tr, training)
     tr.write_line(
-        f"load average at the end: {os.getloadavg()[0]:.2f} on {runtimes.cpu_count()} cores "
+        f"load average at the end: {os.getloadavg()[0]:.2f} on {machine.cpu_count()} cores "
         "(timings taken while other work runs are noisy)"
     )
     for path in written:
@@ -331,8 +331,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 
 
 def _inference_summary(tr, results, peaks) -> None:
-    from toolkit.report import rows_from_results
-    from toolkit.report_columns import BENCH_TABLE, columns_for
+    from toolkit.report.columns import BENCH_TABLE, columns_for
+    from toolkit.report.join import rows_from_results
 
     tr.section("toolkit bench: one row per file x runtime x device x threads (geometric means across "
                "processes, 95% intervals)")

@@ -29,8 +29,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def default_run_id(name: str, *, seed: int = 0, epochs: int = 1, limit_train: int | None = TINY_LIMIT) -> str:
     """The run id `train.train(name, ...)` gives without --mixed-precision: the spec's recipe,
     resolved on this machine (Exp6 trains in bf16 where the CPU has it, in float32 elsewhere)."""
-    from toolkit import artifacts, precision
+    from toolkit.core import artifacts
     from toolkit.specs import get_spec
+    from toolkit.training import precision
 
     mode = precision.resolve(get_spec(name).mixed_precision)
     return artifacts.run_id(seed, epochs, limit_train, mode)
@@ -38,7 +39,7 @@ def default_run_id(name: str, *, seed: int = 0, epochs: int = 1, limit_train: in
 
 @pytest.fixture(scope="session")
 def dataset():
-    from toolkit import data
+    from toolkit.core import data
 
     return data.load()
 
@@ -46,18 +47,18 @@ def dataset():
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory) -> Path:
     """An artifacts root in which TINY_SPECS are trained (1 epoch, 3,000 real images)."""
-    from toolkit import train
+    from toolkit.training import train
 
     root = tmp_path_factory.mktemp("artifacts")
     for name in TINY_SPECS:
-        train.train(name, epochs=1, limit_train=TINY_LIMIT, root=root)
+        train.train(train.TrainRequest(name, epochs=1, limit_train=TINY_LIMIT, root=root))
     return root
 
 
 @pytest.fixture(scope="session")
 def test_batch(dataset) -> tuple[np.ndarray, np.ndarray]:
     """The first 256 real test images in the model contract, with labels."""
-    from toolkit.data import to_model_input
+    from toolkit.core.data import to_model_input
 
     return to_model_input(dataset.x_test[:256]), dataset.y_test[:256]
 
@@ -86,7 +87,7 @@ def served_root(trained_root, tmp_path_factory) -> Path:
 
     from typer.testing import CliRunner
 
-    from toolkit.cli import app
+    from toolkit.cli.app import app
 
     root = tmp_path_factory.mktemp("serve") / "artifacts"
     shutil.copytree(trained_root / SERVE_SPEC, root / SERVE_SPEC,

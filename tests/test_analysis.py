@@ -11,8 +11,10 @@ from conftest import default_run_id
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolkit import CLASS_NAMES, analysis, artifacts, data
-from toolkit.cli import app
+from toolkit import CLASS_NAMES
+from toolkit.cli.app import app
+from toolkit.core import artifacts, data
+from toolkit.experiments import analysis
 
 CNN, DNN = "CNN_1L_Dropout_Exp6", "DNN_2L_Dropout_Exp2"
 runner = CliRunner()
@@ -27,12 +29,12 @@ def _png_size(path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def cnn_analysis(trained_root):
-    return analysis.analyze(CNN, root=trained_root, sample=3, tsne_samples=200, limit_test=2000,
-                            tsne_iter=250)
+    return analysis.analyze(analysis.AnalysisRequest(CNN, root=trained_root, sample=3, tsne_samples=200,
+                                                     limit_test=2000, tsne_iter=250))
 
 
 def test_cnn_analysis_files_hold_what_they_claim(cnn_analysis, trained_root, dataset):
-    from toolkit.models import load_model
+    from toolkit.specs.models import load_model
 
     out = artifacts.spec_artifacts(CNN, trained_root).analysis_dir
     names = {p.name for p in cnn_analysis.files}
@@ -85,8 +87,8 @@ def test_cnn_analysis_files_hold_what_they_claim(cnn_analysis, trained_root, dat
 
 
 def test_dnn_analysis_has_activation_scatter(trained_root):
-    result = analysis.analyze(DNN, root=trained_root, sample=0, tsne_samples=150, limit_test=1000,
-                              tsne_iter=250)
+    result = analysis.analyze(analysis.AnalysisRequest(DNN, root=trained_root, sample=0, tsne_samples=150,
+                                                       limit_test=1000, tsne_iter=250))
     names = {p.name for p in result.files}
     assert "activation_scatter.png" in names and "feature_maps.png" not in names
     layer = result.summary["sample"]["layers"][0]

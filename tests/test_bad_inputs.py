@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolkit.cli import app
+from toolkit.cli.app import app
 
 runner = CliRunner()
 NOBODY = 65534
@@ -78,7 +78,7 @@ def _as_unprivileged(args: list[str], home: Path) -> subprocess.CompletedProcess
         if shutil.which("setpriv") is None:
             pytest.skip("running as root and setpriv is not installed: cannot drop to an unprivileged user")
         prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        probe = subprocess.run([*prefix, sys.executable, "-c", "import toolkit.cli"], capture_output=True,
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import toolkit.cli.app"], capture_output=True,
                                text=True, env=env, cwd=home)
         if probe.returncode != 0:
             pytest.skip(f"uid {NOBODY} cannot run this checkout's Python (the venv or the source must be "
@@ -179,8 +179,8 @@ def test_4_limit_train_above_the_training_images(tmp_path):
 
 
 def test_4_limit_train_bounds():
-    from toolkit.errors import UsageError
-    from toolkit.train import check_limit_train, split_indices
+    from toolkit.core.errors import UsageError
+    from toolkit.training.inputs import check_limit_train, split_indices
 
     check_limit_train(54_000, fraction=0.1)
     train_idx, val_idx = split_indices(60_000, seed=0, fraction=0.1, limit_train=54_000)

@@ -14,11 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit import runtimes
-from toolkit.benchmark import engine, gpu, peaks, plan
+from toolkit.benchmark import context, gpu, inference, peaks, plan
 from toolkit.benchmark.plan import BenchCase
-from toolkit.benchmark.results import TimingStats
-from toolkit.cli import app
-from toolkit.errors import ContractError, DeviceUnavailableError, ToolkitError, UsageError
+from toolkit.benchmark.timing import TimingStats
+from toolkit.cli.app import app
+from toolkit.core import machine
+from toolkit.core.errors import ContractError, DeviceUnavailableError, ToolkitError, UsageError
 
 runner = CliRunner()
 
@@ -84,9 +85,9 @@ def _case(path: Path, *, batch: int = 1, threads: int = 1, trained: bool = False
 
 
 @pytest.fixture(scope="module")
-def ctx(test_batch, tmp_path_factory) -> engine.BenchContext:
+def ctx(test_batch, tmp_path_factory) -> context.BenchContext:
     images, _ = test_batch
-    return engine.BenchContext(
+    return context.BenchContext(
         root=tmp_path_factory.mktemp("root"), images=images, inputs_source="real test images", seconds=0.05
     )
 
@@ -94,7 +95,7 @@ def ctx(test_batch, tmp_path_factory) -> engine.BenchContext:
 def test_engine_times_real_onnx_calls(tmp_path, ctx):
     path = _onnx_model(tmp_path / "tiny.onnx")
     for batch in (1, 32):
-        result = engine.run_case(_case(path, batch=batch), ctx)
+        result = inference.run_case(_case(path, batch=batch), ctx)
         stats = result.stats
         assert result.timed and stats.rounds >= 20
         assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
@@ -107,7 +108,7 @@ def test_engine_times_real_onnx_calls(tmp_path, ctx):
         # The record written to disk reads back as the same result.
         flat = result.to_dict()
         assert flat["p50_ms"] == stats.p50_ms and flat["kind"] == "inference"
-        from toolkit.benchmark.results import InferenceResult
+        from toolkit.benchmark.inference_results import InferenceResult
 
         assert InferenceResult.from_dict(flat, path=tmp_path / "x.json") == result
 
@@ -127,18 +128,18 @@ def test_contract_mismatch_is_refused_at_load(tmp_path, ctx):
     path = _onnx_model(tmp_path / "nine.onnx", classes=9)
     with pytest.raises(ContractError, match=r"output 'probabilities' float32 \[N,9\], expected "
                                             r"'probabilities' float32 \[N,10\]") as err:
-        engine.run_case(_case(path), ctx)
+        inference.run_case(_case(path), ctx)
     assert err.value.exit_code == 4
 
 
 def test_a_failing_explicit_data_source_is_an_error(tmp_path, monkeypatch):
     """Only a host with no dataset at all times on noise; a named source that fails stops."""
-    from toolkit.errors import DataError
+    from toolkit.core.errors import DataError
 
     (tmp_path / "fmnist").mkdir()
     monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "fmnist"))
     with pytest.raises(DataError, match="not found"):
-        engine.BenchContext.create(tmp_path / "root")
+        context.BenchContext.create(tmp_path / "root")
     from toolkit.benchmark.fallback import calibration_images
 
     with pytest.raises(DataError, match="not found"):
@@ -148,20 +149,20 @@ def test_a_failing_explicit_data_source_is_an_error(tmp_path, monkeypatch):
 def test_output_check_rejects_nan(tmp_path, ctx):
     path = _onnx_model(tmp_path / "nan.onnx", poison="nan")
     assert np.isnan(runtimes.load(path).run(ctx.images[:2])).all()  # the runtime really returns NaN
-    with pytest.raises(engine.OutputCheckError, match="non-finite"):
-        engine.run_case(_case(path, batch=8), ctx)
+    with pytest.raises(inference.OutputCheckError, match="non-finite"):
+        inference.run_case(_case(path, batch=8), ctx)
 
 
 def test_output_check_rejects_wrong_classes(tmp_path, ctx):
     path = _onnx_model(tmp_path / "tiny.onnx")
     case = _case(path, batch=16, trained=True)
-    predicted = np.argmax(runtimes.load(path).run(ctx.images[: engine.CHECK_IMAGES]), axis=1)
+    predicted = np.argmax(runtimes.load(path).run(ctx.images[: context.CHECK_IMAGES]), axis=1)
     ctx.references[case.spec] = predicted  # this runtime against its own output: passes
-    assert engine.run_case(case, ctx).check["top1_mismatches"] == 0
+    assert inference.run_case(case, ctx).check["top1_mismatches"] == 0
     ctx.references[case.spec] = (predicted + 1) % 10  # a reference it never agrees with: refused
     try:
-        with pytest.raises(engine.OutputCheckError, match="top-1 disagrees with the reference"):
-            engine.run_case(case, ctx)
+        with pytest.raises(inference.OutputCheckError, match="top-1 disagrees with the reference"):
+            inference.run_case(case, ctx)
     finally:
         del ctx.references[case.spec]
 
@@ -195,7 +196,7 @@ def test_gpu_cases_are_planned_but_refused_without_cuda(tmp_path, ctx):
     if runtimes.RUNTIMES["onnxruntime-cuda"].available():
         pytest.skip("CUDA is available here: the refusal path cannot be shown")
     with pytest.raises(DeviceUnavailableError, match="no CUDA execution provider"):
-        engine.run_case(case, ctx)
+        inference.run_case(case, ctx)
 
 
 def test_matmul_peaks_are_measured():
@@ -211,7 +212,7 @@ def test_matmul_peaks_are_measured():
 
 def test_option_parsing():
     assert plan.parse_batches(["1,256", "1"]) == [1, 256]
-    assert plan.parse_threads(["1", "all"]) == sorted({1, runtimes.cpu_count()})
+    assert plan.parse_threads(["1", "all"]) == sorted({1, machine.cpu_count()})
     assert plan.parse_devices("all") == ("cpu", "gpu")
     for bad in (
         lambda: plan.parse_batches(["x"]),
@@ -243,16 +244,16 @@ def _worker_pids() -> list[int]:
 
 
 def test_a_worker_killed_midway_keeps_what_it_measured(tmp_path, monkeypatch):
-    from toolkit.benchmark import kinds
+    from toolkit.benchmark import placement
     from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks
-    from toolkit.benchmark.results import read_runs
+    from toolkit.benchmark.inference_results import read_runs
     from toolkit.benchmark.worker import WorkerDied
 
     path = _onnx_model(tmp_path / "tiny.onnx")
     cases = [_case(path, batch=b) for b in (1, 2, 3)]
     # Place them as Keras cases are placed: one worker process runs the three in turn.
-    one_worker = kinds.Placement(kinds.WORKER, group=("w",), label="test worker")
-    monkeypatch.setattr(kinds.InferenceKind, "place", lambda self, case, env: one_worker)
+    one_worker = placement.Placement(placement.WORKER, group=("w",), label="test worker")
+    monkeypatch.setattr(inference.InferenceKind, "place", lambda self, case, env: one_worker)
     session = BenchSession(BenchRequest(root=tmp_path / "root", seconds=0.5, threads=["1"]))
     killed: list[int] = []
 
@@ -289,7 +290,8 @@ def test_bench_cli_usage_errors(tmp_path):
 
 def test_bench_cli_runs_and_records(benched_root):
     root, output = benched_root
-    files = sorted(p for p in (root / "bench").glob("*-cli-*.json") if not p.name.endswith("-memory.json"))
+    # One naming scheme: <time>-<kind>-<source>-<pid>.json.
+    files = sorted((root / "bench").glob("*-inference-cli-*.json"))
     assert files, output
     doc = json.loads(files[0].read_text())  # the first run: every format, two repeats, no memory
     ids = {r["id"] for r in doc["results"]}
@@ -302,7 +304,7 @@ def test_bench_cli_runs_and_records(benched_root):
     assert doc["peaks"]["fp32"] and doc["peaks"]["int8"]
     assert doc["schema_version"] == 2 and doc["kind"] == "inference"
     assert "Benchmark: one row per file x runtime x device x threads" in output
-    memory = json.loads(next((root / "bench").glob("*-memory.json")).read_text())
+    memory = json.loads(next((root / "bench").glob("*-memory-cli-*.json")).read_text())
     assert memory["kind"] == "memory" and memory["schema_version"] == 1
     assert {r["runtime"] for r in memory["results"]} == {"onnxruntime"} and len(memory["results"]) == 4
     assert all(r["peaks_mb"]["serving_b1"] > r["peaks_mb"]["python_numpy"] > 0 for r in memory["results"])
@@ -328,9 +330,8 @@ BENCH_FORMATS = ("onnx-fp32", "onnx-dynamic")
 
 def export_for_tests(root: Path, name: str, keys: tuple[str, ...]) -> None:
     """Export `keys` of a trained spec and check their parity, as `toolkit export` does."""
-    from toolkit import parity
-    from toolkit.data import load
-    from toolkit.export import registry
+    from toolkit.core.data import load
+    from toolkit.export import parity, registry
     from toolkit.export.pipeline import export_spec
 
     dataset = load()
@@ -398,8 +399,9 @@ def benched_root(tmp_path_factory, trained_root) -> tuple[Path, str]:
 
 @pytest.mark.slow
 def test_training_case_times_real_steps_and_round_trips_its_record(tmp_path):
-    from toolkit.benchmark import results, training
-    from toolkit.benchmark.engine import own_timer
+    from toolkit.benchmark import inference_results as results
+    from toolkit.benchmark import training
+    from toolkit.benchmark.timing import own_timer
 
     (case,) = training.plan_training_cases(["DNN_1L_No_Dropout_Exp1"], precisions=["off"], batches=["32"],
                                            threads=2)
@@ -420,7 +422,7 @@ def test_training_case_times_real_steps_and_round_trips_its_record(tmp_path):
 
 def test_training_plan_options():
     from toolkit.benchmark import training
-    from toolkit.errors import UsageError
+    from toolkit.core.errors import UsageError
 
     cases = training.plan_training_cases(["CNN_1L_Dropout_Exp6"], precisions=["off,bf16"],
                                          batches=["spec,128", "512"], threads=2)
@@ -433,8 +435,8 @@ def test_training_plan_options():
 
 
 def test_a_training_case_of_a_type_the_machine_lacks_is_skipped(monkeypatch):
-    from toolkit import precision
     from toolkit.benchmark import kinds, training
+    from toolkit.training import precision
 
     monkeypatch.setattr(precision, "detect", lambda: precision.Capabilities(frozenset({"avx2"})))
     (case,) = training.plan_training_cases(["DNN_1L_No_Dropout_Exp1"], precisions=["bf16"], batches=["32"],
@@ -479,6 +481,7 @@ def test_memory_that_cannot_be_read_is_unavailable_never_zero(monkeypatch, tmp_p
     from toolkit import report
     from toolkit.benchmark import memchild
     from toolkit.benchmark.memory import MemoryResult
+    from toolkit.report import join as report_join
 
     real_open = builtins.open
 
@@ -498,8 +501,8 @@ def test_memory_that_cannot_be_read_is_unavailable_never_zero(monkeypatch, tmp_p
     row = report.Row(spec=case.spec, key=case.key, format="onnx", precision="fp32", runtime=case.runtime,
                      device="cpu", threads=1, accuracy=None, keras_accuracy=None, parity="pass", size_mb=1,
                      params=1, mflops=1)
-    report._attach_memory(row, [result])
-    from toolkit.report_columns import BY_KEY
+    report_join._attach_memory(row, [result])
+    from toolkit.report.columns import BY_KEY
 
     assert BY_KEY["rss_b1"].text(row, None) == "-" and BY_KEY["load"].text(row, None) == "12"
     assert row.memory_note == f"memory unavailable: {why}"
@@ -508,7 +511,7 @@ def test_memory_that_cannot_be_read_is_unavailable_never_zero(monkeypatch, tmp_p
 @pytest.mark.slow  # starts worker processes
 def test_repeats_run_in_separate_processes_and_give_intervals(tmp_path):
     from toolkit.benchmark.driver import BenchRequest, BenchSession, run_benchmarks
-    from toolkit.benchmark.results import interval_check, read_runs
+    from toolkit.benchmark.inference_results import interval_check, read_runs
 
     path = _onnx_model(tmp_path / "tiny.onnx")
     case = _case(path, batch=1)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import artifacts, specs
-from toolkit.cli import app
+from toolkit import specs
+from toolkit.cli.app import app
+from toolkit.core import artifacts
 
 runner = CliRunner()
 
@@ -83,6 +84,6 @@ def test_importing_toolkit_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, toolkit, toolkit.cli, toolkit.data, toolkit.specs, toolkit.artifacts, "
+    code = ("import sys, toolkit, toolkit.cli.app, toolkit.core.data, toolkit.specs, toolkit.core.artifacts, "
             "toolkit.runtimes; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

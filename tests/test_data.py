@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit import CLASS_NAMES, data
-from toolkit.errors import DataError
+from toolkit import CLASS_NAMES
+from toolkit.core import data
+from toolkit.core.errors import DataError
 
 
 def test_real_data_shapes_dtypes_and_balance(dataset):

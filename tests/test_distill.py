@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import artifacts, cli, specs
-from toolkit.cli import app
+from toolkit import specs
+from toolkit.cli.app import app
+from toolkit.core import artifacts
+from toolkit.experiments import pipeline
 from toolkit.families.seedarch import SeedArch
-from toolkit.recipe import Recipe
+from toolkit.specs.recipe import Recipe
 
 runner = CliRunner()
 TEACHER, STUDENT = "distill_teacher", "distill_student"
@@ -63,7 +65,8 @@ def test_train_with_an_untrained_teacher_exits_4_naming_the_command(tmp_path):
 
 @pytest.mark.slow
 def test_run_trains_the_teacher_first_and_the_student_records_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "RUN_STAGES", [])  # this test is about training; the stages have their own
+    # This test is about training; the other stages have their own.
+    monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:1])
     root = str(tmp_path)
     result = runner.invoke(app, ["run", "--exp", STUDENT, "--limit-train", LIMIT, "--artifacts", root])
     assert result.exit_code == 0, result.output
@@ -88,11 +91,11 @@ def test_run_trains_the_teacher_first_and_the_student_records_it(tmp_path, monke
 
 @pytest.mark.slow
 def test_soft_targets_are_the_teachers_flip_averaged_tempered_probabilities(tmp_path, dataset, monkeypatch):
-    from toolkit import distill, train
-    from toolkit.data import to_model_input
-    from toolkit.models import load_model
+    from toolkit.core.data import to_model_input
+    from toolkit.specs.models import load_model
+    from toolkit.training import distill, train
 
-    train.train(TEACHER, limit_train=int(LIMIT), root=tmp_path)
+    train.train(train.TrainRequest(TEACHER, limit_train=int(LIMIT), root=tmp_path))
     record = distill.teacher_record(specs.get_spec(STUDENT), tmp_path)
     images = to_model_input(dataset.x_train[:50])
     got = distill.teacher_probabilities(record, images, temperature=2.0, root=tmp_path)

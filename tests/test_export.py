@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from toolkit.cli import app
+from toolkit.cli.app import app
 
 runner = CliRunner()
 SPEC = "DNN_2L_Dropout_Exp2"  # the fastest trained spec to convert
@@ -56,7 +56,7 @@ def test_registry_lists_every_format_and_precision():
 @pytest.mark.parametrize("formats,precisions,bad", [(["keras"], None, "format 'keras'"),
                                                       (["onnx"], ["int4"], "precision 'int4'")])
 def test_registry_rejects_unknown_names_listing_valid(formats, precisions, bad):
-    from toolkit.errors import UsageError
+    from toolkit.core.errors import UsageError
     from toolkit.export.registry import select
 
     with pytest.raises(UsageError, match=bad) as info:
@@ -65,8 +65,9 @@ def test_registry_rejects_unknown_names_listing_valid(formats, precisions, bad):
 
 
 def test_registry_and_runtimes_do_not_import_tensorflow():
-    code = ("import sys, toolkit.export.registry, toolkit.runtimes, toolkit.parity, toolkit.predict, "
-            "toolkit.cli; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    code = ("import sys, toolkit.export.registry, toolkit.runtimes, toolkit.export.parity, "
+            "toolkit.runtimes.predict, toolkit.cli.app; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 
@@ -74,7 +75,7 @@ def test_registry_and_runtimes_do_not_import_tensorflow():
 
 
 def test_export_all_formats_and_precisions(exported):
-    from toolkit import artifacts
+    from toolkit.core import artifacts
     from toolkit.export.registry import FORMATS
 
     root, result = exported
@@ -179,7 +180,7 @@ def test_int8io_file_has_int8_io_its_quantization_in_metadata_and_runs_as_float(
     from ai_edge_litert import interpreter as litert
 
     from toolkit import runtimes
-    from toolkit.contract import INT8_CLASSIFIER
+    from toolkit.core.contract import INT8_CLASSIFIER
 
     root, _ = exported
     images, _ = test_batch
@@ -215,7 +216,6 @@ def test_int8io_file_predicts_and_benchmarks_through_its_quantization(exported, 
     from PIL import Image
 
     from toolkit import runtimes
-    from toolkit.benchmark import engine
     from toolkit.benchmark.plan import BenchCase
 
     root, _ = exported
@@ -230,10 +230,12 @@ def test_int8io_file_predicts_and_benchmarks_through_its_quantization(exported, 
     case = BenchCase(spec=SPEC, key="tflite-int8io", format="tflite", precision="int8io", runtime="litert",
                      device="cpu", batch=1, threads=1, path=str(path), size_bytes=path.stat().st_size,
                      sha256=None, parity="unknown", trained=True)
-    ctx = engine.BenchContext(root=root, images=images, inputs_source="real test images", seconds=0.05)
-    bench = engine.run_case(case, ctx)
+    from toolkit.benchmark import context, inference
+
+    ctx = context.BenchContext(root=root, images=images, inputs_source="real test images", seconds=0.05)
+    bench = inference.run_case(case, ctx)
     assert bench.timed and bench.stats.p50_ms > 0 and "quantized before timing" in bench.notes["io_encoding"]
-    from toolkit.benchmark.results import InferenceResult
+    from toolkit.benchmark.inference_results import InferenceResult
 
     # Its notes stay notes: none of them overwrites a field of the case when the record is read back.
     assert InferenceResult.from_dict(bench.to_dict(), path=tmp_path / "r.json") == bench
@@ -248,8 +250,8 @@ def test_cnn_onnx_graph_has_no_transposes_and_matches_keras(test_batch, tmp_path
     import onnxruntime as ort
 
     from toolkit.export.onnx import keras_to_onnx, op_counts
-    from toolkit.models import build_model
     from toolkit.specs import get_spec
+    from toolkit.specs.models import build_model
 
     model = build_model(get_spec("CNN_2L_No_Dropout_Exp1"))
     path = tmp_path / "cnn.onnx"
@@ -269,7 +271,7 @@ def test_keras_to_onnx_exports_any_single_output_model(trained_root, tmp_path, t
     import onnxruntime as ort
 
     from toolkit.export.onnx import keras_to_onnx
-    from toolkit.models import embedding_model, load_model
+    from toolkit.specs.models import embedding_model, load_model
 
     model = embedding_model(load_model(trained_root / SPEC / "model.keras"))
     path = tmp_path / "embedding.onnx"
@@ -355,10 +357,10 @@ def test_corrupted_model_keras_is_one_line_and_nothing_is_written(trained_root, 
     assert not any((root / SPEC / "export").glob("*")) if (root / SPEC / "export").exists() else True
 
 
-def test_run_stage_is_registered():
-    from toolkit.cli import RUN_STAGES
+def test_export_is_a_stage_of_the_pipeline():
+    from toolkit.experiments.pipeline import STAGES
 
-    assert "export" in [name for name, _ in RUN_STAGES]
+    assert [s.name for s in STAGES][:2] == ["train", "export"]
 
 
 # ---------------------------------------------------------------- the must-show (slow)
@@ -367,12 +369,12 @@ def test_run_stage_is_registered():
 @pytest.mark.slow
 def test_every_spec_fp32_export_passes_parity(dataset, tmp_path):
     """Every spec, freshly built: ONNX and TFLite fp32 agree with Keras on the 10k test set."""
-    from toolkit import parity
-    from toolkit.data import to_model_input
+    from toolkit.core.data import to_model_input
     from toolkit.export import onnx as onnx_export
+    from toolkit.export import parity
     from toolkit.export import tflite as tflite_export
-    from toolkit.models import build_model
     from toolkit.specs import SPECS
+    from toolkit.specs.models import build_model
 
     images, labels = to_model_input(dataset.x_test), dataset.y_test
     rows = []

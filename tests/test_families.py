@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from toolkit import specs
-from toolkit.errors import UsageError
+from toolkit.core.errors import UsageError
 from toolkit.families import FAMILIES, get_family
 from toolkit.families.bnconv import BNConvArch
 from toolkit.families.mobilenet import MobileNetArch
@@ -61,7 +61,7 @@ SEED_COUNTS = {
 
 def keras_macs(model) -> int:
     """Multiply-adds of conv, depthwise and dense layers, read from the built Keras layers."""
-    from toolkit._tf import keras
+    from toolkit.core.tf import keras
 
     total = 0
     for layer in model.layers:
@@ -93,7 +93,7 @@ def test_every_built_in_family_has_samples():
 
 @pytest.mark.parametrize("family_name,arch", list(_cases()))
 def test_counts_from_the_spec_match_the_built_model(family_name, arch):
-    from toolkit._tf import keras
+    from toolkit.core.tf import keras
 
     family = get_family(family_name)
     assert family.problems(arch) == []
@@ -173,7 +173,7 @@ def test_unknown_family_lists_the_known_ones():
 
 
 def test_list_json_counts_every_spec_without_tensorflow():
-    code = ("import json, sys; from typer.testing import CliRunner; from toolkit.cli import app; "
+    code = ("import json, sys; from typer.testing import CliRunner; from toolkit.cli.app import app; "
             "r = CliRunner().invoke(app, ['list', '--json']); assert r.exit_code == 0, r.output; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print(r.output)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
@@ -192,7 +192,7 @@ def test_list_json_counts_every_spec_without_tensorflow():
 def test_list_groups_by_family_and_marks_study_or_new():
     from typer.testing import CliRunner
 
-    from toolkit.cli import app
+    from toolkit.cli.app import app
 
     result = CliRunner().invoke(app, ["list"])
     assert result.exit_code == 0, result.output

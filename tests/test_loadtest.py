@@ -17,9 +17,11 @@ import pytest
 from conftest import SERVE_SPEC
 from typer.testing import CliRunner
 
-from toolkit.cli import app
-from toolkit.errors import ArtifactError, UsageError
-from toolkit.loadtest import client, record, scenarios
+from toolkit.cli.app import app
+from toolkit.core import loadtest_record as record
+from toolkit.core.errors import ArtifactError, UsageError
+from toolkit.loadtest import client, scenarios, steps
+from toolkit.loadtest import target as targets
 
 runner = CliRunner()
 
@@ -29,7 +31,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://localhost:9", "http://[::1]:8000"])
 def test_loopback_targets_are_accepted(url):
-    target = scenarios.parse_target(url)
+    target = targets.parse_target(url)
     assert target.port in (8000, 9) and target.base_url.startswith("http://")
 
 
@@ -44,7 +46,7 @@ def test_loopback_targets_are_accepted(url):
 )
 def test_other_targets_are_refused_before_anything_is_sent(url, why):
     with pytest.raises(UsageError, match=why):
-        scenarios.parse_target(url)
+        targets.parse_target(url)
 
 
 def test_the_cli_refuses_a_remote_target_with_exit_2():
@@ -56,12 +58,12 @@ def test_the_cli_refuses_a_remote_target_with_exit_2():
 
 
 def test_poisson_arrivals_have_the_rate_and_the_spread_of_a_poisson_process():
-    offsets = scenarios.poisson_offsets(1000.0, 10.0, 662, np.random.default_rng(0)) / 1e9
+    offsets = steps.poisson_offsets(1000.0, 10.0, 662, np.random.default_rng(0)) / 1e9
     gaps = np.diff(offsets)
     assert offsets[0] == 0 and offsets[-1] >= 10.0 and len(offsets) >= 9_500
     assert gaps.mean() == pytest.approx(1e-3, rel=0.05)
     assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)  # exponential gaps: CV = 1
-    short = scenarios.poisson_offsets(10.0, 1.0, 662, np.random.default_rng(0))
+    short = steps.poisson_offsets(10.0, 1.0, 662, np.random.default_rng(0))
     assert len(short) >= 662  # at least the minimum number of queries, however low the rate
 
 
@@ -75,7 +77,7 @@ def _outcomes(latency_ms, lag_ms=0.01, status=200, n=1000) -> client.Outcomes:
 
 
 def test_a_step_within_the_bound_passes():
-    step = scenarios.summarize(_outcomes(4.0), target_rate=1000, bound_ms=10, min_queries=662)
+    step = steps.summarize(_outcomes(4.0), target_rate=1000, bound_ms=10, min_queries=662)
     assert step.passed and step.valid and step.p99_ms == pytest.approx(4.0)
     assert not step.meets_minimum  # one second of arrivals, not ten
 
@@ -85,27 +87,27 @@ def test_failures_count_as_infinite_latency_never_as_fast_answers():
     out.status[:20] = 503
     out.status[20:25] = client.TIMEOUT
     out.done[20:25] = 0
-    step = scenarios.summarize(out, target_rate=1000, bound_ms=10, min_queries=10)
+    step = steps.summarize(out, target_rate=1000, bound_ms=10, min_queries=10)
     assert not step.passed and step.p99_ms is None and step.errors == {"503": 20, "timeout": 5}
     assert step.ok == 975 and "25 of 1000 requests did not succeed" in step.verdict
 
 
 def test_a_client_that_fell_behind_makes_the_step_invalid_not_slow():
-    step = scenarios.summarize(_outcomes(4.0, lag_ms=1.5), target_rate=1000, bound_ms=10, min_queries=10)
+    step = steps.summarize(_outcomes(4.0, lag_ms=1.5), target_rate=1000, bound_ms=10, min_queries=10)
     assert not step.valid and not step.passed and step.verdict.startswith("invalid")
-    closed = scenarios.summarize(_outcomes(4.0, lag_ms=1.5), target_rate=None, bound_ms=None, min_queries=10)
+    closed = steps.summarize(_outcomes(4.0, lag_ms=1.5), target_rate=None, bound_ms=None, min_queries=10)
     assert closed.valid  # closed-loop and all-at-once runs have no schedule to keep
 
 
 def test_over_the_bound_fails():
-    step = scenarios.summarize(_outcomes(12.0), target_rate=1000, bound_ms=10, min_queries=10)
+    step = steps.summarize(_outcomes(12.0), target_rate=1000, bound_ms=10, min_queries=10)
     assert step.valid and not step.passed and "over the 10 ms bound" in step.verdict
 
 
 def test_batch_histogram_is_the_difference_of_two_scrapes():
     before = {"buckets": {1.0: 10, 2.0: 12, 3.0: 12, 4.0: 15, float("inf"): 15}}
     after = {"buckets": {1.0: 30, 2.0: 35, 3.0: 40, 4.0: 45, float("inf"): 46}}
-    assert scenarios.batch_histogram(before, after) == {"1": 20, "2": 3, "3": 5, "4": 2, ">4": 1}
+    assert steps.batch_histogram(before, after) == {"1": 20, "2": 3, "3": 5, "4": 2, ">4": 1}
 
 
 def test_the_search_doubles_then_bisects_to_the_resolution():
@@ -114,7 +116,7 @@ def test_the_search_doubles_then_bisects_to_the_resolution():
 
     def measure(rate):
         tried.append(rate)
-        return scenarios.summarize(
+        return steps.summarize(
             _outcomes(4.0 if rate <= 1234 else 40.0), target_rate=rate, bound_ms=10, min_queries=1
         )
 
@@ -132,7 +134,7 @@ def test_an_invalid_step_is_measured_again_and_twice_stops_the_search():
 
     def measure(rate):
         tried.append(rate)
-        return scenarios.summarize(
+        return steps.summarize(
             _outcomes(4.0, lag_ms=next(lags)), target_rate=rate, bound_ms=10, min_queries=1
         )
 
@@ -150,7 +152,7 @@ def test_a_first_rate_invalid_twice_while_the_server_kept_up_moves_the_search_up
 
     def measure(rate):
         tried.append(rate)
-        return scenarios.summarize(
+        return steps.summarize(
             _outcomes(4.0 if rate <= 500 else 40.0, lag_ms=next(lags)), target_rate=rate, bound_ms=10,
             min_queries=1,
         )
@@ -163,7 +165,7 @@ def test_a_first_rate_invalid_twice_while_the_server_kept_up_moves_the_search_up
         tried.append(rate)
         out = _outcomes(4.0, lag_ms=5.0)
         out.status[:3] = 503
-        return scenarios.summarize(out, target_rate=rate, bound_ms=10, min_queries=1)
+        return steps.summarize(out, target_rate=rate, bound_ms=10, min_queries=1)
 
     tried.clear()
     scenarios._search(failing, settings, notes)
@@ -174,7 +176,7 @@ def test_a_first_rate_invalid_twice_while_the_server_kept_up_moves_the_search_up
 
 
 def _result() -> record.LoadtestResult:
-    step = scenarios.summarize(_outcomes(3.0), target_rate=1000, bound_ms=10, min_queries=662)
+    step = steps.summarize(_outcomes(3.0), target_rate=1000, bound_ms=10, min_queries=662)
     return record.LoadtestResult(
         scenario="server",
         endpoint="classify",
@@ -190,7 +192,8 @@ def _result() -> record.LoadtestResult:
 
 
 def test_the_record_round_trips_and_keeps_todays_bench_readers_working(tmp_path):
-    from toolkit.benchmark import results, training
+    from toolkit.benchmark import inference_results as results
+    from toolkit.benchmark import training
 
     path = record.write_result(_result(), tmp_path)
     doc = json.loads(path.read_text())
@@ -286,7 +289,7 @@ def test_a_server_that_never_answers_gives_timeouts_not_fast_responses():
         out = _engine(port, n=10, timeout_s=0.3)
         took = time.monotonic() - started
     assert (out.status == client.TIMEOUT).all() and (out.done == 0).all()
-    step = scenarios.summarize(out, target_rate=400, bound_ms=10, min_queries=1)
+    step = steps.summarize(out, target_rate=400, bound_ms=10, min_queries=1)
     assert step.ok == 0 and step.p50_ms is None and step.errors == {"timeout": 10}
     assert took < 3  # bounded: it stops at its timeout
 
@@ -335,7 +338,7 @@ def test_server_scenario_against_the_real_server(live, tmp_path):
         assert step.ok == step.queries and not step.errors
         assert step.p50_ms is not None and step.p50_ms > 0 and step.p99_ms >= step.p50_ms
         # Read from the server's /metrics: every image of the step went through a runtime call.
-        assert scenarios._images(step.batch_sizes) == step.queries
+        assert steps._images(step.batch_sizes) == step.queries
         assert step.server_cpu_pct is not None and step.client_cpu_pct is not None
         assert not step.meets_minimum  # 1 s steps are marked as below the 10 s minimum
     assert result.server["classifier"]["spec"] == SERVE_SPEC
@@ -346,15 +349,15 @@ def test_server_scenario_against_the_real_server(live, tmp_path):
 def test_a_step_waits_for_a_busy_server_to_go_idle_first(live, monkeypatch):
     """An idle server is measured at once; one still busy (its CPU reading climbing) is waited for,
     up to the limit, so a step never inherits the last step's backlog."""
-    target = scenarios.parse_target(live.url)
+    target = targets.parse_target(live.url)
     started = time.monotonic()
-    reading = scenarios.wait_until_idle(target, "classify")
-    assert time.monotonic() - started < 2 * scenarios.IDLE_WINDOW_S + 1 and reading["cpu"] is not None
+    reading = steps.wait_until_idle(target, "classify")
+    assert time.monotonic() - started < 2 * steps.IDLE_WINDOW_S + 1 and reading["cpu"] is not None
     readings = iter(range(0, 1000, 1))  # a server using a whole core per reading: always busy
-    monkeypatch.setattr(scenarios, "scrape", lambda *_: {"cpu": float(next(readings))})
-    monkeypatch.setattr(scenarios, "IDLE_MAX_WAIT_S", 1.2)
+    monkeypatch.setattr(steps, "scrape", lambda *_: {"cpu": float(next(readings))})
+    monkeypatch.setattr(steps, "IDLE_MAX_WAIT_S", 1.2)
     started = time.monotonic()
-    reading = scenarios.wait_until_idle(target, "classify")
+    reading = steps.wait_until_idle(target, "classify")
     assert 1.2 <= time.monotonic() - started < 3 and reading["cpu"] >= 2
 
 
@@ -420,11 +423,11 @@ def test_the_bounds_stop_a_search(live):
     assert any("--max-requests" in note for note in result.notes)
 
 
-def test_the_serve_stage_is_registered():
-    from toolkit import cli
-    from toolkit.cli_serve import serve_stage
+def test_the_serve_stage_is_the_pipelines_last_and_optional():
+    from toolkit.experiments import pipeline
 
-    assert ("serve", "serve+loadtest", serve_stage) in cli.OPTIONAL_RUN_STAGES
+    assert [s.name for s in pipeline.STAGES] == ["train", "export", "bench", "report", "serve+loadtest"]
+    assert pipeline.STAGES[-1].flag == "serve" and all(s.flag is None for s in pipeline.STAGES[:-1])
 
 
 def test_the_curve_is_drawn(tmp_path):
@@ -440,15 +443,19 @@ def test_the_curve_is_drawn(tmp_path):
 def test_run_serve_is_off_by_default_and_runs_the_stage_when_asked(trained_root, tmp_path, monkeypatch):
     import shutil
 
-    from toolkit import cli
+    from toolkit.experiments import pipeline
 
     root = tmp_path / "artifacts"
     shutil.copytree(trained_root / SERVE_SPEC, root / SERVE_SPEC, ignore=shutil.ignore_patterns("recommend"))
     calls = []
-    monkeypatch.setattr(cli, "RUN_STAGES", [])
-    monkeypatch.setattr(
-        cli, "OPTIONAL_RUN_STAGES", [("serve", "serve+loadtest", lambda **kw: calls.append(kw))]
-    )
+
+    def fake_serve(request, view):
+        calls.append({"exp": request.exp, "artifacts": request.train.root,
+                      "data_dir": request.train.data_dir})
+
+    train_only = pipeline.STAGES[0]
+    fake = pipeline.Stage("serve+loadtest", fake_serve, "", "serve")
+    monkeypatch.setattr(pipeline, "STAGES", (train_only, fake))
     args = ["run", "--exp", SERVE_SPEC, "--epochs", "1", "--limit-train", "3000", "--artifacts", str(root)]
     assert runner.invoke(app, args).exit_code == 0 and calls == []
     result = runner.invoke(app, [*args, "--serve"])
@@ -460,7 +467,8 @@ def test_run_serve_is_off_by_default_and_runs_the_stage_when_asked(trained_root,
 def test_the_report_shows_a_load_test_as_a_served_row_never_compared(served_root, tmp_path):
     import shutil
 
-    from toolkit import artifacts, report
+    from toolkit import report
+    from toolkit.core import artifacts
     from toolkit.export.record import read_exports
 
     root = tmp_path / "artifacts"

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit import families, specs
-from toolkit.cli import app
+from toolkit.cli.app import app
 from toolkit.families.base import Family
-from toolkit.recipe import Recipe
+from toolkit.specs.recipe import Recipe
 
 runner = CliRunner()
 NAME = "probe_net"
@@ -103,7 +103,7 @@ def test_a_registered_family_goes_through_every_stage(probe_root, dataset):
 
 
 def test_registration_is_checked():
-    from toolkit.errors import UsageError
+    from toolkit.core.errors import UsageError
 
     with pytest.raises(UsageError, match="already registered"):
         families.register(families.get_family("CNN"))

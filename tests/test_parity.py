@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from toolkit.cli import app
-from toolkit.parity import TOLERANCES, ParityResult, compare
+from toolkit.cli.app import app
+from toolkit.export.parity import TOLERANCES, ParityResult, compare
 
 runner = CliRunner()
 SPEC = "DNN_2L_Dropout_Exp2"
@@ -97,8 +97,8 @@ def test_parity_command_passes_and_writes_parity_json(exported_root):
     assert entry["output_shape"] == [10_000, 10]
     assert doc["tolerances"]["fp32"] == {"min_agreement": 0.999, "max_abs_diff": 1e-4}
     # Each file's top-1 classes are kept beside the record, with the paired test against Keras.
-    from toolkit import artifacts
-    from toolkit.data import load
+    from toolkit.core import artifacts
+    from toolkit.core.data import load
 
     labels = load().y_test
     export_top1 = artifacts.load_predictions(exported_root / SPEC / entry["predictions"]["file"],
@@ -168,10 +168,11 @@ def test_7_parity_of_a_replaced_file_is_not_believed(exported_root):
     leaves a "pass" that was measured on the old file: every reader must see it as stale."""
     import onnx
 
-    from toolkit import artifacts, report
     from toolkit.benchmark.plan import Filters, plan_cases
+    from toolkit.core import artifacts
     from toolkit.export.onnx import set_metadata
     from toolkit.export.record import read_exports
+    from toolkit.report import join as report_join
 
     arts = artifacts.spec_artifacts(SPEC, exported_root)
     path = exported_root / SPEC / "export" / "model.fp32.onnx"
@@ -188,7 +189,7 @@ def test_7_parity_of_a_replaced_file_is_not_believed(exported_root):
                                                 devices=("cpu",), batches=(1,), threads=(1,)))
     assert case.parity == "stale" and case.sha256 == new_sha  # the bench records what it measured
     notes: list[str] = []
-    files = {f.key: f for f in report._files(arts, 0.9, notes)}
+    files = {f.key: f for f in report_join._files(arts, 0.9, notes)}
     assert files["onnx-fp32"].parity == "stale" and files["onnx-fp32"].accuracy is None
     assert any("changed since parity checked it" in n for n in notes)
     # `toolkit export` does not skip the replaced file: its sha256 no longer matches its entry.

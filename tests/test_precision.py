@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from toolkit import artifacts, precision
-from toolkit.errors import UsageError
-from toolkit.precision import Capabilities
+from toolkit.core import artifacts
+from toolkit.core.errors import UsageError
 from toolkit.specs import get_spec, with_overrides
+from toolkit.training import precision
+from toolkit.training.precision import Capabilities
 
 SAPPHIRE = Capabilities(frozenset({"avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16", "amx_tile"}))
 ZEN3 = Capabilities(frozenset({"avx2", "fma"}))
@@ -75,10 +76,12 @@ def test_unknown_mode_lists_the_modes_and_what_the_machine_supports():
 
 
 def test_cpu_flags_come_from_proc_cpuinfo(tmp_path):
+    from toolkit.core import machine
+
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16\n\nprocessor\t: 1\n")
-    assert precision.read_cpu_flags(cpuinfo) == {"fpu", "avx512f", "avx512_bf16", "amx_bf16"}
-    assert precision.read_cpu_flags(tmp_path / "missing") == frozenset()
+    assert machine.cpu_flags(cpuinfo) == {"fpu", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert machine.cpu_flags(tmp_path / "missing") == frozenset()
 
 
 def test_float32_runs_keep_todays_manifest_and_run_id():
@@ -102,7 +105,7 @@ def test_spec_rejects_an_unknown_mode():
 
 
 def test_policy_scope_restores_the_global_policy():
-    from toolkit._tf import keras
+    from toolkit.core.tf import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"
     with precision.policy_scope("bf16"):
@@ -112,8 +115,8 @@ def test_policy_scope_restores_the_global_policy():
 
 @pytest.mark.slow
 def test_mixed_models_keep_float32_variables_and_output_and_copy_back_exactly():
-    from toolkit.fitting import compile_model
-    from toolkit.models import build_model
+    from toolkit.specs.models import build_model
+    from toolkit.training.fitting import compile_model
 
     spec = get_spec("DNN_2L_Dropout_Exp2")
     for mode in ("bf16", "fp16"):
@@ -134,10 +137,10 @@ def test_mixed_models_keep_float32_variables_and_output_and_copy_back_exactly():
 @pytest.mark.slow
 def test_fused_adam_is_kerass_adam_up_to_rounding():
     """Mixed modes train with TensorFlow's fused Adam kernel; float32 keeps Keras' own update."""
-    from toolkit._tf import keras
-    from toolkit.fitting import compile_model
-    from toolkit.models import build_model
-    from toolkit.train import build_training_model
+    from toolkit.core.tf import keras
+    from toolkit.specs.models import build_model
+    from toolkit.training.fitting import compile_model
+    from toolkit.training.train import build_training_model
 
     spec = get_spec("DNN_2L_Dropout_Exp2")
     assert type(build_training_model(spec, "off").optimizer).__name__ == "Adam"
@@ -162,8 +165,8 @@ def test_fused_adam_is_kerass_adam_up_to_rounding():
 
 
 def _tiny_model():
-    from toolkit.fitting import compile_model
-    from toolkit.models import build_model
+    from toolkit.specs.models import build_model
+    from toolkit.training.fitting import compile_model
 
     spec = get_spec("DNN_2L_Dropout_Exp2")
     model = compile_model(build_model(spec), spec, 1)
@@ -174,7 +177,7 @@ def _tiny_model():
 
 @pytest.mark.slow
 def test_a_half_written_checkpoint_is_never_used(tmp_path):
-    from toolkit.checkpoint import CheckpointWriter, Snapshot, load_resume
+    from toolkit.training.checkpoint import CheckpointWriter, Snapshot, load_resume
 
     model = _tiny_model()
     manifest = {"run_id": "seed0-e3"}
@@ -201,7 +204,7 @@ def test_a_half_written_checkpoint_is_never_used(tmp_path):
 
 
 def test_a_failed_background_write_surfaces_on_the_training_thread(tmp_path):
-    from toolkit.checkpoint import CheckpointWriter, Snapshot
+    from toolkit.training.checkpoint import CheckpointWriter, Snapshot
 
     blocker = tmp_path / "partial"
     blocker.write_text("a file where the folder should be")

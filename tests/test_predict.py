@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from toolkit import CLASS_NAMES
-from toolkit.cli import app
+from toolkit.cli.app import app
 
 runner = CliRunner()
 SPEC = "DNN_2L_Dropout_Exp2"
@@ -22,7 +22,7 @@ def models(trained_root, tmp_path_factory) -> dict[str, Path]:
     """model.keras and its ONNX and TFLite fp32 exports."""
     from toolkit.export import onnx as onnx_export
     from toolkit.export import tflite as tflite_export
-    from toolkit.models import load_model
+    from toolkit.specs.models import load_model
 
     folder = tmp_path_factory.mktemp("predict-models")
     keras_path = trained_root / SPEC / "model.keras"
@@ -47,7 +47,7 @@ def pngs(dataset, tmp_path_factory) -> tuple[list[Path], np.ndarray]:
 @pytest.mark.parametrize("kind", ["keras", "onnx", "tflite"])
 def test_predict_real_pngs_matches_the_model(kind, models, pngs):
     from toolkit import runtimes
-    from toolkit.data import to_model_input
+    from toolkit.core.data import to_model_input
 
     paths, raw = pngs
     result = runner.invoke(app, ["predict", str(models[kind]), *map(str, paths), "--top-k", "3", "--json"])
@@ -74,7 +74,7 @@ def test_predict_table_states_conversions(models, dataset, tmp_path):
     assert "converted RGB to grayscale" in flat and "inverted" in flat
     assert "resized 56x56 to 28x28" in flat
 
-    from toolkit.predict import load_image
+    from toolkit.core.images import load_image
 
     pixels, notes = load_image(path)
     assert pixels.shape == (28, 28) and pixels.dtype == np.uint8 and len(notes) == 3

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import artifacts, recipe, specs
-from toolkit.cli import app
-from toolkit.errors import UsageError
-from toolkit.recipe import Recipe
+from toolkit import specs
+from toolkit.cli.app import app
+from toolkit.core import artifacts
+from toolkit.core.errors import UsageError
+from toolkit.specs import recipe
+from toolkit.specs.recipe import Recipe
 
 runner = CliRunner()
 
@@ -91,7 +93,7 @@ def test_bad_recipes_stop_train_before_any_work(tmp_path, args, needle):
 
 
 def test_seed_recipe_compiles_exactly_as_the_seed_did():
-    from toolkit import fitting
+    from toolkit.training import fitting
 
     assert fitting.make_optimizer(Recipe(), 100) == "adam"
     assert fitting.make_optimizer(Recipe(optimizer="rmsprop"), 100) == "rmsprop"
@@ -100,7 +102,7 @@ def test_seed_recipe_compiles_exactly_as_the_seed_did():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    from toolkit import fitting
+    from toolkit.training import fitting
 
     sgd = Recipe(optimizer="sgd", learning_rate=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4,
                  epochs=10)
@@ -113,7 +115,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 
 def test_targets_smooth_labels_and_blend_a_teacher():
-    from toolkit import fitting
+    from toolkit.training import fitting
 
     labels = np.array([0, 2])
     smoothed = fitting.targets(Recipe(label_smoothing=0.1), labels)
@@ -124,8 +126,8 @@ def test_targets_smooth_labels_and_blend_a_teacher():
 
 
 def test_augmentation_is_seeded_per_step_and_keeps_the_images_real(test_batch):
-    from toolkit import augment
-    from toolkit._tf import tf
+    from toolkit.core.tf import tf
+    from toolkit.training import augment
 
     images = tf.constant(test_batch[0][:32])
     fn = augment.batch_augmenter(Recipe(crop_padding=2, flip=True, erasing=1.0), seed=0)
@@ -149,13 +151,14 @@ def test_augmentation_is_seeded_per_step_and_keeps_the_images_real(test_batch):
 
 @pytest.mark.slow
 def test_best_epoch_is_chosen_on_validation_and_is_the_model_saved(tmp_path, dataset):
-    from toolkit import train
-    from toolkit.data import to_model_input
-    from toolkit.models import load_model
+    from toolkit.core.data import to_model_input
+    from toolkit.specs.models import load_model
+    from toolkit.training import train
 
     # Keep the best of 3 epochs on a small subset; the test set must play no part in the choice.
-    result = train.train("DNN_1L_No_Dropout_Exp1", epochs=3, limit_train=600, root=tmp_path,
-                         recipe={"selection": "best", "learning_rate": 0.05})
+    request = train.TrainRequest("DNN_1L_No_Dropout_Exp1", epochs=3, limit_train=600, root=tmp_path,
+                                 recipe={"selection": "best", "learning_rate": 0.05})
+    result = train.train(request)
     metrics, run_dir = result.metrics, result.run_dir
     history = json.loads((run_dir / "history.json").read_text())
     best = int(np.argmax(history["val_accuracy"])) + 1
@@ -172,8 +175,8 @@ def test_best_epoch_is_chosen_on_validation_and_is_the_model_saved(tmp_path, dat
 def test_a_weight_decay_recipe_resumes_after_an_interruption(tmp_path):
     """Keras forgets an optimizer's weight-decay exclusions when it reloads a saved one: resuming
     restores the state into a fresh build of the recipe's optimizer, and the run completes."""
-    from toolkit import train
-    from toolkit.errors import Interrupted
+    from toolkit.core.errors import Interrupted
+    from toolkit.training import train
 
     def stop_after_first(epoch, total, logs):
         if epoch == 1:
@@ -181,7 +184,7 @@ def test_a_weight_decay_recipe_resumes_after_an_interruption(tmp_path):
 
     kwargs = dict(epochs=2, limit_train=300, root=tmp_path, mixed_precision="off")
     with pytest.raises(Interrupted):
-        train.train("fast", on_epoch=stop_after_first, **kwargs)
-    resumed = train.train("fast", resume=True, **kwargs)
+        train.train(train.TrainRequest("fast", **kwargs), on_epoch=stop_after_first)
+    resumed = train.train(train.TrainRequest("fast", resume=True, **kwargs))
     assert resumed.metrics["resumed_from_epoch"] == 1 and resumed.metrics["selected_epoch"] in (1, 2)
     assert resumed.run_dir.name == "seed0-e2-n300"

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import artifacts
-from toolkit.benchmark.results import read_runs
-from toolkit.errors import ArtifactError
+from toolkit.benchmark.inference_results import read_runs
+from toolkit.core import artifacts
+from toolkit.core.errors import ArtifactError
+from toolkit.export.parity import read_parity
 from toolkit.export.record import read_exports
-from toolkit.parity import read_parity
 
 LEGACY = Path(__file__).parent / "data" / "legacy-exp6"
 SPEC = "CNN_1L_Dropout_Exp6"
@@ -126,7 +126,7 @@ def test_bench_readers_skip_kinds_they_do_not_own(legacy_root):
 
 
 def test_written_records_carry_version_and_kind(legacy_root):
-    from toolkit.benchmark.results import BenchRun, write_run
+    from toolkit.benchmark.inference_results import BenchRun, write_run
     from toolkit.export.record import write_exports
 
     arts = artifacts.spec_artifacts(SPEC, legacy_root)
@@ -149,7 +149,7 @@ def test_memory_files_are_their_own_kind(legacy_root):
     """A memory results file is read by its owner only; a newer schema is refused naming the file;
     a legacy inference file groups into cases of one measurement (no interval)."""
     from toolkit.benchmark.memory import read_memory_runs
-    from toolkit.errors import NewerRecordError
+    from toolkit.core.errors import NewerRecordError
 
     (run,) = read_runs(legacy_root)
     groups = run.groups

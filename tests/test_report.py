@@ -12,7 +12,7 @@ from test_benchmark import BENCH_FORMATS, BENCH_SPEC, make_benched_root
 from typer.testing import CliRunner
 
 from toolkit import report
-from toolkit.cli import app
+from toolkit.cli.app import app
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_report_joins_real_results(benched):
 
 
 def _labels():
-    from toolkit.data import load
+    from toolkit.core.data import load
 
     return load().y_test
 
@@ -97,7 +97,7 @@ def test_recommended_pick_respects_budget(benched):
 def test_stale_results_are_left_out(benched, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(benched, root)
-    run = sorted((root / "bench").glob("*.json"))[-1]
+    run = sorted((root / "bench").glob("*-inference-*.json"))[-1]
     doc = json.loads(run.read_text())
     for r in doc["results"]:
         if r["key"] == "onnx-dynamic":
@@ -189,7 +189,7 @@ def test_report_cli_errors(tmp_path, benched):
 
 
 def test_run_gains_bench_and_report_stages():
-    from toolkit.cli import RUN_STAGES
+    from toolkit.experiments.pipeline import STAGES
 
-    names = [name for name, _ in RUN_STAGES]
+    names = [s.name for s in STAGES]
     assert "bench" in names and "report" in names and names.index("bench") < names.index("report")

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from toolkit import report, report_columns, stats
+from toolkit import report
+from toolkit.core import stats
 from toolkit.report import Budget, Judge, Row
+from toolkit.report import build as report_build
+from toolkit.report import columns as report_columns
+from toolkit.report import pick as report_pick
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +92,7 @@ def test_tie_and_front_need_separable_differences(labels):
     assert not rows[0].fronts.get("latency")
     assert rows[1].fronts["latency"] == rows[2].fronts["latency"] == "tied"
     assert rows[3].fronts["latency"] == "front"
-    assert rows[1] is pick and "Not separable from it in batch-1 p50" in report._pick_text(
+    assert rows[1] is pick and "Not separable from it in batch-1 p50" in report_pick._pick_text(
         pick, best, [r for r in rows if r.tied], Budget())
 
 
@@ -131,7 +136,7 @@ def test_tolerance_is_an_explicit_override(labels):
     override = Judge(labels=labels, spreads={}, tolerance=0.015)
     verdict = override.accuracy(a, b)
     assert verdict.better is None and verdict.p_value is None and "--accuracy-tolerance" in verdict.basis
-    assert "explicit override" in report._rule_text(0.015)
+    assert "explicit override" in report_build._rule_text(0.015)
 
 
 def test_a_budget_nothing_meets_names_the_cheapest(labels):
@@ -149,8 +154,8 @@ def test_every_output_reads_the_one_column_list(labels, monkeypatch):
     rows = [_row(labels, 1, "onnx-fp32", range(700), 3.0), _row(labels, 2, "onnx-int8", range(702), 0.5)]
     judge = Judge(labels=labels, spreads={})
     pick, best, text = _decide(rows, judge)
-    rep = report.Report(root=report.Path("."), rows=rows, peaks={}, pick=pick, pick_text=text, budget={},
-                        best=best, rule=report._rule_text(None))
+    rep = report.Report(root=Path("."), rows=rows, peaks={}, pick=pick, pick_text=text, budget={},
+                        best=best, rule=report_build._rule_text(None))
     extra = report_columns.Column("answer", "answer", lambda r, rep: "42",
                                   (("answer_csv", lambda r, rep: 42),), report_columns.ALL_VIEWS)
     monkeypatch.setattr(report_columns, "COLUMNS", [*report_columns.COLUMNS, extra])

@@ -20,9 +20,10 @@ from conftest import SERVE_CATALOG, SERVE_SPEC, png
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolkit import CLASS_NAMES, artifacts
-from toolkit.cli import app
-from toolkit.errors import ArtifactError, ParityError, UsageError
+from toolkit import CLASS_NAMES
+from toolkit.cli.app import app
+from toolkit.core import artifacts
+from toolkit.core.errors import ArtifactError, ParityError, UsageError
 
 SPEC, CATALOG = SERVE_SPEC, SERVE_CATALOG
 runner = CliRunner()
@@ -125,7 +126,7 @@ def test_missing_embedding_model_refuses_with_the_recommend_command(served_root,
 
 
 def test_classify_upload_converts_like_predict_and_answers_with_the_model(client, state, dataset, tmp_path):
-    from toolkit.predict import predict
+    from toolkit.runtimes.predict import predict
 
     path = tmp_path / "boot.png"
     path.write_bytes(png(dataset.x_test[0]))
@@ -155,7 +156,7 @@ def test_classify_upload_converts_like_predict_and_answers_with_the_model(client
 
 
 def test_classify_json_batch_equals_the_runtime(client, state, dataset):
-    from toolkit.data import to_model_input
+    from toolkit.core.data import to_model_input
 
     images = dataset.x_test[:12]  # within the live server's 64 kB body limit
     response = client.post("/v1/classify?k=1", json={"images": images.tolist()})
@@ -171,8 +172,8 @@ def test_classify_json_batch_equals_the_runtime(client, state, dataset):
 
 
 def test_similar_equals_an_exact_search_and_returns_thumbnails(client, state, dataset):
-    from toolkit.data import to_model_input
-    from toolkit.recommend import search
+    from toolkit.core.data import to_model_input
+    from toolkit.recommend.catalog import search
 
     response = client.post(
         "/v1/similar?k=4&thumbnails=true", files={"image": ("q.png", png(dataset.x_test[3]))}
@@ -197,8 +198,9 @@ def test_the_index_finds_what_a_full_scan_finds(dataset, head_dims):
     """On real vectors (3,000 L2-normalised training images) and queries both like the catalog
     (test images) and unlike it (noise): the same top k as toolkit.recommend.search, through the
     int8 scan's bounds and the float32 ones."""
-    from toolkit.recommend import normalize, search
-    from toolkit.serve.index import ExactIndex
+    from toolkit.recommend.catalog import search
+    from toolkit.recommend.embedding import normalize
+    from toolkit.recommend.index import ExactIndex
 
     catalog = normalize(dataset.x_train[:3000])
     noise = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
@@ -509,7 +511,7 @@ def test_tensorflow_really_is_blocked_in_the_child():
     from toolkit.serve.process import launch_command
 
     probe = launch_command(["--help"])
-    code = probe[2].replace("from toolkit.cli import main", "import tensorflow")
+    code = probe[2].replace("from toolkit.cli.app import main", "import tensorflow")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "import of tensorflow halted" in result.stderr
 
@@ -585,7 +587,8 @@ def test_requirements_serve_covers_the_serve_extra_without_tensorflow():
     assert not any(r.startswith(("tensorflow", "keras", "tf2onnx")) for r in listed)
 
 
-def test_with_benchmarks_the_server_takes_the_reports_pick(served_root, tmp_path):
+def test_the_server_serves_the_pick_the_report_recorded(served_root, tmp_path):
+    from toolkit.core.pick_record import read_picks
     from toolkit.serve.loading import choose_export
 
     root = _copy(served_root, tmp_path)
@@ -593,6 +596,21 @@ def test_with_benchmarks_the_server_takes_the_reports_pick(served_root, tmp_path
                                 "--batch", "1", "--threads", "1", "--seconds", "0.1", "--repeats", "1",
                                 "--no-memory", "--artifacts", str(root)])
     assert bench.exit_code == 0, bench.output
+    # Benchmarks alone choose nothing: serve reads the report's record, it never rebuilds the report.
+    assert "report has no pick" in choose_export(SPEC, root).chosen_by
+    report = runner.invoke(app, ["report", "--artifacts", str(root)])
+    assert report.exit_code == 0, report.output
+    record = read_picks(root)
+    (picked,) = record.specs[SPEC].candidates
+    assert (picked.key, picked.runtime, picked.path) == ("onnx-fp32", "onnxruntime", "export/model.fp32.onnx")
+    assert picked.sha256 == artifacts.sha256_file(root / SPEC / picked.path)
     choice = choose_export(SPEC, root)
     assert choice.key == "onnx-fp32"
     assert choice.chosen_by.startswith(f"the report's pick for {SPEC}") and "onnx-fp32" in choice.chosen_by
+    # A record naming another file than the one there now is stale: refused, like a stale export.
+    doc = json.loads((root / "pick.json").read_text())
+    doc["specs"][SPEC]["candidates"][0]["sha256"] = "0" * 64
+    (root / "pick.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="the pick is stale") as failure:
+        choose_export(SPEC, root)
+    assert failure.value.exit_code == 4 and "toolkit report" in failure.value.message

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from toolkit import specs
-from toolkit.errors import UsageError
+from toolkit.core.errors import UsageError
+from toolkit.specs.study import DEFAULT_L2
 
 SEED_NAMES = [
     "DNN_1L_No_Dropout_Exp1", "DNN_2L_No_Dropout_Exp1", "DNN_2L_Dropout_Exp2",
@@ -37,7 +38,7 @@ def test_chosen_spec_matches_the_seed():
 
 def test_ocr_readings_are_recorded_next_to_values():
     exp5 = specs.get_spec("DNN_2L_Dropout_Exp5")
-    assert exp5.arch.dense_units == (128, 256) and exp5.arch.l2 == (0.0, specs.DEFAULT_L2)
+    assert exp5.arch.dense_units == (128, 256) and exp5.arch.l2 == (0.0, DEFAULT_L2)
     assert any("238" in r for r in exp5.readings) and any("L2" in r for r in exp5.readings)
     exp3 = specs.get_spec("CNN_2L_No_Dropout_Exp3")
     assert exp3.arch.dense_units == (1024, 64) and any("1024,54" in r for r in exp3.readings)
@@ -77,7 +78,7 @@ def test_glob_matching():
 
 @pytest.mark.parametrize("name", SEED_NAMES)
 def test_every_spec_builds_its_architecture(name):
-    from toolkit.models import EMBEDDING_LAYER, build_model
+    from toolkit.specs.models import EMBEDDING_LAYER, build_model
 
     spec = specs.get_spec(name)
     model = build_model(spec)
@@ -95,7 +96,7 @@ def test_saved_model_loads_with_plain_keras(tmp_path):
     import keras
     import numpy as np
 
-    from toolkit.models import build_model
+    from toolkit.specs.models import build_model
 
     model = build_model(specs.get_spec("DNN_2L_Dropout_Exp5"))
     model.save(tmp_path / "m.keras")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from toolkit import stats
+from toolkit.core import stats
 
 
 def test_wilson_interval_of_exp6_accuracy():

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import artifacts, sweep
-from toolkit.cli import app
+from toolkit.cli.app import app
+from toolkit.core import artifacts
+from toolkit.experiments import sweep, sweep_plan, sweep_ray, sweep_tables
 from toolkit.specs import get_spec
 
 SPECS = ("DNN_1L_No_Dropout_Exp1", "CNN_1L_Dropout_Exp6")
@@ -52,7 +53,7 @@ def test_local_sweep_table_equals_the_runs_metrics(local_root):
     assert set(rows) == set(SPECS)
     for name in SPECS:
         runs = [_run_metrics(local_root, name, seed) for seed in range(SEEDS)]
-        for figure in sweep.FIGURES:
+        for figure in sweep_tables.FIGURES:
             values = [float(m[figure]) for m in runs]
             assert float(rows[name][f"{figure}_mean"]) == pytest.approx(statistics.fmean(values))
             assert float(rows[name][f"{figure}_std"]) == pytest.approx(statistics.stdev(values))
@@ -64,7 +65,7 @@ def test_local_sweep_table_equals_the_runs_metrics(local_root):
             statistics.fmean(m["test_accuracy"] for m in runs) - seed_acc)
         assert rows[name]["runs_done"] == str(SEEDS)
         # The Wilson interval of one run's accuracy at the mean, on the 10,000 test images.
-        from toolkit.stats import interval_of_accuracy
+        from toolkit.core.stats import interval_of_accuracy
 
         ci = interval_of_accuracy(statistics.fmean(m["test_accuracy"] for m in runs), 10_000)
         assert float(rows[name]["test_accuracy_ci95_low"]) == pytest.approx(ci.low)
@@ -121,19 +122,20 @@ def test_failing_run_is_isolated_and_exit_code_is_7(tmp_path):
 
 def test_install_run_from_bytes_is_reused_by_train(local_root, tmp_path, dataset):
     """The multi-node path: a run's files shipped as bytes land where train() reuses them."""
-    from toolkit import train
+    from toolkit.training import train
 
     name = SPECS[0]
-    state = sweep.plan_sweep([name], seeds=2, epochs=1, limit_train=LIMIT)
+    state = sweep_plan.plan_sweep([name], seeds=2, epochs=1, limit_train=LIMIT)
     source = local_root / name / "runs" / RUN_ID.format(seed=0)
     files = {f: (source / f).read_bytes() for f in artifacts.RUN_FILES}
-    installed = sweep.install_run(tmp_path, state.runs[0], files, dataset.checksums)
+    installed = sweep_ray.install_run(tmp_path, state.runs[0], files, dataset.checksums)
     assert installed == tmp_path / name / "runs" / RUN_ID.format(seed=0)
-    result = train.train(name, seed=0, epochs=1, limit_train=LIMIT, root=tmp_path, promote=False)
+    result = train.train(train.TrainRequest(name, seed=0, epochs=1, limit_train=LIMIT, root=tmp_path),
+                         promote=False)
     assert result.reused and result.metrics == _run_metrics(local_root, name, 0)
     # Files whose manifest says seed 0 are not accepted as seed 1's run.
     with pytest.raises(artifacts.ArtifactError, match="manifest"):
-        sweep.install_run(tmp_path, state.runs[1], files, dataset.checksums)
+        sweep_ray.install_run(tmp_path, state.runs[1], files, dataset.checksums)
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -165,7 +167,7 @@ def test_ray_missing_says_how_to_install(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def ray_instance():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]')")
-    started = sweep._start_ray(ray, None)
+    started = sweep_ray._start_ray(ray, None)
     yield ray
     if started:
         ray.shutdown()
@@ -179,7 +181,7 @@ def test_ray_backend_matches_local(ray_instance, local_root, tmp_path):
     assert "2 trained" in result.output
     # The path a node without the caller's filesystem takes: the run comes back as bytes.
     shipped = tmp_path / "shipped"
-    state = sweep.plan_sweep([SPECS[0]], seeds=1, epochs=1, limit_train=LIMIT, backend="ray")
+    state = sweep_plan.plan_sweep([SPECS[0]], seeds=1, epochs=1, limit_train=LIMIT, backend="ray")
     sweep.run_sweep(state, root=shipped, transfer="bytes")
     assert [r.state for r in state.runs] == ["trained"]
     for root, names in ((shared, SPECS), (shipped, SPECS[:1])):
@@ -190,6 +192,6 @@ def test_ray_backend_matches_local(ray_instance, local_root, tmp_path):
             # covers thread-count differences in TensorFlow's CPU kernels.
             assert ours["test_accuracy"] == pytest.approx(local["test_accuracy"], abs=2e-3)
     # The shipped run was installed into the caller's root, and the caller's rule reuses it.
-    again = sweep.plan_sweep([SPECS[0]], seeds=1, epochs=1, limit_train=LIMIT, backend="ray")
+    again = sweep_plan.plan_sweep([SPECS[0]], seeds=1, epochs=1, limit_train=LIMIT, backend="ray")
     sweep.run_sweep(again, root=shipped)
     assert [r.state for r in again.runs] == ["reused"]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from conftest import default_run_id
 
-from toolkit import artifacts, train
-from toolkit.errors import BusyError, Interrupted, UsageError
+from toolkit.core import artifacts
+from toolkit.core.errors import BusyError, Interrupted, UsageError
 from toolkit.specs import get_spec
+from toolkit.training import inputs, summary, train
 
 DNN = "DNN_1L_No_Dropout_Exp1"
 
@@ -33,11 +34,11 @@ def test_trained_root_has_complete_runs(trained_root):
     # accuracy they give is the evaluated one.
     assert arts.test_predictions.stat().st_ino == (run_dir / "test_predictions.npy").stat().st_ino
     top1 = artifacts.load_predictions(arts.test_predictions, metrics["test_predictions"])
-    from toolkit.data import load
+    from toolkit.core.data import load
 
     assert top1.shape == (10_000,) and arts.test_predictions.stat().st_size < 11_000
     assert np.mean(top1 == load().y_test) == pytest.approx(metrics["test_accuracy"], abs=2e-4)
-    rows = {r[0]: r for r in train.comparison_rows(metrics, get_spec("CNN_1L_Dropout_Exp6"))}
+    rows = {r[0]: r for r in summary.comparison_rows(metrics, get_spec("CNN_1L_Dropout_Exp6"))}
     low, high = (float(v) for v in rows["test_accuracy"][2].strip("[]").split(", "))
     assert low < metrics["test_accuracy"] < high
 
@@ -60,14 +61,15 @@ def test_promoting_a_run_without_predictions_removes_the_current_ones(tmp_path):
 
 @pytest.mark.slow
 def test_reuse_determinism_and_no_promotion(tmp_path):
-    first = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "a")
-    again = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "a")
+    first = train.train(train.TrainRequest(DNN, epochs=1, limit_train=1000, root=tmp_path / "a"))
+    again = train.train(train.TrainRequest(DNN, epochs=1, limit_train=1000, root=tmp_path / "a"))
     assert not first.reused and again.reused and again.metrics == first.metrics
-    other = train.train(DNN, epochs=1, limit_train=1000, root=tmp_path / "b")
+    other = train.train(train.TrainRequest(DNN, epochs=1, limit_train=1000, root=tmp_path / "b"))
     assert other.metrics["test_accuracy"] == first.metrics["test_accuracy"]
     assert other.metrics["test_loss"] == first.metrics["test_loss"]
     # A second seed trained without promotion leaves seed 0 as the current run.
-    seed1 = train.train(DNN, seed=1, epochs=1, limit_train=1000, root=tmp_path / "a", promote=False)
+    seed1 = train.train(train.TrainRequest(DNN, seed=1, epochs=1, limit_train=1000, root=tmp_path / "a"),
+                        promote=False)
     current = artifacts.spec_artifacts(DNN, tmp_path / "a").require_trained()
     assert current["seed"] == 0 and seed1.metrics["seed"] == 1
     assert seed1.run_dir.name == "seed1-e1-n1000" and seed1.run_dir.is_dir()
@@ -76,7 +78,7 @@ def test_reuse_determinism_and_no_promotion(tmp_path):
 @pytest.mark.slow
 def test_interrupt_keeps_previous_run_and_resume_finishes(tmp_path):
     root = tmp_path / "arts"
-    previous = train.train(DNN, epochs=1, limit_train=1000, root=root)
+    previous = train.train(train.TrainRequest(DNN, epochs=1, limit_train=1000, root=root))
     arts = artifacts.spec_artifacts(DNN, root)
     before = arts.metrics.read_bytes()
 
@@ -85,13 +87,14 @@ def test_interrupt_keeps_previous_run_and_resume_finishes(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted, match="--resume"):
-        train.train(DNN, epochs=3, limit_train=1000, root=root, on_epoch=interrupt_after_first)
+        train.train(train.TrainRequest(DNN, epochs=3, limit_train=1000, root=root),
+                    on_epoch=interrupt_after_first)
     assert arts.metrics.read_bytes() == before  # the complete run is untouched
     assert not arts.run_dir("seed0-e3-n1000").exists()
     partial = arts.partial_dir("seed0-e3-n1000")
     assert json.loads((partial / "progress.json").read_text())["epochs_done"] == 1
     seen = []
-    resumed = train.train(DNN, epochs=3, limit_train=1000, root=root, resume=True,
+    resumed = train.train(train.TrainRequest(DNN, epochs=3, limit_train=1000, root=root, resume=True),
                           on_epoch=lambda e, t, logs: seen.append(e))
     assert seen == [2, 3]  # epoch 1 was not trained again
     history = json.loads((resumed.run_dir / "history.json").read_text())
@@ -107,28 +110,29 @@ def test_second_training_of_same_run_is_refused(tmp_path):
     arts = artifacts.spec_artifacts(DNN, tmp_path)
     with artifacts.exclusive_lock(arts.lock_file("seed0-e1-n1000"), what="holder"):
         with pytest.raises(BusyError, match="is busy"):
-            train.train(DNN, epochs=1, limit_train=1000, root=tmp_path)
+            train.train(train.TrainRequest(DNN, epochs=1, limit_train=1000, root=tmp_path))
         # Another seed of the same spec is a different run and may train side by side.
-        ok = train.train(DNN, seed=2, epochs=1, limit_train=1000, root=tmp_path)
+        ok = train.train(train.TrainRequest(DNN, seed=2, epochs=1, limit_train=1000, root=tmp_path))
         assert ok.metrics["seed"] == 2
 
 
 @pytest.mark.slow
 def test_augmented_spec_trains_and_exports_clean_model(tmp_path):
-    from toolkit.models import load_model
+    from toolkit.specs.models import load_model
 
-    result = train.train("CNN_1L_Dropout_DA_Exp7", epochs=1, limit_train=600, root=tmp_path)
+    result = train.train(train.TrainRequest("CNN_1L_Dropout_DA_Exp7", epochs=1, limit_train=600,
+                                            root=tmp_path))
     model = load_model(result.run_dir / "model.keras")
     assert not any("Random" in layer.__class__.__name__ for layer in model.layers)
     assert result.metrics["test_accuracy"] > 0.2
 
 
 def test_split_is_seeded_and_disjoint():
-    tr, va = train.split_indices(60000, seed=0, fraction=0.1, limit_train=None)
+    tr, va = inputs.split_indices(60000, seed=0, fraction=0.1, limit_train=None)
     assert len(va) == 6000 and len(tr) == 54000 and not set(tr) & set(va)
-    tr2, va2 = train.split_indices(60000, seed=0, fraction=0.1, limit_train=None)
+    tr2, va2 = inputs.split_indices(60000, seed=0, fraction=0.1, limit_train=None)
     assert np.array_equal(va, va2)
-    _, va3 = train.split_indices(60000, seed=1, fraction=0.1, limit_train=None)
+    _, va3 = inputs.split_indices(60000, seed=1, fraction=0.1, limit_train=None)
     assert not np.array_equal(va, va3)
     with pytest.raises(UsageError):
-        train.split_indices(60000, seed=0, fraction=0.1, limit_train=5)
+        inputs.split_indices(60000, seed=0, fraction=0.1, limit_train=5)

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import artifacts, precision, train
-from toolkit.cli import app
-from toolkit.precision import Capabilities
+from toolkit.cli.app import app
+from toolkit.core import artifacts
+from toolkit.training import precision, train
+from toolkit.training.precision import Capabilities
 
 runner = CliRunner()
 TOOLKIT_BIN = Path(sys.executable).with_name("toolkit")
@@ -98,11 +99,12 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent("""
 def test_a_bf16_run_saves_the_float32_contract_and_its_exports_pass_parity(tmp_path, monkeypatch):
     from test_benchmark import export_for_tests
 
-    from toolkit.parity import read_parity
+    from toolkit.export.parity import read_parity
 
     _bf16_here(monkeypatch)
     name = "CNN_1L_Dropout_Exp6"
-    result = train.train(name, epochs=1, limit_train=1000, root=tmp_path, mixed_precision="bf16")
+    result = train.train(train.TrainRequest(name, epochs=1, limit_train=1000, root=tmp_path,
+                                            mixed_precision="bf16"))
     metrics = result.metrics
     assert result.run_dir.name == "seed0-e1-n1000-bf16" and metrics["mixed_precision"] == "bf16"
     assert metrics["manifest"]["mixed_precision"] == "bf16" and metrics["images_per_second"] > 0
@@ -121,9 +123,11 @@ def test_a_bf16_run_saves_the_float32_contract_and_its_exports_pass_parity(tmp_p
     record = read_parity(artifacts.spec_artifacts(name, tmp_path))
     assert sorted(r.key for r in record.results if r.passed) == sorted(keys)
     # The float32 run of the same spec and seed is another run; both stay, both are reusable.
-    fp32 = train.train(name, epochs=1, limit_train=1000, root=tmp_path, mixed_precision="off", promote=False)
+    fp32 = train.train(train.TrainRequest(name, epochs=1, limit_train=1000, root=tmp_path,
+                                          mixed_precision="off"), promote=False)
     assert fp32.run_dir.name == "seed0-e1-n1000" and "mixed_precision" not in fp32.metrics["manifest"]
-    again = train.train(name, epochs=1, limit_train=1000, root=tmp_path, mixed_precision="bf16")
+    again = train.train(train.TrainRequest(name, epochs=1, limit_train=1000, root=tmp_path,
+                                           mixed_precision="bf16"))
     assert again.reused and again.run_dir == result.run_dir
 
 
@@ -149,12 +153,13 @@ def test_kill_9_during_training_then_resume_continues_exactly(tmp_path):
     committed = json.loads((partial / "progress.json").read_text())["epochs_done"]
     assert committed >= 2 and len(list(partial.glob("checkpoint-e*.npz"))) >= 1
     seen: list[int] = []
-    resumed = train.train(name, epochs=epochs, limit_train=limit, root=root, resume=True,
-                          mixed_precision="off", on_epoch=lambda e, t, logs: seen.append(e))
+    resumed = train.train(train.TrainRequest(name, epochs=epochs, limit_train=limit, root=root,
+                                             resume=True, mixed_precision="off"), on_epoch=lambda e, t,
+                                             logs: seen.append(e))
     assert seen == list(range(committed + 1, epochs + 1))
     assert resumed.metrics["resumed_from_epoch"] == committed and not partial.exists()
-    reference = train.train(name, epochs=epochs, limit_train=limit, root=tmp_path / "straight",
-                            mixed_precision="off")
+    reference = train.train(train.TrainRequest(name, epochs=epochs, limit_train=limit,
+                                               root=tmp_path / "straight", mixed_precision="off"))
     # Weights, optimizer state, dropout seeds and data order were restored: the same model.
     assert resumed.metrics["test_accuracy"] == reference.metrics["test_accuracy"]
     assert resumed.metrics["test_loss"] == reference.metrics["test_loss"]
@@ -180,7 +185,7 @@ def _wait_for_epochs(progress: Path, epochs: int, proc: subprocess.Popen, timeou
 
 def test_resume_state_round_trips_bit_for_bit(tmp_path):
     """A checkpoint holds the variables as they were (npz, no re-encoding), with their paths."""
-    from toolkit.checkpoint import Snapshot
+    from toolkit.training.checkpoint import Snapshot
 
     rng = np.random.default_rng(1)
     snap = Snapshot([rng.standard_normal((3, 7)).astype(np.float32), np.array([7, 0], np.uint32)],

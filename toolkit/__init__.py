@@ -6,6 +6,6 @@ benchmark hosts may only have ONNX Runtime or LiteRT installed.
 
 __version__ = "0.1.0"
 
-from toolkit.contract import CLASS_NAMES  # noqa: E402  (after __version__, which contract reads)
+from toolkit.core.contract import CLASS_NAMES  # noqa: E402  (after __version__, which contract reads)
 
 __all__ = ["CLASS_NAMES", "__version__"]

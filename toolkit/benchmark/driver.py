@@ -1,5 +1,5 @@
-"""The one benchmark driver, called by `toolkit bench` (toolkit/cli_bench.py) and by `pytest bench/`
-(bench/conftest.py) alike:
+"""The one benchmark driver, called by `toolkit bench` (toolkit/cli/bench.py, through `measure`) and
+by `pytest bench/` (bench/conftest.py) alike:
 
     session = BenchSession.open(BenchRequest(root=..., formats=["onnx"], source="cli"))
     outcomes = run_benchmarks(session)           # pytest: run_benchmarks(session, cases=[case], timer=...)
@@ -18,23 +18,18 @@ interval that includes the drift between processes.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from toolkit import artifacts, runtimes
-from toolkit.benchmark.engine import (
-    BenchContext,
-    Timer,
-    configure_tf_threads,
-    own_timer,
-    tensorflow_available,
-)
-from toolkit.benchmark.kinds import HERE, SKIP, CaseOutcome, Placement, for_repeat, kind_of
+from toolkit.benchmark.context import BenchContext, configure_tf_threads, tensorflow_available
+from toolkit.benchmark.kinds import for_repeat, kind_of
 from toolkit.benchmark.peaks import measure_peaks
+from toolkit.benchmark.placement import HERE, SKIP, CaseOutcome, Placement
 from toolkit.benchmark.plan import (
     CASE_KINDS,
     DEFAULT_SECONDS,
@@ -50,15 +45,24 @@ from toolkit.benchmark.plan import (
     plan_cases,
     plan_fallback_cases,
 )
+from toolkit.benchmark.timing import Timer, own_timer
 from toolkit.benchmark.worker import WorkerDied, run_in_worker
-from toolkit.errors import ArtifactError, DeviceUnavailableError, ToolkitError, UsageError
+from toolkit.core import artifacts
+from toolkit.core.errors import (
+    ArtifactError,
+    DeviceUnavailableError,
+    PartialFailure,
+    ToolkitError,
+    UsageError,
+)
+from toolkit.core.machine import cuda_available
 
 
 @dataclass
 class BenchRequest:
     """What the user asked for (CLI options or pytest --bench-* options, unparsed)."""
 
-    root: str | Path | None = None
+    root: Path | None = None
     exps: Sequence[str] | None = None
     formats: Sequence[str] | None = None
     runtime_keys: Sequence[str] | None = None
@@ -104,7 +108,7 @@ class BenchSession:
                                threads=self.thread_counts, kinds=kinds)
         self.seconds = request.seconds
         self.keras_threads = request.keras_threads
-        self.cuda = runtimes.RUNTIMES["onnxruntime-cuda"].available()
+        self.cuda = cuda_available()
         self.tensorflow = tensorflow_available()
         self.fallback_dir: Path | None = None
         self.cases: list[BenchCase] = self._plan_inference() + self._plan_training()
@@ -301,3 +305,57 @@ def _run_group(session: BenchSession, placement: Placement, members: list[BenchC
         for case in members:
             if case.id not in finished:
                 done(CaseOutcome(case, error=exc))
+
+
+# ---------------------------------------------------------------- one whole run
+
+
+class BenchView(Protocol):
+    """What the caller shows while a run measures (the CLI: an announcement and a progress bar)."""
+
+    def measuring(self, session: BenchSession, planned: int) -> contextlib.AbstractContextManager[
+            tuple[Start, Done]]: ...
+
+
+@dataclass
+class BenchOutcome:
+    session: BenchSession
+    outcomes: list[CaseOutcome]
+    written: list[Path]
+    planned: int
+
+    @property
+    def results(self) -> list[Any]:
+        return [o.result for o in self.outcomes if o.result is not None]
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Skip reason -> number of cases skipped for it."""
+        out: dict[str, int] = {}
+        for o in self.outcomes:
+            if o.skipped:
+                out[o.skipped] = out.get(o.skipped, 0) + 1
+        return out
+
+    @property
+    def failures(self) -> list[CaseOutcome]:
+        return [o for o in self.outcomes if o.error is not None]
+
+    def raise_for_failures(self) -> None:
+        if self.failures:
+            raise PartialFailure(f"{len(self.failures)} of {self.planned} benchmark measurements failed "
+                                 "(listed above); the others were recorded")
+
+
+def measure(request: BenchRequest, view: BenchView | None = None) -> BenchOutcome:
+    """Plan, run and record a whole benchmark run (what `toolkit bench` and the pipeline's bench
+    stage do); whatever was measured is written, even after a failure or Ctrl-C."""
+    session = BenchSession.open(request)
+    planned = session.measurements()
+    try:
+        measuring = view.measuring(session, len(planned)) if view else contextlib.nullcontext((None, None))
+        with measuring as hooks:
+            outcomes = run_benchmarks(session, on_start=hooks[0], on_done=hooks[1])
+    finally:
+        written = session.close()
+    return BenchOutcome(session, outcomes, written, len(planned))

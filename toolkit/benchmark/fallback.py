@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.benchmark.plan import KERAS_KEY
-from toolkit.contract import IMAGE_SHAPE
-from toolkit.errors import DataError
+from toolkit.core.contract import IMAGE_SHAPE
+from toolkit.core.errors import DataError
 
 
 def build_fallback(spec_name: str, folder: Path, keys: Iterable[str]) -> dict[str, str]:
@@ -20,8 +20,8 @@ def build_fallback(spec_name: str, folder: Path, keys: Iterable[str]) -> dict[st
     from toolkit.export import registry
     from toolkit.export._common import base_metadata
     from toolkit.export.pipeline import one_line
-    from toolkit.models import build_model
     from toolkit.specs import get_spec
+    from toolkit.specs.models import build_model
 
     spec = get_spec(spec_name)
     out = folder / spec.name
@@ -46,7 +46,7 @@ def build_fallback(spec_name: str, folder: Path, keys: Iterable[str]) -> dict[st
 def calibration_images(n: int = 200) -> np.ndarray:
     """Real training images when the dataset is here; a host without it calibrates the untrained
     models on noise just as well. An explicit data source that fails is an error."""
-    from toolkit.data import load, resolve_data_dir
+    from toolkit.core.data import load, resolve_data_dir
     from toolkit.export._common import calibration_sample
 
     try:

@@ -4,7 +4,6 @@ the session with inputs already on the device (IO binding) or from the host (end
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -14,19 +13,8 @@ from typing import Any
 import numpy as np
 
 from toolkit import runtimes
-from toolkit.errors import DeviceUnavailableError
-
-
-def gpu_name() -> str | None:
-    """The CUDA device's name when ONNX Runtime can use one, else None."""
-    if not runtimes.RUNTIMES["onnxruntime-cuda"].available():
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-        return out.strip().splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "CUDA device 0 (nvidia-smi unavailable)"
+from toolkit.core.errors import DeviceUnavailableError
+from toolkit.core.machine import gpu_name
 
 
 def profiled_node_providers(session_factory: Callable[[Any], Any], feed: dict[str, np.ndarray]) -> Counter:

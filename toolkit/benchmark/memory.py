@@ -3,7 +3,7 @@ one runtime, each measured in a fresh child process (toolkit.benchmark.memchild)
 only that runtime, so no other runtime's memory pollutes the figures.
 
     result = measure(case, images)            # a MemoryResult (the child's answer, checked)
-    write_memory_run(root, source=..., results=[...])   # ARTIFACTS/bench/*-memory.json
+    write_memory_run(root, source=..., results=[...])   # ARTIFACTS/bench/<time>-memory-<source>-<pid>.json
     read_memory_runs(root)                    # every memory file, oldest first
 
 The results file is a typed record of kind "memory" (schema_version 1):
@@ -26,18 +26,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts, records
 from toolkit.benchmark.memchild import STAGES
-from toolkit.benchmark.plan import MEMORY, BenchCase
-from toolkit.contract import package_versions
-from toolkit.errors import ToolkitError
+from toolkit.benchmark.placement import HERE, SKIP, Environment, Placement
+from toolkit.benchmark.plan import KERAS_RUNTIMES, MEMORY, BenchCase
+from toolkit.core import records
+from toolkit.core.errors import ToolkitError
+from toolkit.core.machine import load_average, package_versions
 
 SCHEMA_VERSION = 1
 WHAT = "memory benchmark results"
@@ -119,8 +120,8 @@ def measure(case: BenchCase, images: np.ndarray) -> MemoryResult:
     return MemoryResult(
         case=case, peaks_mb=peaks, ms=times, rss_source=None if unavailable else answer.get("rss_source"),
         unavailable=unavailable, pid=answer.get("pid"), imported=answer.get("imported", {}),
-        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        load_avg_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, versions=package_versions(),
+        measured_at=records.now(),
+        load_avg_1m=load_average(), versions=package_versions(),
     )
 
 
@@ -154,34 +155,54 @@ class MemoryRun:
     path: Path | None = None
 
 
-def write_memory_run(root: str | Path | None, *, source: str, results: list[MemoryResult]) -> Path:
-    from toolkit.benchmark.peaks import machine_info
-
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = artifacts.bench_dir(root) / f"{stamp}-{source}-{os.getpid()}-memory.json"
-    artifacts.write_json(path, {
-        records.VERSION_KEY: SCHEMA_VERSION,
-        records.KIND_KEY: MEMORY,
-        "source": source,
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": package_versions(),
-        "results": [r.to_dict() for r in results],
-    })
-    return path
+def write_memory_run(root: Path | None, *, source: str, results: list[MemoryResult]) -> Path:
+    return records.write_bench_file(root, kind=MEMORY, schema_version=SCHEMA_VERSION, source=source,
+                                    body={"results": [r.to_dict() for r in results]})
 
 
-def read_memory_runs(root: str | Path | None) -> list[MemoryRun]:
+def read_memory_runs(root: Path | None) -> list[MemoryRun]:
     """Every memory file under ROOT/bench/, oldest first; other kinds are skipped."""
-    runs = []
-    for path, doc in records.documents_of_kind(artifacts.bench_dir(root), MEMORY, what=WHAT,
-                                               reader_version=SCHEMA_VERSION, fix=f"{FIX}."):
-        entries = records.require(doc, "results", list, path=path, what=WHAT)
-        runs.append(MemoryRun(
-            source=records.optional(doc, "source", str, path=path, what=WHAT, default="unknown"),
-            results=[MemoryResult.from_dict(e, path=path) for e in entries],
-            machine=records.optional(doc, "machine", dict, path=path, what=WHAT, default={}),
-            written_at=records.optional(doc, "written_at", str, path=path, what=WHAT), path=path,
-        ))
-    runs.sort(key=lambda r: (r.written_at or "", str(r.path)))
-    return runs
+    files = records.read_result_files(root, MEMORY, reader_version=SCHEMA_VERSION, what=WHAT, fix=FIX,
+                                      parse=MemoryResult.from_dict)
+    return [MemoryRun(source=file.source, results=results, machine=file.machine, written_at=file.written_at,
+                      path=file.path) for file, results in files]
+
+
+# ---------------------------------------------------------------- the kind
+
+
+class MemoryKind:
+    """A model file on a runtime (CPU): peak RSS serving batch 1 and the large batch, load time,
+    first-call latency, and the two baselines, in a fresh child that imports only that runtime."""
+
+    name = MEMORY
+    repeatable = True
+    isolated = True
+    uses_peaks = False
+
+    def needs_tensorflow(self, case: BenchCase) -> bool:
+        return case.runtime in KERAS_RUNTIMES
+
+    def place(self, case: BenchCase, env: Environment) -> Placement:
+        if case.device != "cpu":
+            return Placement(SKIP, reason="memory is measured on CPU only: a GPU's memory is not in the "
+                                          "process's resident set")
+        if case.runtime in KERAS_RUNTIMES and not env.tensorflow:
+            return Placement(SKIP, reason="TensorFlow is not installed here (ONNX Runtime/LiteRT memory "
+                                          "cases still run)")
+        return Placement(HERE)
+
+    def run(self, case: BenchCase, ctx: Any, *, timer: Any, cases: Sequence[BenchCase]) -> Any:
+        return measure(case, ctx.images)
+
+    def finish(self, result: Any, peaks: dict[str, Any] | None) -> None:
+        return None
+
+    def read(self, doc: dict[str, Any], *, path: Path | None) -> Any:
+        return MemoryResult.from_dict(doc, path=path or Path("<memory child output>"))
+
+    def write(self, root: Path, *, source: str, results: list[Any], peaks: dict[str, Any] | None,
+              extra: dict[str, Any]) -> Path:
+        return write_memory_run(root, source=source, results=results)
+
+

@@ -1,59 +1,23 @@
-"""This machine: stable facts (CPU, cores, BLAS) and the measured matrix-multiply peaks that
-"% of peak" is judged by (numpy float32 GEMM; int8 GEMM through ONNX Runtime's MatMulInteger,
+"""This machine's measured matrix-multiply peaks, which "% of peak" is judged by (numpy float32
+GEMM; int8 GEMM through ONNX Runtime's MatMulInteger,
 the kernel family quantized models run on; float32 MatMul through ONNX Runtime for comparison)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import platform
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from toolkit import runtimes
+from toolkit.core.machine import blas_info, load_average
+from toolkit.core.records import now
 
 # Compute each precision runs on: fp16 files compute in float32 on these CPUs (weights are
 # up-cast); dynamic quantization runs int8 GEMMs.
 PEAK_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "dynamic": "int8", "int8io": "int8"}
 PEAK_KINDS = ("fp32", "int8", "fp32_ort")
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    """Stable facts about this machine (no measured figures: those vary run to run)."""
-    from toolkit.benchmark.gpu import gpu_name
-
-    info = {"cpu": cpu_model(), "cores": runtimes.cpu_count(), "gpu": gpu_name()}
-    info.update(blas_info())
-    return info
-
-
-def blas_info() -> dict[str, Any]:
-    """Which BLAS numpy runs and which kernel it chose (OPENBLAS_CORETYPE can force a slower one)."""
-    out: dict[str, Any] = {"OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
-    try:
-        from threadpoolctl import threadpool_info
-
-        for pool in threadpool_info():
-            if pool.get("user_api") == "blas":
-                out.update(blas=pool.get("internal_api"), blas_version=pool.get("version"),
-                           blas_kernel=pool.get("architecture"), blas_threads=pool.get("num_threads"))
-                break
-    except ImportError:
-        out["blas"] = "unknown (threadpoolctl not installed)"
-    return out
 
 
 def fp32_gemm_peak(threads: int, *, n: int = 1024, seconds: float = 0.6) -> dict[str, Any]:
@@ -117,8 +81,8 @@ def measure_peaks(threads: Iterable[int]) -> dict[str, Any]:
     """{"fp32": {"1": {...}, "2": {...}}, "int8": {...}, "fp32_ort": {...}} per thread count."""
     peaks: dict[str, Any] = {
         "fp32": {}, "int8": {}, "fp32_ort": {},
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_avg_1m": os.getloadavg()[0],
+        "measured_at": now(),
+        "load_avg_1m": load_average(),
     }
     for t in sorted(set(threads)):
         peaks["fp32"][str(t)] = fp32_gemm_peak(t)

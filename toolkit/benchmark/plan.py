@@ -14,14 +14,18 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit import artifacts, records, runtimes
-from toolkit.errors import UsageError
+from toolkit import runtimes
+from toolkit.core import artifacts, records
+from toolkit.core.errors import UsageError
+from toolkit.core.machine import cpu_count
 
 KERAS_KEY = "keras-fp32"  # model.keras, benchmarked like an export
 KERAS_RUNTIMES = ("keras", "keras-predict")
 DEFAULT_BATCHES = (1, 256)
 DEFAULT_THREADS = ("1", "all")
 DEFAULT_SECONDS = 1.5  # timed seconds per case (rounds are planned from the warm-up)
+# `toolkit bench` measures each case in this many processes (a 95% interval needs >= 2).
+CLI_REPEATS = 3
 FALLBACK_SPECS = ("CNN_1L_Dropout_Exp6", "DNN_1L_No_Dropout_Exp1")
 GPU_IO_MODES = ("iobind", "e2e")  # input already on the device / host copies in the timed span
 INFERENCE = "inference"
@@ -117,7 +121,7 @@ def parse_batches(values: Iterable[str | int] | None) -> list[int]:
 
 def parse_threads(values: Iterable[str | int] | None) -> list[int]:
     """'1', '2', 'all' (every core this process may use) -> sorted distinct counts."""
-    cores = runtimes.cpu_count()
+    cores = cpu_count()
     out: list[int] = []
     for part in _parts(values or DEFAULT_THREADS):
         if part.lower() in ("all", "max"):
@@ -224,7 +228,7 @@ def _expand_inference(base: dict[str, Any], runtime_keys: Sequence[str], filters
     return cases
 
 
-def plan_cases(root: str | Path | None, filters: Filters) -> list[BenchCase]:
+def plan_cases(root: Path | None, filters: Filters) -> list[BenchCase]:
     """Every trained file under `root` that the filters keep, on every runtime and setting."""
     from toolkit.export.record import read_exports
     from toolkit.export.registry import FORMATS

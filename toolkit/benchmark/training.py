@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts, records
+from toolkit.benchmark.placement import SKIP, Environment, Placement, place_tensorflow
 from toolkit.benchmark.plan import TRAINING, BenchCase
-from toolkit.benchmark.results import _STATS, TimingStats
-from toolkit.contract import package_versions
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.benchmark.timing import STATS, TimingStats
+from toolkit.core import records
+from toolkit.core.errors import ToolkitError, UsageError
+from toolkit.core.machine import load_average, package_versions
 
 SCHEMA_VERSION = 1
 RUNTIME = "keras-train"
@@ -55,8 +54,8 @@ class TrainingCheckError(ToolkitError):
 def plan_training_cases(exps: Sequence[str] | None, *, precisions: Sequence[str] | None = None,
                         batches: Sequence[str | int] | None = None, threads: int) -> list[BenchCase]:
     """One case per spec x precision x batch ("spec" = the spec's own), at `threads` threads."""
-    from toolkit.precision import MODES
     from toolkit.specs import match_specs
+    from toolkit.training.precision import MODES
 
     specs = match_specs(_parts(exps) or list(DEFAULT_SPECS))
     modes = [m.lower() for m in _parts(precisions) or list(DEFAULT_PRECISIONS)]
@@ -99,8 +98,8 @@ def _case(spec: str, mode: str, batch: int, threads: int) -> BenchCase:
 
 def _device() -> str:
     """Where TensorFlow trains: its GPU when it sees one (no TensorFlow here: the CPU, skipped later)."""
-    from toolkit.benchmark.engine import tensorflow_available
-    from toolkit.precision import detect
+    from toolkit.benchmark.context import tensorflow_available
+    from toolkit.training.precision import detect
 
     return "gpu" if tensorflow_available() and detect().gpu_name else "cpu"
 
@@ -147,7 +146,7 @@ class TrainingResult:
                "measured_at": self.measured_at, "warmup_steps": self.warmup_steps, "inputs": self.inputs,
                "versions": self.versions, "tf_threads": self.tf_threads, "load_avg_1m": self.load_avg_1m}
         if self.stats is not None:
-            out.update({name: getattr(self.stats, name) for name in _STATS})
+            out.update({name: getattr(self.stats, name) for name in STATS})
             out["train_gflops_per_s"] = self.train_gflops_per_s
         return out
 
@@ -179,39 +178,22 @@ class TrainingRun:
     path: Path | None = None
 
 
-def write_training_run(root: str | Path | None, run: TrainingRun) -> Path:
-    from toolkit.benchmark.peaks import machine_info
-    from toolkit.precision import read_cpu_flags
+def write_training_run(root: Path | None, run: TrainingRun) -> Path:
+    from toolkit.core.machine import cpu_flags, machine_info
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = artifacts.bench_dir(root) / f"{stamp}-{run.source}-{TRAINING}-{os.getpid()}.json"
-    flags = sorted(f for f in read_cpu_flags() if "bf16" in f or "fp16" in f or f.startswith("amx"))
-    artifacts.write_json(path, {
-        records.VERSION_KEY: SCHEMA_VERSION,
-        records.KIND_KEY: TRAINING,
-        "source": run.source,
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": run.machine or {**machine_info(), "cpu_flags": flags},
-        "versions": run.versions or package_versions(),
-        "results": [r.to_dict() for r in run.results],
-    })
-    return path
+    flags = sorted(f for f in cpu_flags() if "bf16" in f or "fp16" in f or f.startswith("amx"))
+    return records.write_bench_file(root, kind=TRAINING, schema_version=SCHEMA_VERSION, source=run.source,
+                                    body={"results": [r.to_dict() for r in run.results]},
+                                    machine=run.machine or {**machine_info(), "cpu_flags": flags},
+                                    versions=run.versions or None)
 
 
-def read_training_runs(root: str | Path | None) -> list[TrainingRun]:
+def read_training_runs(root: Path | None) -> list[TrainingRun]:
     """Every training run under ROOT/bench/, oldest first; other kinds are skipped."""
-    runs = []
-    for path, doc in records.documents_of_kind(artifacts.bench_dir(root), TRAINING, what=WHAT,
-                                               reader_version=SCHEMA_VERSION, fix=f"{FIX}."):
-        entries = records.require(doc, "results", list, path=path, what=WHAT)
-        runs.append(TrainingRun(
-            source=records.optional(doc, "source", str, path=path, what=WHAT, default="unknown"),
-            results=[TrainingResult.from_dict(e, path=path) for e in entries],
-            machine=records.optional(doc, "machine", dict, path=path, what=WHAT, default={}),
-            versions=records.optional(doc, "versions", dict, path=path, what=WHAT, default={}),
-            written_at=records.optional(doc, "written_at", str, path=path, what=WHAT), path=path))
-    runs.sort(key=lambda r: (r.written_at or "", str(r.path)))
-    return runs
+    files = records.read_result_files(root, TRAINING, reader_version=SCHEMA_VERSION, what=WHAT, fix=FIX,
+                                      parse=TrainingResult.from_dict)
+    return [TrainingRun(source=file.source, results=results, machine=file.machine, versions=file.versions,
+                        written_at=file.written_at, path=file.path) for file, results in files]
 
 
 # ---------------------------------------------------------------- running a case
@@ -219,7 +201,7 @@ def read_training_runs(root: str | Path | None) -> list[TrainingRun]:
 
 @functools.lru_cache(maxsize=1)
 def _training_images() -> tuple[np.ndarray, np.ndarray]:
-    from toolkit.data import load, to_model_input
+    from toolkit.core.data import load, to_model_input
 
     dataset = load()
     return to_model_input(dataset.x_train), dataset.y_train.astype(np.int32)
@@ -233,9 +215,9 @@ class _Prepared:
 
 
 def _prepare(case: BenchCase) -> _Prepared:
-    from toolkit._tf import keras, tf
+    from toolkit.core.tf import keras, tf
     from toolkit.specs import get_spec
-    from toolkit.train import build_training_model
+    from toolkit.training.train import build_training_model
 
     keras.utils.set_random_seed(0)
     model = build_training_model(get_spec(case.spec), mode_of(case))  # as `toolkit train` builds it
@@ -255,7 +237,7 @@ def _step(prep: _Prepared, i: int) -> None:
 
 def _check(case: BenchCase, prep: _Prepared) -> dict[str, Any]:
     """What mixed precision must keep: float32 variables and softmax output, finite losses."""
-    from toolkit.precision import base_optimizer
+    from toolkit.training.precision import base_optimizer
 
     model = prep.model
     wrong = [v.path for v in model.weights if v.dtype != "float32"]
@@ -277,9 +259,9 @@ def run_training_case(case: BenchCase, *, timer: Any, seconds: float,
     """Prepare outside the clock, warm up, time `train_on_batch` steps, then check."""
     import time
 
-    from toolkit.benchmark.engine import now, plan_rounds
-    from toolkit.precision import POLICIES
+    from toolkit.benchmark.timing import plan_rounds
     from toolkit.specs import get_spec
+    from toolkit.training.precision import POLICIES
 
     prep = _prepare(case)
     warm = []
@@ -301,8 +283,49 @@ def run_training_case(case: BenchCase, *, timer: Any, seconds: float,
     spec = get_spec(case.spec)
     return TrainingResult(
         case=case, timed=raw is not None, check=check, params=int(prep.model.count_params()),
-        mflops_per_image=spec.mflops_per_image(), policy=POLICIES[mode_of(case)], measured_at=now(),
+        mflops_per_image=spec.mflops_per_image(), policy=POLICIES[mode_of(case)], measured_at=records.now(),
         stats=None if raw is None else TimingStats.from_times(raw, batch=case.batch, what=case.id),
         warmup_steps=len(warm), inputs=f"{BATCHES_CYCLED} batches of real Fashion-MNIST training images",
-        versions=package_versions(), tf_threads=tf_threads, load_avg_1m=os.getloadavg()[0],
+        versions=package_versions(), tf_threads=tf_threads, load_avg_1m=load_average(),
     )
+
+
+# ---------------------------------------------------------------- the kind
+
+
+class TrainingKind:
+    """One training step of a spec in a mixed-precision mode and batch size: images/s."""
+
+    name = TRAINING
+    repeatable = False  # images/s of a step; its seconds-long cases are not repeated
+    isolated = False
+    uses_peaks = False
+
+    def needs_tensorflow(self, case: BenchCase) -> bool:
+        return True
+
+    def place(self, case: BenchCase, env: Environment) -> Placement:
+        from toolkit.training.precision import resolve
+
+        if not env.tensorflow:
+            return place_tensorflow(case, env)
+        try:
+            resolve(mode_of(case))
+        except UsageError as exc:  # timing TensorFlow's emulation of a missing type says nothing
+            return Placement(SKIP, reason=exc.message)
+        return place_tensorflow(case, env)
+
+    def run(self, case: BenchCase, ctx: Any, *, timer: Any, cases: Sequence[BenchCase]) -> Any:
+        return run_training_case(case, timer=timer, seconds=ctx.seconds, tf_threads=ctx.keras_threads)
+
+    def finish(self, result: Any, peaks: dict[str, Any] | None) -> None:
+        return None
+
+    def read(self, doc: dict[str, Any], *, path: Path | None) -> Any:
+        return TrainingResult.from_dict(doc, path=path or Path("<benchmark worker output>"))
+
+    def write(self, root: Path, *, source: str, results: list[Any], peaks: dict[str, Any] | None,
+              extra: dict[str, Any]) -> Path:
+        return write_training_run(root, TrainingRun(source=source, results=results))
+
+

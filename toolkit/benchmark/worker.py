@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.benchmark.kinds import CaseOutcome, kind_of
+from toolkit.benchmark.kinds import kind_of
+from toolkit.benchmark.placement import CaseOutcome
 from toolkit.benchmark.plan import BenchCase
-from toolkit.errors import PartialFailure, ToolkitError
+from toolkit.core.errors import PartialFailure, ToolkitError
 
 
 class WorkerDied(PartialFailure):
@@ -75,7 +76,8 @@ def _parse(item: dict[str, Any], by_id: dict[str, BenchCase]) -> CaseOutcome:
 
 
 def main() -> int:
-    from toolkit.benchmark.engine import BenchContext, configure_tf_threads, own_timer
+    from toolkit.benchmark.context import BenchContext, configure_tf_threads
+    from toolkit.benchmark.timing import own_timer
 
     job = json.loads(sys.stdin.read())
     cases = [BenchCase.from_dict(c) for c in job["cases"]]

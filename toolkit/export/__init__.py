@@ -1,14 +1,10 @@
-"""Exporters (one module per format), the registry of formats and precisions, the export
-pipeline and its record (exports.json).
+"""Exporters (one module per format), the registry of formats and precisions, the export pipeline,
+its record (exports.json) and parity (validation beside conversion).
 
-Layering: this package imports only the toolkit's low layers (errors, artifacts, contract,
-records, quiet, _tf, models, data); parity, the benchmarks, the report and the CLI import it,
-never the reverse (tests/test_layers.py enforces it). Importing it is cheap: exporters import
-TensorFlow only when they run.
+    registry  FORMATS, read by key ("onnx-int8", "tflite-int8io", ...)
+    onnx, tflite, quantize, tflite_info   the formats
+    pipeline  one spec to the chosen formats; run: several specs, with parity
+    record    exports.json; parity: parity.json
+
+Importing this package is cheap: exporters import TensorFlow only when they run.
 """
-
-from toolkit.export.record import ExportEntry, ExportsRecord, ParitySummary, read_exports, write_exports
-from toolkit.export.registry import FORMAT_NAMES, FORMATS, PRECISIONS, ExportFormat, export_path, select
-
-__all__ = ["FORMATS", "FORMAT_NAMES", "PRECISIONS", "ExportEntry", "ExportFormat", "ExportsRecord",
-           "ParitySummary", "export_path", "read_exports", "select", "write_exports"]

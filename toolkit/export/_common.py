@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from toolkit import __version__
-from toolkit.contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, PREPROCESSING, package_versions
-from toolkit.errors import UsageError
-from toolkit.quiet import quiet_stderr
+from toolkit.core.contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, PREPROCESSING
+from toolkit.core.errors import UsageError
+from toolkit.core.machine import package_versions
+from toolkit.core.quiet import quiet_stderr
 
 DEFAULT_CALIBRATION_SIZE = 1000
 DEFAULT_CALIBRATION_SEED = 0
@@ -68,7 +69,7 @@ def base_metadata(spec_name: str, source_sha256: str | None, *,
 
 def serving_function(model, *, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
     """A tf.function with a dynamic batch axis and the contract's names, for any Keras model."""
-    from toolkit._tf import tf
+    from toolkit.core.tf import tf
 
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UsageError(f"model {model.name!r} must have one input and one output to export, "
@@ -92,7 +93,7 @@ def require_calibration(calibration: np.ndarray | None, what: str) -> np.ndarray
 def calibration_sample(x_train_uint8: np.ndarray, *, size: int = DEFAULT_CALIBRATION_SIZE,
                        seed: int = DEFAULT_CALIBRATION_SEED) -> tuple[np.ndarray, np.ndarray]:
     """A seeded sample of training images in the model contract, and their indices."""
-    from toolkit.data import to_model_input
+    from toolkit.core.data import to_model_input
 
     size = min(size, len(x_train_uint8))
     idx = np.sort(np.random.default_rng(seed).choice(len(x_train_uint8), size=size, replace=False))

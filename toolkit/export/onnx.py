@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.artifacts import atomic_path
+from toolkit.core.artifacts import atomic_path
 from toolkit.export._common import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -81,7 +81,7 @@ def convert(model, *, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NA
 
 
 def check_opset(opset: int | None) -> int:
-    from toolkit.errors import UsageError
+    from toolkit.core.errors import UsageError
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
     import onnx.defs
@@ -226,7 +226,7 @@ def toposort(proto) -> None:
     while pending:
         ready = [n for n in pending if all(i in available for i in n.input)]
         if not ready:
-            from toolkit.errors import ArtifactError
+            from toolkit.core.errors import ArtifactError
 
             stuck = ", ".join(sorted(n.name or n.op_type for n in pending)[:5])
             raise ArtifactError(f"the converted ONNX graph has a cycle or an input nothing produces (at "
@@ -269,7 +269,7 @@ def export(model, path: str | Path, *, precision: str = "fp32", calibration: np.
     elif precision == "dynamic":
         proto, facts = onnx_dynamic(proto)
     elif precision != "fp32":
-        from toolkit.errors import UsageError
+        from toolkit.core.errors import UsageError
 
         raise UsageError(f"ONNX precision {precision!r} is not supported; valid: fp32, fp16, int8, dynamic")
     toposort(proto)

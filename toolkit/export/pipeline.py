@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts
-from toolkit.artifacts import SpecArtifacts
-from toolkit.errors import ArtifactError
+from toolkit.core import artifacts
+from toolkit.core.artifacts import SpecArtifacts
+from toolkit.core.errors import ArtifactError
 from toolkit.export._common import (
     DEFAULT_CALIBRATION_SEED,
     DEFAULT_CALIBRATION_SIZE,
@@ -108,7 +108,7 @@ class _Inputs:
 
     def keras_model(self):
         if self.model is None:
-            from toolkit.models import load_model
+            from toolkit.specs.models import load_model
 
             self.model = load_model(self.arts.model)
         return self.model
@@ -116,7 +116,7 @@ class _Inputs:
     def calibration_images(self) -> np.ndarray:
         if self.calibration is None:
             if self.dataset is None:
-                from toolkit import data
+                from toolkit.core import data
 
                 self.dataset = data.load(self.data_dir)
             self.calibration, _ = calibration_sample(self.dataset.x_train, size=self.calibration_size,
@@ -124,40 +124,43 @@ class _Inputs:
         return self.calibration
 
 
-def export_spec(
-    name: str,
-    formats: Sequence[ExportFormat],
-    *,
-    root=None,
-    opset: int | None = None,
-    force: bool = False,
-    dataset=None,
-    data_dir=None,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    calibration_seed: int = DEFAULT_CALIBRATION_SEED,
-    hook: Hook | None = None,
-) -> SpecExport:
+@dataclass(frozen=True)
+class ExportSettings:
+    """What, besides the source model.keras, shapes the exported files."""
+
+    opset: int | None = None  # ONNX only; None: DEFAULT_OPSET
+    force: bool = False  # redo unchanged exports too
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE  # int8 variants: seeded sample of training images
+    calibration_seed: int = DEFAULT_CALIBRATION_SEED
+
+
+def export_spec(name: str, formats: Sequence[ExportFormat], *, root=None,
+                settings: ExportSettings = ExportSettings(), dataset=None, data_dir=None,
+                hook: Hook | None = None) -> SpecExport:
     """Export spec `name`'s current model.keras to each format; never raises for one converter."""
     arts = artifacts.spec_artifacts(name, root)
     arts.require_trained()
     if any(f.format == "onnx" for f in formats):
         from toolkit.export.onnx import check_opset
 
-        check_opset(opset)  # a bad --opset is a usage error, before any work
+        check_opset(settings.opset)  # a bad --opset is a usage error, before any work
     with export_lock(arts):
         source_sha = artifacts.sha256_file(arts.model)
         record = read_exports(arts)
         entries = record.by_key()
         result = SpecExport(name, source_sha)
-        inputs = _Inputs(arts, dataset, data_dir, calibration_size, calibration_seed)
+        inputs = _Inputs(arts, dataset, data_dir, settings.calibration_size, settings.calibration_seed)
         for fmt in formats:
-            settings = _settings(fmt, opset=opset, cal_size=calibration_size, cal_seed=calibration_seed)
-            if not force and _unchanged(arts, entries.get(fmt.key), source_sha=source_sha, settings=settings):
+            fmt_settings = _settings(fmt, opset=settings.opset, cal_size=settings.calibration_size,
+                                     cal_seed=settings.calibration_seed)
+            if not settings.force and _unchanged(arts, entries.get(fmt.key), source_sha=source_sha,
+                                                 settings=fmt_settings):
                 result.outcomes.append(ExportOutcome(fmt.key, SKIPPED, entries[fmt.key]))
                 continue
             if hook:
                 hook("start", fmt.key)
-            outcome = _export_one(fmt, inputs, settings=settings, source_sha=source_sha, opset=opset)
+            outcome = _export_one(fmt, inputs, settings=fmt_settings, source_sha=source_sha,
+                                  opset=settings.opset)
             entries[fmt.key] = outcome.entry
             write_exports(arts, ExportsRecord(name, source_sha, list(entries.values())))
             result.outcomes.append(outcome)

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from toolkit import artifacts, records
-from toolkit.artifacts import SpecArtifacts
+from toolkit.core import artifacts, records
+from toolkit.core.artifacts import SpecArtifacts
 
 SCHEMA_VERSION = 2
 WHAT = "exports list"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.artifacts import SpecArtifacts
-from toolkit.contract import CLASSIFIER, INT8_CLASSIFIER, PRECISIONS, IOContract
-from toolkit.errors import UsageError
+from toolkit.core.artifacts import SpecArtifacts
+from toolkit.core.contract import CLASSIFIER, INT8_CLASSIFIER, PRECISIONS, IOContract
+from toolkit.core.errors import UsageError
 
 FORMAT_NAMES: tuple[str, ...] = ("onnx", "tflite")
 ALL = "all"
@@ -137,3 +137,23 @@ def export_path(arts: SpecArtifacts, fmt: ExportFormat) -> Path:
     return arts.export_dir / fmt.filename
 
 
+
+
+def parity_keys(formats: Iterable[str] | None) -> list[str] | None:
+    """The export keys `toolkit parity --format` names: format names (onnx, tflite), keys
+    (onnx-int8) or all (None: every export)."""
+    if not formats:
+        return None
+    keys: list[str] = []
+    for raw in formats:
+        for value in (v.strip().lower() for v in str(raw).split(",") if v.strip()):
+            if value == ALL:
+                return None
+            if value in FORMATS:
+                keys.append(value)
+            elif value in FORMAT_NAMES:
+                keys += [k for k, f in FORMATS.items() if f.format == value]
+            else:
+                raise UsageError(f"unknown format {value!r}; valid: {', '.join(FORMAT_NAMES)}, "
+                                 f"{', '.join(FORMATS)}, all")
+    return keys

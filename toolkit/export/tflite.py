@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.artifacts import write_bytes, write_json
-from toolkit.contract import PRECISIONS
-from toolkit.errors import UsageError
+from toolkit.core.artifacts import write_bytes, write_json
+from toolkit.core.contract import PRECISIONS
+from toolkit.core.errors import UsageError
 from toolkit.export import tflite_info
 from toolkit.export._common import OUTPUT_NAME, info, require_calibration, serving_function, version_of
 
@@ -44,7 +44,7 @@ def to_tflite(model, *, precision: str = "fp32", calibration: np.ndarray | None 
     """The TFLite flatbuffer of a Keras model at a precision (not written)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from toolkit._tf import tf
+    from toolkit.core.tf import tf
 
     if precision not in PRECISIONS:
         raise UsageError(f"TFLite precision {precision!r} is not supported; valid: {', '.join(PRECISIONS)}")

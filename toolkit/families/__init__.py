@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 
-from toolkit.errors import UsageError
+from toolkit.core.errors import UsageError
 from toolkit.families import bnconv, cnn, dnn, mobilenet, resnet
 from toolkit.families.base import Family
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from toolkit.contract import IMAGE_SHAPE
+from toolkit.core.contract import IMAGE_SHAPE
 from toolkit.families import seedarch
 from toolkit.families.base import Family, positive_ints
 from toolkit.families.graph import out_side

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.contract import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+from toolkit.core.contract import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
 
 PADDINGS = ("same", "valid")
 
@@ -139,7 +139,7 @@ class KerasNet:
     """Creates stock Keras layers for the same calls (imports Keras when constructed)."""
 
     def __init__(self) -> None:
-        from toolkit._tf import keras
+        from toolkit.core.tf import keras
 
         self.keras = keras
         self.layers = keras.layers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from toolkit.contract import IMAGE_SHAPE
+from toolkit.core.contract import IMAGE_SHAPE
 
 
 def halvings(side: int) -> int:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from toolkit import artifacts
-from toolkit.loadtest.record import LoadtestResult
+from toolkit.core import artifacts
+from toolkit.core.loadtest_record import LoadtestResult
 
 FAILED_P99 = 1e4  # ms: where a step with failures (p99 undefined) is drawn, at the top
 

@@ -104,7 +104,7 @@ class ServeState:
         return indices, scores
 
     def describe(self) -> dict[str, Any]:
-        from toolkit.contract import package_versions
+        from toolkit.core.machine import package_versions
 
         rec = None
         if self.recommender is not None:
@@ -264,7 +264,7 @@ class Handlers:
 
     async def ceiling(self, request: Request) -> Response:
         """The upload path without a model: parse, decode, convert, answer. The stack's ceiling."""
-        from toolkit.data import to_model_input
+        from toolkit.core.data import to_model_input
 
         pixels, notes = await _one_image(request, self.state.limits)
         batch = to_model_input(pixels[None])

@@ -1,10 +1,11 @@
 """What the server loads: the chosen export of a spec, and the recommender (embedding ONNX +
 catalog). Imports no TensorFlow; this is the serving code's one door to the export records.
 
-The export is the report's pick for the spec (the most accurate export with parity passed,
-ties within 0.1 point going to the fastest), narrowed by --format/--precision when given. A
-missing export refuses with exit 4, an export whose parity failed or never ran with exit 5, each
-naming the command that fixes it.
+The export is the report's pick for the spec, read from the pick record `toolkit report` writes
+(toolkit.core.pick_record: the fastest servable export tied with the spec's most accurate row),
+narrowed by --format/--precision when given; without a record, the first of FALLBACK_ORDER
+that passed parity. A missing export refuses with exit 4, an export whose parity failed or
+never ran with exit 5, each naming the command that fixes it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import CLASS_NAMES, artifacts
-from toolkit.errors import ArtifactError, ParityError, ToolkitError, UsageError
-from toolkit.serve.index import ExactIndex
+from toolkit import CLASS_NAMES
+from toolkit.core import artifacts
+from toolkit.core.errors import ArtifactError, ParityError, UsageError
+from toolkit.core.pick_record import FILE, SERVING_RUNTIMES
+from toolkit.recommend.index import ExactIndex
 
-# When no benchmark results exist to pick from: the smallest, fastest CPU variants first.
+# When no report has picked: the smallest, fastest CPU variants first.
 FALLBACK_ORDER = (
     "onnx-int8",
     "tflite-int8",
@@ -31,7 +34,6 @@ FALLBACK_ORDER = (
     "tflite-fp16",
     "onnx-fp16",
 )
-SERVING_RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}  # CPU runtimes only: no TensorFlow
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Classifier:
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N,28,28] -> probabilities float32 [N,10]."""
-        from toolkit.data import to_model_input
+        from toolkit.core.data import to_model_input
 
         return self.model.run(to_model_input(pixels))
 
@@ -71,7 +73,7 @@ class Recommender:
     def search(self, pixels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 [N,28,28] -> (catalog indices, cosine similarities) [N,k], best first, and the
         candidates the exact search rescored for each query [N]."""
-        from toolkit.data import to_model_input
+        from toolkit.core.data import to_model_input
 
         return self.index.search(self.embedder.embed(to_model_input(pixels)), k)
 
@@ -91,37 +93,39 @@ def _parity_of(arts: artifacts.SpecArtifacts, entry: Any) -> dict[str, Any]:
     return {**summary, "status": state}
 
 
-def _report_pick(spec: str, root: Path, keys: list[str]) -> tuple[str | None, str]:
-    """The report's pick among `keys` (CPU rows of the serving runtimes), or None and why not:
-    the report's own pick when it is servable, else the fastest servable row the report's rule
-    ties with the most accurate one."""
-    from toolkit import report
+def _recorded_pick(spec: str, root: Path, passed: dict[str, Any]) -> tuple[Any, str]:
+    """The report's pick for `spec` among the exports in `passed` (from the pick record
+    toolkit.core.pick_record), or (None, why not). A candidate whose file changed since the report
+    is refused: a stale record must not choose a model."""
+    from toolkit.core.pick_record import read_picks
 
-    try:
-        rep = report.build_report(root, exps=[spec])
-    except ToolkitError as exc:
-        return None, exc.message
-    rows = [r for r in rep.rows if r.compared and r.key in keys and r.device == "cpu"
-            and r.runtime == SERVING_RUNTIMES.get(r.format)]
-    if rep.pick is not None and rep.pick in rows:
-        return rep.pick.key, rep.pick_text
-    tied = [r for r in rows if r.tied and r.p50_ms is not None]
-    if not tied:
-        return None, rep.pick_text or "no servable row is tied with the most accurate one"
-    fastest = min(tied, key=lambda r: r.p50_ms)
-    return fastest.key, (f"Recommended pick: {fastest.key} on {fastest.runtime}, the fastest servable row "
-                         f"tied with the most accurate ({fastest.p50_ms:.3f} ms batch-1 p50)")
+    record = read_picks(root)
+    entry = record.specs.get(spec) if record is not None else None
+    if entry is None:
+        return None, f"no pick record for {spec} under {root} (`toolkit report` writes {FILE})"
+    for candidate in entry.candidates:
+        if candidate.key in passed and candidate.servable:
+            path = artifacts.spec_artifacts(spec, root).dir / candidate.path
+            sha = artifacts.sha256_file(path) if path.is_file() else None
+            if sha != candidate.sha256:
+                raise ArtifactError(
+                    f"{root / FILE}: the report picked {spec} {candidate.key} with sha256 "
+                    f"{candidate.sha256[:12]}, but {path} is "
+                    f"{'missing' if sha is None else 'another file now'}; the pick is stale. Rerun: toolkit "
+                    f"bench --exp {spec} --artifacts {root} && toolkit report --artifacts {root}")
+            return candidate, entry.reason
+    return None, f"{entry.reason}; none of them is among the exports asked for"
 
 
 def choose_export(
     spec: str,
-    root: str | Path | None = None,
+    root: Path | None = None,
     *,
     format: str | None = None,  # noqa: A002
     precision: str | None = None,
 ) -> ExportChoice:
     """The export to serve (see the module's docstring for the rule and the exit codes)."""
-    from toolkit.contract import PRECISIONS
+    from toolkit.core.contract import PRECISIONS
     from toolkit.export.registry import FORMAT_NAMES
 
     if format is not None and format not in SERVING_RUNTIMES:
@@ -156,14 +160,18 @@ def choose_export(
             f"answer with an unproven model. Fix: toolkit parity --exp {spec} --artifacts "
             f"{arts.root} (or re-export: {fix_export} --force)"
         )
-    key, why = _report_pick(spec, arts.root, list(passed))
-    if key is not None:
-        chosen_by = f"the report's pick for {spec} ({why.removeprefix('Recommended pick: ')})"
+    picked, why = _recorded_pick(spec, arts.root, passed)
+    if picked is not None:
+        key = picked.key
+        figures = f"accuracy {picked.accuracy:.4f}, " if picked.accuracy is not None else ""
+        figures += f"p50 {picked.p50_ms:.3f} ms at batch 1" if picked.p50_ms is not None else ""
+        chosen_by = f"the report's pick for {spec}: {key} on {picked.runtime} ({figures}; {why})"
     else:
         key = next(k for k in (*FALLBACK_ORDER, *passed) if k in passed)
         chosen_by = (
             f"the first of {', '.join(FALLBACK_ORDER)} with parity passed, because the report "
-            f"has no pick ({why.rstrip('.')}); run `toolkit bench --exp {spec}` to pick by speed"
+            f"has no pick ({why.rstrip('.')}); run `toolkit bench --exp {spec}` and `toolkit report` to "
+            "pick by speed"
         )
     return _verified(arts, passed[key], parity[key], chosen_by)
 
@@ -188,7 +196,7 @@ def _verified(arts: artifacts.SpecArtifacts, entry: Any, parity: dict[str, Any],
 
 def load_classifier(
     spec: str,
-    root: str | Path | None = None,
+    root: Path | None = None,
     *,
     format: str | None = None,  # noqa: A002
     precision: str | None = None,
@@ -225,32 +233,32 @@ def load_classifier(
 
 def load_recommender(
     spec: str,
-    root: str | Path | None = None,
+    root: Path | None = None,
     *,
-    data_dir: str | Path | None = None,
+    data_dir: Path | None = None,
     threads: int | None = 1,
     catalog_limit: int | None = None,
     progress=None,
 ) -> Recommender:
     """recommend/embedding.onnx and its catalog (built with ONNX Runtime when the cache is missing
     or stale; never re-exported here, which would need TensorFlow)."""
-    from toolkit import data, recommend
+    from toolkit.core import data
+    from toolkit.recommend.catalog import load_catalog
+    from toolkit.recommend.embedding import EMBEDDING_ONNX, OnnxEmbedder
 
     arts = artifacts.spec_artifacts(spec, root)
-    path = arts.recommend_dir / recommend.EMBEDDING_ONNX
+    path = arts.recommend_dir / EMBEDDING_ONNX
     fix = (
         f"Build it where TensorFlow is installed: toolkit recommend --exp {spec} --onnx --index 0 "
         f"--artifacts {arts.root}"
     )
     if not path.is_file():
         raise ArtifactError(f"{path}: the recommender's embedding model is missing. {fix}")
-    embedder = recommend.OnnxEmbedder(path, threads)
+    embedder = OnnxEmbedder(path, threads)
     if arts.model.is_file() and embedder.source_sha256 != artifacts.sha256_file(arts.model):
         raise ArtifactError(f"{path} was exported from an older model.keras. {fix}")
     dataset = data.load(data_dir)
-    catalog = recommend.load_catalog(
-        spec, embedder, dataset, root=root, limit=catalog_limit, progress=progress
-    )
+    catalog = load_catalog(spec, embedder, dataset, root=root, limit=catalog_limit, progress=progress)
     started = time.perf_counter()
     index = ExactIndex.build(catalog.vectors, threads=threads)
     info = {

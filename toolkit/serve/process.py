@@ -19,9 +19,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 
-BLOCKED = ("tensorflow", "keras", "tf2onnx", "tf_keras")
+# What a serving host does not have: TensorFlow (and its converters), and scipy, which only the
+# report needs (serve reads the report's pick record instead of recomputing it).
+BLOCKED = ("tensorflow", "keras", "tf2onnx", "tf_keras", "scipy")
 _LAUNCH = """import os, signal, sys
 if sys.platform == "linux":  # stop with the process that started us, even if it is killed outright
     import ctypes
@@ -30,7 +32,7 @@ if sys.platform == "linux":  # stop with the process that started us, even if it
         sys.exit(1)
 for name in {blocked!r}:
     sys.modules[name] = None  # `import name` now raises ImportError
-from toolkit.cli import main
+from toolkit.cli.app import main
 sys.argv = ["toolkit", *sys.argv[1:]]
 main()
 """

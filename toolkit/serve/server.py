@@ -15,11 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.errors import Interrupted, UsageError
+from toolkit.core.errors import Interrupted, UsageError
 from toolkit.serve.batching import BatchingSettings
 from toolkit.serve.uploads import Limits
 
 SWITCH_INTERVAL_S = 0.0005
+SERVING_MODULES = ("fastapi", "uvicorn", "httptools", "python_multipart", "prometheus_client", "httpx")
+
+
+def require_serving() -> None:
+    """One line naming the install command when the `serve` extra is missing."""
+    missing = [m for m in SERVING_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(
+            f"serving needs {', '.join(missing)}: pip install -e '.[serve]' (or, on a host "
+            "without TensorFlow, pip install -r requirements-serve.txt)"
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import DataError
+from toolkit.core.errors import DataError
 
 IMAGE_TYPES = (
     "image/png",
@@ -191,7 +191,7 @@ def _single_file_part(body: bytes, boundary: bytes) -> bytes | None:
 
 def decode_upload(data: bytes, limits: Limits) -> tuple[np.ndarray, list[str]]:
     """uint8 [28,28] and the conversions, as `toolkit predict` converts a file."""
-    from toolkit.predict import decode_image
+    from toolkit.core.images import decode_image
 
     try:
         return decode_image(data, max_pixels=limits.max_pixels)

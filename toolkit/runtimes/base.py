@@ -1,0 +1,102 @@
+"""What every runtime's loaded model is: `LoadedModel`, the one interface parity, the benchmarks,
+`toolkit predict`, the recommender and the server run a file through, and the checks of a
+file's declared and computed outputs against the model contract (toolkit.core.contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.core.contract import CLASSIFIER, INPUT_NAME, OUTPUT_NAME, IOContract
+from toolkit.core.errors import ArtifactError, ContractError
+
+
+class LoadedModel:
+    """A model ready to run. Subclasses fill in what the file declares about its first input and
+    the output `run` returns (shapes as declared: the batch axis symbolic, None or -1)."""
+
+    runtime: str = ""
+    provider: str = ""
+    device: str = "cpu"
+    threads: int | None = None
+    input_count: int = 1
+    input_name: str = INPUT_NAME
+    input_dtype: str | None = None
+    input_shape: tuple[Any, ...] | None = None
+    output_names: tuple[str, ...] = (OUTPUT_NAME,)
+    output_dtype: str | None = None
+    output_shape: tuple[Any, ...] | None = None  # of the output `run` returns
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The contract's output for a batch in the contract's input format."""
+        raise NotImplementedError
+
+    # A file with int8 input and output (tflite-int8io) takes quantized images and returns
+    # quantized probabilities; `run` wraps both conversions. The benchmarks time `run_encoded` on
+    # inputs encoded beforehand, as a microcontroller is fed int8 images. For every other file
+    # the three are the identity and `run`.
+    quantized_io: bool = False
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        return batch
+
+    def run_encoded(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)
+
+    def decode(self, output: np.ndarray) -> np.ndarray:
+        return output
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "provider": self.provider, "device": self.device,
+                "threads": self.threads}
+
+    def mismatches(self, contract: IOContract) -> list[str]:
+        """How the file's declared input/output differ from `contract` (empty: they match)."""
+        problems = [] if self.input_count == 1 else [f"{self.input_count} inputs, expected 1"]
+        return problems + contract.mismatches(
+            input_name=self.input_name, input_dtype=self.input_dtype, input_shape=self.input_shape,
+            output_name=self.output_names[0] if self.output_names else None,
+            output_dtype=self.output_dtype, output_shape=self.output_shape)
+
+
+def contract_error(path: Path, problems: list[str]) -> ContractError:
+    return ContractError(
+        f"{path}: does not match the model contract: {'; '.join(problems)}. Use a model trained and "
+        "exported by this toolkit (toolkit export --force re-exports one)"
+    )
+
+
+def check_output(path: str | Path, output: np.ndarray, *, batch: int,
+                 contract: IOContract = CLASSIFIER) -> None:
+    """A computed output against the contract (the declared shape may leave axes open)."""
+    expected = (batch, *contract.output.shape[1:])
+    shape = tuple(np.shape(output))
+    if len(shape) != len(expected) or any(isinstance(e, int) and d != e for d, e in zip(shape, expected,
+                                                                                      strict=True)):
+        raise contract_error(Path(path), [f"output shape {list(shape)} for a batch of {batch}, expected "
+                                          f"{contract.output.describe()}"])
+
+
+def fail_load(path: Path, what: str, exc: BaseException) -> ArtifactError:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return ArtifactError(
+        f"{path}: not a loadable {what} ({reason}). Re-export it (toolkit export --force) "
+        "or restore the file"
+    )
+
+
+def dtype_name(value: Any) -> str:
+    try:
+        return np.dtype(value).name
+    except TypeError:
+        return str(value)
+
+
+def int_quantization(details: dict[str, Any]) -> tuple[float, int] | None:
+    """(scale, zero point) of an int8/uint8 tensor that has them, else None (a float tensor)."""
+    scale, zero_point = details.get("quantization") or (0.0, 0)
+    if np.dtype(details["dtype"]).kind not in "iu" or not scale:
+        return None
+    return float(scale), int(zero_point)
