@@ -6,12 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXP ?= CNN_1L_Dropout_Exp6
 
-.PHONY: run test setup setup-dev data browser lint clean-venv
+.PHONY: run test setup setup-dev data browser compiler lint clean-venv
 
 run: setup
 	$(BIN)/toolkit run --exp $(EXP)
 
-test: setup-dev browser
+test: setup-dev browser compiler
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q bench/ --benchmark-disable --bench-smoke
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
@@ -41,15 +41,27 @@ browser:
 	  echo "Not root on Debian: the browser test skips unless chromium and chromium-driver are installed"; \
 	fi
 
+# Debian's g++ for the C source export's compile tests (tests/test_tflm.py), as root on Debian
+# (CI); elsewhere, or if the install fails, those tests skip and say why.
+compiler:
+	@if command -v g++ >/dev/null 2>&1; then \
+	  echo "g++: present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq g++) \
+	    || echo "Could not install g++: the C source compile tests will skip"; \
+	else \
+	  echo "Not root on Debian: the C source compile tests skip unless g++ is installed"; \
+	fi
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 setup: data $(BIN)/python
-	$(BIN)/pip install -q -e '.[serve]'
+	$(BIN)/pip install -q -e '.[serve,mcu]'
 
 setup-dev: data $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,ray,serve,docs]'
+	$(BIN)/pip install -q -e '.[dev,ray,serve,docs,mcu]'
 
 # ruff, then pylint's duplicate-code check over toolkit/ (6+ similar lines; imports, docstrings and
 # signatures aside). The pairs it still lists are named, with why they stay, in docs/architecture.md.

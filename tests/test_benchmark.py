@@ -331,13 +331,13 @@ BENCH_FORMATS = ("onnx-fp32", "onnx-dynamic")
 def export_for_tests(root: Path, name: str, keys: tuple[str, ...]) -> None:
     """Export `keys` of a trained spec and check their parity, as `toolkit export` does."""
     from toolkit.core.data import load
-    from toolkit.export import parity, registry
+    from toolkit.export import parity_rows, registry
     from toolkit.export.pipeline import export_spec
 
     dataset = load()
     outcome = export_spec(name, [registry.FORMATS[k] for k in keys], root=root, dataset=dataset)
     assert not outcome.failed, outcome.failed
-    parity.check_spec(name, root=root, keys=list(keys), dataset=dataset)
+    parity_rows.check_spec(name, root=root, keys=list(keys), dataset=dataset)
 
 
 def make_benched_root(tmp_path_factory, trained_root: Path) -> tuple[Path, str]:

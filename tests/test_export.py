@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -41,16 +42,22 @@ def exported(trained_root, tmp_path_factory, dataset):
 def test_registry_lists_every_format_and_precision():
     from toolkit.export.registry import FORMATS, PRECISIONS, select
 
-    # Every format in every precision, except int8io, which is TFLite only (the microcontroller build).
-    assert set(FORMATS) == {f"{f}-{p}" for f in ("onnx", "tflite") for p in PRECISIONS} - {"onnx-int8io"}
+    # Every format in every precision, except int8io, which is TFLite only (the microcontroller build),
+    # and the C source for TFLite Micro firmware, made from the int8io file.
+    files = {f"{f}-{p}" for f in ("onnx", "tflite") for p in PRECISIONS} - {"onnx-int8io"}
+    assert set(FORMATS) == files | {"tflm-c"}
     assert [f.key for f in select(None, None)] == ["onnx-fp32", "tflite-fp32"]
-    assert len(select(["all"], ["all"])) == 9
-    assert [f.key for f in select(None, ["int8io"])] == ["tflite-int8io"]
+    assert len(select(["all"], ["all"])) == 10
+    assert [f.key for f in select(None, ["int8io"])] == ["tflite-int8io", "tflm-c"]
+    assert [f.key for f in select(["c"], None)] == ["tflm-c"]  # its one precision, without --precision
     assert [f.key for f in select(["tflite"], ["int8,dynamic"])] == ["tflite-int8", "tflite-dynamic"]
     for fmt in FORMATS.values():
+        assert callable(fmt.exporter_fn())
+        if fmt.source:
+            assert FORMATS[fmt.source].precision == fmt.precision and not fmt.runtimes
+            continue
         assert fmt.key == f"{fmt.format}-{fmt.precision}"
         assert fmt.filename == f"model.{fmt.precision}{fmt.suffix}"
-        assert callable(fmt.exporter_fn())
 
 
 @pytest.mark.parametrize("formats,precisions,bad", [(["keras"], None, "format 'keras'"),
@@ -81,10 +88,16 @@ def test_export_all_formats_and_precisions(exported):
     root, result = exported
     arts = artifacts.spec_artifacts(SPEC, root)
     doc = json.loads(arts.exports_json.read_text())
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     entries = {e["key"]: e for e in doc["exports"]}
     assert set(entries) == set(FORMATS), result.output
     source = artifacts.sha256_file(arts.model)
+    c_source = entries.pop("tflm-c")  # made from tflite-int8io's file: its parity is that file's
+    assert c_source["status"] == "exported" and c_source["settings"]["source"] == {
+        "key": "tflite-int8io", "sha256": entries["tflite-int8io"]["sha256"]}
+    assert [f["path"] for f in c_source["files"]] == [f"export/tflm/{n}" for n in
+                                                       ("model_data.h", "model_data.cc", "model_ops.h")]
+    assert all(f["sha256"] == artifacts.sha256_file(arts.dir / f["path"]) for f in c_source["files"])
     for key, e in entries.items():
         path = arts.dir / e["path"]
         assert e["status"] == "exported", (key, e.get("error"))
@@ -104,17 +117,27 @@ def test_export_all_formats_and_precisions(exported):
         for prec in ("fp16", "int8", "dynamic"):
             assert entries[f"{fmt}-{prec}"]["size_bytes"] < entries[f"{fmt}-fp32"]["size_bytes"]
     assert entries["tflite-int8io"]["size_bytes"] <= entries["tflite-int8"]["size_bytes"]
-    # int8 activations: a quarter of the float arena or less (the float input of tflite-int8 aside).
-    assert entries["tflite-int8io"]["arena_bytes"] < entries["tflite-fp32"]["arena_bytes"] / 3
+    # int8 activations: a smaller arena than float32's (the persistent structures are the same).
+    assert entries["tflite-int8io"]["arena_bytes"] < entries["tflite-fp32"]["arena_bytes"]
+    if importlib.util.find_spec("tflite_micro") is not None:
+        for key in ("tflite-int8", "tflite-int8io"):  # TFLM measured them; the estimate is within 10%
+            arena = entries[key]["arena"]
+            assert arena["sha256"] == entries[key]["sha256"] and arena["reported"] > 0
+            assert abs(entries[key]["arena_bytes"] - arena["minimum"]) <= 0.1 * arena["minimum"], arena
+            assert arena["recommended"] >= arena["minimum"] and arena["recommended"] % 16 == 0
     parity = json.loads(arts.parity_json.read_text())
-    assert parity["test_images"] == 10_000 and {r["key"] for r in parity["exports"]} == set(FORMATS)
-    assert parity["schema_version"] == 2
+    assert parity["test_images"] == 10_000 and {r["key"] for r in parity["exports"]} == set(entries)
+    assert parity["schema_version"] == 3
     assert all(r["sha256"] == entries[r["key"]]["sha256"] for r in parity["exports"])
+    # One row per file and runtime: the full-integer files also ran under TFLM, if installed.
+    rows = {r["row"] for r in parity["exports"]}
+    tflm = importlib.util.find_spec("tflite_micro") is not None
+    assert rows == set(entries) | ({"tflite-int8@tflm", "tflite-int8io@tflm"} if tflm else set())
     # The exit code follows the results: 0 if all passed, 5 if a (quantized) check failed.
-    failed = [k for k, e in entries.items() if e["parity"]["status"] == "fail"]
+    failed = [r["row"] for r in parity["exports"] if not r["passed"]]
     assert result.exit_code == (5 if failed else 0), result.output
-    for key in failed:
-        assert f"{SPEC}/{key}" in result.output.replace("\n", "")
+    for row in failed:
+        assert f"{SPEC}/{row}" in result.output.replace("\n", "")
     assert "passed" in result.output
 
 

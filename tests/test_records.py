@@ -14,7 +14,7 @@ import pytest
 from toolkit.benchmark.inference_results import read_runs
 from toolkit.core import artifacts
 from toolkit.core.errors import ArtifactError
-from toolkit.export.parity import read_parity
+from toolkit.export.parity_record import read_parity
 from toolkit.export.record import read_exports
 
 LEGACY = Path(__file__).parent / "data" / "legacy-exp6"
@@ -132,7 +132,7 @@ def test_written_records_carry_version_and_kind(legacy_root):
     arts = artifacts.spec_artifacts(SPEC, legacy_root)
     write_exports(arts, read_exports(arts))
     doc = json.loads(arts.exports_json.read_text())
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     legacy = json.loads((LEGACY / "exports.json").read_text())
     # Same entries and fields as before (parity summaries now also name the checked file).
     for old, new in zip(legacy["exports"], doc["exports"], strict=True):

@@ -99,7 +99,7 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent("""
 def test_a_bf16_run_saves_the_float32_contract_and_its_exports_pass_parity(tmp_path, monkeypatch):
     from test_benchmark import export_for_tests
 
-    from toolkit.export.parity import read_parity
+    from toolkit.export.parity_record import read_parity
 
     _bf16_here(monkeypatch)
     name = "CNN_1L_Dropout_Exp6"

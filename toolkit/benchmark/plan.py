@@ -173,7 +173,9 @@ def validate_filters(formats: Iterable[str] | None, runtime_keys: Iterable[str] 
                 "(or a format name: keras, onnx, tflite; globs allowed)"
             )
     for key in _split(runtime_keys):
-        runtimes.get_runtime(key)
+        if not runtimes.get_runtime(key).timed:
+            raise UsageError(f"--runtime {key}: its times on this host are not a device's, so the benchmarks "
+                             f"do not time it; `toolkit parity` runs it and states its host time")
 
 
 # ---------------------------------------------------------------- cases
@@ -192,8 +194,10 @@ class Filters:
     kinds: Sequence[str] = KINDS_DEFAULT  # add MEMORY for the deployment-cost cases
 
     def runtimes_for(self, candidates: Sequence[str]) -> list[str]:
+        """The timed runtimes among `candidates` that the filter keeps (TFLM on this host is not
+        timed: its host time says nothing of a microcontroller's)."""
         wanted = _split(self.runtime_keys)
-        return [r for r in candidates if not wanted or r in wanted]
+        return [r for r in candidates if runtimes.get_runtime(r).timed and (not wanted or r in wanted)]
 
     def keeps_format(self, key: str) -> bool:
         return _matches(key, _split(self.formats))

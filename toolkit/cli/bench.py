@@ -14,7 +14,14 @@ import typer
 from rich.markup import escape
 
 from toolkit.benchmark.plan import CLI_REPEATS
-from toolkit.cli.options import ArtifactsOption, BenchFormatOption, ExpsOption
+from toolkit.cli.options import (
+    ArtifactsOption,
+    BenchFormatOption,
+    BoardOption,
+    ExpsOption,
+    MaxFlashKibOption,
+    MaxRamKibOption,
+)
 from toolkit.cli.output import console, err_console, print_table
 
 RuntimeOption = Annotated[
@@ -145,15 +152,21 @@ def report_cmd(
                  "pt) count as tied. Default: tied = not significantly less accurate (McNemar p >= 0.05).",
         ),
     ] = None,
+    board: BoardOption = None,
+    max_flash_kib: MaxFlashKibOption = None,
+    max_ram_kib: MaxRamKibOption = None,
     exp: ExpsOption = None,
     artifacts: ArtifactsOption = None,
 ) -> None:
     """Join accuracy, parity and benchmarks: ARTIFACTS/report.md, report.csv, PNG plots and the pick
-    record (pick.json, what `toolkit serve` serves)."""
+    record (pick.json, what `toolkit serve` serves); with --board (or a flash/RAM budget), the
+    microcontroller pick among the full-integer files TFLite Micro ran."""
+    from toolkit.core.boards import McuBudget
     from toolkit.report.build import make_report
 
+    mcu_budget = McuBudget.of(board, max_flash_kib, max_ram_kib)  # an unknown board: one line, before work
     rep, paths = make_report(artifacts, exps=exp, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
-                             max_memory_mb=max_memory_mb, tolerance=tolerance)
+                             max_memory_mb=max_memory_mb, tolerance=tolerance, mcu_budget=mcu_budget)
     print_report(rep, paths)
 
 
@@ -162,7 +175,23 @@ def print_report(rep: Any, paths: list[Path]) -> None:
     console.print(rep.pick_text)
     for note in rep.notes:
         console.print(f"[dim]note:[/] {note}", soft_wrap=True)
+    if rep.mcu is not None:
+        _print_mcu(rep.mcu)
     console.print("Wrote " + ", ".join(str(p) for p in paths))
+
+
+def _print_mcu(section: Any) -> None:
+    from toolkit.report import mcu
+
+    if section.budget.board is not None:
+        console.print(f"Board: {section.budget.board.describe()}", soft_wrap=True)
+    if section.rows:
+        print_table("Microcontroller rows (full-integer files on TFLite Micro)", mcu.TITLES,
+                    mcu.cells(section), no_wrap=("spec", "file"))
+        console.print(f"[dim]{mcu.EXPLAINED}[/]", soft_wrap=True)
+    console.print(section.pick_text, soft_wrap=True)
+    for note in section.notes:
+        console.print(f"[dim]note:[/] {note}", soft_wrap=True)
 
 
 def _print_interval_check(root: Path, results: list[Any], written: list[Path]) -> None:

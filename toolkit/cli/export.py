@@ -58,6 +58,8 @@ class ExportPrinter:
                           f"{', '.join(outcome.skipped)}")
         if outcome.parity == "not run":
             console.print(f"{outcome.name}: parity not run (--no-parity)")
+        for row, why in outcome.skipped_rows.items():
+            console.print(f"{outcome.name}: {row} skipped: {why}", soft_wrap=True)
         print_status_table(outcome.name, self.root)
 
 
@@ -74,48 +76,125 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_status_table(name: str, root) -> None:
-    """One row per export of a spec, from exports.json: the status the issue asks for, with which
-    checks failed (their full text follows the table, one line per export). A parity result counts
-    only for the file it checked (a replaced file shows as stale)."""
+    """One row per parity row of a spec (each export on each runtime that ran it), from
+    exports.json: the status, with which checks failed (their full text follows the table, one
+    line per row). A parity result counts only for the file it checked (a replaced file shows as
+    stale). Full-integer files checked under TFLM get a table of their own: host time is not a
+    device's, and the arena is what a firmware reserves."""
     from toolkit.core import artifacts as arts_mod
     from toolkit.core.stats import interval_of_accuracy
-    from toolkit.export.record import NOT_RUN, ParitySummary, read_exports
+    from toolkit.export.record import read_exports
 
     arts = arts_mod.spec_artifacts(name, root)
-    entries = read_exports(arts).exports
-    rows, details = [], []
+    rows, details, micro = [], [], []
     keras_acc = None
-    for e in entries:
+    for e in read_exports(arts).exports:
         path = arts.dir / e.path
-        state = "failed" if not e.exported else e.parity_state(
-            arts_mod.sha256_file(path) if path.is_file() else None)
-        parity = e.parity if state in ("pass", "fail") and e.parity else ParitySummary(NOT_RUN)
-        failures = [e.error or "export failed"] if not e.exported else parity.failures
-        if failures:
-            details.append(f"  {e.key}: {'; '.join(failures)}")
-        delta = parity.accuracy_delta_pp
-        rows.append([
-            e.key, STATUS_TEXT.get(state, state), _mb(e.size_bytes), _kib(e.arena_bytes),
-            _fmt(parity.agreement, ".2%"),
-            _fmt(parity.flipped, "d"), _fmt(parity.max_abs_diff, ".2e"), _fmt(parity.p99_abs_diff, ".2e"),
-            _accuracy(parity), f"{delta:+.2f}" if delta is not None else "-", _mcnemar(parity),
-            ", ".join(dict.fromkeys(_check_name(f) for f in failures)),
-        ])
-        if keras_acc is None and parity.keras_accuracy is not None and parity.images:
-            keras_acc = interval_of_accuracy(parity.keras_accuracy, parity.images)
+        file_sha = arts_mod.sha256_file(path) if path.is_file() else None
+        if e.exported and e.settings.get("source"):
+            rows.append(_derived_row(e))
+            continue
+        for row, state, parity in _rows_of(e, file_sha):
+            failures = [e.error or "export failed"] if not e.exported else parity.failures
+            if failures:
+                details.append(f"  {row}: {'; '.join(failures)}")
+            rows.append(_status_row(e, row, state, parity, failures, file_sha))
+            if parity.runtime == "tflm":
+                micro.append(_micro_row(e, row, state, parity, file_sha))
+            if keras_acc is None and parity.keras_accuracy is not None and parity.images:
+                keras_acc = interval_of_accuracy(parity.keras_accuracy, parity.images)
     title = f"{name}: exports and parity on the 10,000 test images"
     if keras_acc is not None:
         title += f" (Keras accuracy {keras_acc.estimate:.2%}, 95% CI {_ci([keras_acc.low, keras_acc.high])})"
-    columns = ["export", "status", "MB", "arena KiB", "top-1 agree", "flipped", "max |d|", "p99 |d|",
-               "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"]
+    columns = ["export", "runtime", "status", "MB", "arena KiB", "top-1 agree", "flipped", "max |d|",
+               "p99 |d|", "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"]
     print_table(title, columns, rows, no_wrap=("export", "status", "accuracy ± 95% CI", "McNemar p (b/c)"))
     console.print("McNemar p: exact two-sided test of the export against Keras on the same images; b = "
                   "images only Keras got right, c = only the export; p >= 0.05: no significant difference "
-                  "in accuracy. '-': parity predates the test (rerun toolkit parity).")
+                  "in accuracy. '-': parity predates the test (rerun toolkit parity). arena KiB: the tensor "
+                  "arena TFLM needs (measured under TFLM; '~': the toolkit's estimate).")
+    if micro:
+        print_table(f"{name}: full-integer files on TFLite Micro (reference kernels, this host)",
+                    MICRO_COLUMNS, micro, no_wrap=("export",))
+        console.print("host ms/image: TFLM's reference kernels on this x86 host, per image and process: not "
+                      "a microcontroller's latency. Arena: bytes TFLM's allocator reported / the smallest "
+                      "arena that works (bisection) / what a firmware reserves (minimum + the largest "
+                      "CMSIS-NN scratch buffer) / the toolkit's estimate.")
     if details:
         console.print("Failed checks, by how much:", soft_wrap=True)
         for line in details:
             console.print(escape(line), soft_wrap=True)
+
+
+MICRO_COLUMNS = ["export", "status", "accuracy ± 95% CI", "McNemar p (b/c)", "top-1 differs from primary",
+                 "host ms/image", "10k images", "arena reported", "arena min", "firmware", "estimate"]
+
+
+def _rows_of(entry: Any, file_sha: str | None) -> list[tuple[str, str, Any]]:
+    """(row name, state, summary) of each parity row of an export, its primary row first."""
+    from toolkit.export.record import NOT_RUN, ParitySummary
+
+    if not entry.exported:
+        return [(entry.key, "failed", ParitySummary(NOT_RUN))]
+    out = []
+    for row, summary in ((entry.key, entry.parity), *entry.rows.items()):
+        state = entry.row_state(row, file_sha)
+        out.append((row, state, summary if state in ("pass", "fail") and summary else ParitySummary(NOT_RUN)))
+    return out
+
+
+def _status_row(entry: Any, row: str, state: str, parity: Any, failures: list[str],
+                file_sha: str | None) -> list[str]:
+    delta = parity.accuracy_delta_pp
+    runtime = parity.runtime or (entry.runtimes[0] if entry.runtimes else "-")
+    return [row, runtime, STATUS_TEXT.get(state, state), _mb(entry.size_bytes),
+            _arena_kib(entry, file_sha),
+            _fmt(parity.agreement, ".2%"), _fmt(parity.flipped, "d"), _fmt(parity.max_abs_diff, ".2e"),
+            _fmt(parity.p99_abs_diff, ".2e"), _accuracy(parity),
+            f"{delta:+.2f}" if delta is not None else "-",
+            _mcnemar(parity), ", ".join(dict.fromkeys(_check_name(f) for f in failures))]
+
+
+def _derived_row(entry: Any) -> list[str]:
+    """An export made from another export's file (the C source): its parity is that file's."""
+    source = entry.settings["source"]["key"]
+    arena = entry.facts.get("tensor_arena_size")
+    size = sum(f.get("size_bytes") or 0 for f in entry.files) or entry.size_bytes
+    return [entry.key, "-", f"[green]exported[/] from {source} (its parity)", _mb(size),
+            _kib(arena) + ("" if entry.facts.get("arena_measured") else " ~"), *["-"] * 8]
+
+
+def _arena_kib(entry: Any, file_sha: str | None) -> str:
+    measured = entry.measured_arena(file_sha)
+    if measured is not None:
+        return _kib(measured["minimum"])
+    return f"~{_kib(entry.arena_bytes)}" if entry.arena_bytes is not None else "-"
+
+
+def _micro_row(entry: Any, row: str, state: str, parity: Any, file_sha: str | None) -> list[str]:
+    arena = entry.measured_arena(file_sha) or {}
+    differs = parity.differing_from_primary
+    return [row, STATUS_TEXT.get(state, state), _accuracy(parity), _mcnemar(parity),
+            "-" if differs is None else f"{differs} of {parity.images:,}",
+            _fmt(parity.host_ms_per_image, ".2f"), _spread(parity), _bytes(arena.get("reported")),
+            _bytes(arena.get("minimum")), _bytes(arena.get("recommended")),
+            _bytes(arena.get("estimate", entry.arena_bytes))]
+
+
+def _spread(parity: Any) -> str:
+    """'41 s on 2 processes (88%)': the wall time and how well the processes used the cores."""
+    if parity.wall_seconds is None:
+        return "-"
+    text = f"{parity.wall_seconds:.0f} s"
+    if parity.workers:
+        text += f" on {parity.workers} process{'es' if parity.workers > 1 else ''}"
+    if parity.parallel_efficiency is not None and (parity.workers or 1) > 1:
+        text += f" ({parity.parallel_efficiency:.0%})"
+    return text
+
+
+def _bytes(value: Any) -> str:
+    return f"{value:,} B" if isinstance(value, int) else "-"
 
 
 def _check_name(failure: str) -> str:

@@ -48,7 +48,8 @@ RecipeOption = Annotated[
 ]
 ExportFormatOption = Annotated[
     list[str] | None,
-    typer.Option("--format", help="onnx, tflite or all (repeat or comma-separate). Default: all."),
+    typer.Option("--format", help="onnx, tflite, c (the C source for TFLite Micro firmware) or all (repeat "
+                                  "or comma-separate). Default: all."),
 ]
 PrecisionOption = Annotated[
     list[str] | None,
@@ -67,4 +68,21 @@ MaxWaitOption = Annotated[
     typer.Option(
         "--max-wait-ms", min=0.0, help="How long an idle worker waits for a batch to fill before running it."
     ),
+]
+
+# Microcontroller budgets (toolkit.core.boards): `toolkit report` and every command that picks a
+# model for a board.
+BoardOption = Annotated[
+    str | None,
+    typer.Option("--board", help="Pick for a microcontroller board: its flash and SRAM less a stated "
+                                 "headroom (see `toolkit list --boards`)."),
+]
+MaxFlashKibOption = Annotated[
+    float | None,
+    typer.Option("--max-flash-kib", min=0, help="Budget: the model file's bytes in flash (KiB)."),
+]
+MaxRamKibOption = Annotated[
+    float | None,
+    typer.Option("--max-ram-kib", min=0,
+                 help="Budget: the tensor arena TFLM measured, plus its margin (KiB)."),
 ]

@@ -1,35 +1,32 @@
-"""Prove that every export predicts what the Keras model predicts, on the full test set.
+"""Prove that an export predicts what the Keras model predicts, on the full test set.
 
-The Keras reference is computed once per spec; each export then goes through the same checks,
-in this order (as optimum's validation does): input/output names and shapes, then values. Every
-failure is collected, not just the first. Tolerances are data (TOLERANCES, per precision), and
-each result also says the smallest tolerance that would have passed.
-
-parity.json is this module's typed, versioned record (ParityRecord: one reader, one writer).
-Every result names the sha256 of the file it checked, and a result only counts for that file:
-readers (and the merge of a partial recheck) ignore results whose file has changed since.
+Each file, on each runtime that runs it (a parity row, toolkit.export.registry.row_name), goes
+through the same checks, in this order (as optimum's validation does): input/output names and
+shapes, then values. Every failure is collected, not just the first. Tolerances are data
+(TOLERANCES, per precision), and each result also says the smallest tolerance that would have
+passed. toolkit.export.parity_rows checks a spec's exports row by row; toolkit.export.parity_record
+is parity.json.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit.core import artifacts, records
+from toolkit.core import records
 from toolkit.core.contract import CLASSIFIER, IOContract
-from toolkit.core.errors import ArtifactError, NewerRecordError
+from toolkit.core.errors import ArtifactError
 from toolkit.core.stats import accuracy_interval, paired_predictions
 from toolkit.export.record import ParitySummary
-from toolkit.export.registry import FORMATS, export_path
 
 BATCH = 1000
 KERAS_KEY = "keras-fp32"  # the reference's name among the predictions files, as in the benchmarks
-SCHEMA_VERSION = 2  # 2: each result names the sha256 of the file it checked; 1: without it
 WHAT = "parity results"
 
 
@@ -84,11 +81,26 @@ class ParityResult:
     mcnemar_p: float | None = None  # exact McNemar, export vs Keras, on the same test images
     discordant: list[int] | None = None  # [Keras right & export wrong, export right & Keras wrong]
     predictions: dict[str, Any] | None = None  # {"file": "predictions/KEY.npy", "sha256", "images"}
+    # Version 3: the row (the file on this runtime, computing at this precision).
+    computes: str | None = None  # the precision the runtime computes (None: the file's own)
+    row: str | None = None  # toolkit.export.registry.row_name (None in older records: the key)
+    wall_seconds: float | None = None  # running the test images on this runtime
+    workers: int | None = None  # processes they were spread over (a single-threaded runtime)
+    host_ms_per_image: float | None = None  # per image and worker, where the runtime is host-only
+    parallel_efficiency: float | None = None  # busy seconds of the workers / (workers x wall)
+    primary_row: str | None = None  # the file's primary row, which this one is compared with
+    differing_from_primary: int | None = None  # images whose top-1 differs from the primary row's
+    differing_indices: list[int] = field(default_factory=list)
+    arena: dict[str, Any] | None = None  # TFLM's measured arena (toolkit.runtimes.tflm.Arena)
     top1: Any = field(default=None, repr=False, compare=False)  # this check's classes; not written
 
     @property
     def passed(self) -> bool:
         return self.status == "pass"
+
+    @property
+    def name(self) -> str:
+        return self.row or self.key
 
     def fail(self, message: str) -> None:
         self.failures.append(message)
@@ -96,12 +108,17 @@ class ParityResult:
 
     def summary(self) -> ParitySummary:
         """What exports.json keeps of the result (parity.json keeps everything)."""
+        primary = self.row in (None, self.key)
         return ParitySummary(
             status=self.status, sha256=self.sha256, failures=self.failures, agreement=self.agreement,
             flipped=self.flipped, max_abs_diff=self.max_abs_diff, mean_abs_diff=self.mean_abs_diff,
             p99_abs_diff=self.p99_abs_diff, test_accuracy=self.test_accuracy,
             keras_accuracy=self.keras_accuracy, accuracy_delta_pp=self.accuracy_delta_pp, images=self.images,
             accuracy_ci=self.accuracy_ci, mcnemar_p=self.mcnemar_p, discordant=self.discordant,
+            runtime=None if primary else self.runtime, computes=None if primary else self.computes,
+            host_ms_per_image=self.host_ms_per_image, differing_from_primary=self.differing_from_primary,
+            wall_seconds=None if primary else self.wall_seconds, workers=None if primary else self.workers,
+            parallel_efficiency=None if primary else self.parallel_efficiency,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +214,7 @@ def check_file(path: Path, *, key: str, precision: str, runtime: str, reference:
         result.fail(f"cannot load: {exc.message}")
         return result
     result.provider = model.provider
+    result.computes = model.computes or precision
     result.input_name, result.output_names = model.input_name, list(model.output_names)
     result.input_shape = list(model.input_shape or []) or None
     # Names and shapes first (every mismatch collected); a model with the wrong interface is
@@ -205,189 +223,18 @@ def check_file(path: Path, *, key: str, precision: str, runtime: str, reference:
         result.fail(f"contract: {problem}")
     if result.failures:
         return result
+    started = time.perf_counter()
     try:
-        candidate = run_batched(model.run, images)
+        candidate, timing = model.run_all(images, BATCH)
     except Exception as exc:  # a runtime error on real data is a parity failure, not a crash
         result.fail(f"running it failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         return result
+    result.wall_seconds = round(time.perf_counter() - started, 3)
+    result.workers = timing.get("workers")
+    result.host_ms_per_image = timing.get("ms_per_image")
+    result.parallel_efficiency = timing.get("efficiency")
     result.output_shape = list(candidate.shape)
     if candidate.shape != reference.shape:
         result.fail(f"output shape {list(candidate.shape)}, expected {list(reference.shape)}")
         return result
     return compare(result, reference, candidate, labels)
-
-
-# ---------------------------------------------------------------- one spec
-
-
-@dataclass
-class SpecParity:
-    spec: str
-    keras_accuracy: float
-    results: list[ParityResult]
-    images: int = 0
-    not_checked: list[str] = field(default_factory=list)  # keys whose export failed or is missing
-    keras_predictions: dict[str, Any] | None = None  # the Keras reference's top-1 file
-
-    @property
-    def failed(self) -> list[ParityResult]:
-        return [r for r in self.results if not r.passed]
-
-
-def check_spec(name: str, *, root=None, keys: Sequence[str] | None = None, dataset=None, data_dir=None,
-               hook: Callable[[str, str], None] | None = None) -> SpecParity:
-    """Check the listed exports (default: all in exports.json) of a trained spec; write
-    parity.json and each export's parity result into exports.json."""
-    from toolkit.export import pipeline
-
-    arts = artifacts.spec_artifacts(name, root)
-    arts.require_trained()
-    with pipeline.export_lock(arts):
-        return _check_spec(arts, keys=keys, dataset=dataset, data_dir=data_dir, hook=hook)
-
-
-def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
-    from toolkit.export.record import ExportsRecord, read_exports, write_exports
-
-    name = arts.name
-    record = read_exports(arts)
-    entries = record.by_key()
-    wanted = [k for k in (keys if keys is not None else list(entries)) if k in entries]
-    if not wanted:
-        raise ArtifactError(f"{name} has no exports to check under {arts.root}. "
-                            f"Export it first: toolkit export --exp {name} --artifacts {arts.root}")
-    if dataset is None:
-        from toolkit.core import data
-
-        dataset = data.load(data_dir)
-    from toolkit.core.data import to_model_input
-
-    images, labels = to_model_input(dataset.x_test), dataset.y_test
-    source_sha = artifacts.sha256_file(arts.model)
-    if hook:
-        hook("start", "keras")
-    reference = keras_reference(arts.model, images)
-    keras_accuracy = float(np.mean(reference.argmax(1) == labels))
-    if hook:
-        hook("done", "keras")
-    outcome = SpecParity(name, keras_accuracy, [], images=len(images))
-    outcome.keras_predictions = _save_top1(arts, KERAS_KEY, reference.argmax(1))
-    for key in wanted:
-        if not entries[key].exported or key not in FORMATS:
-            outcome.not_checked.append(key)
-            continue
-        if hook:
-            hook("start", key)
-        result = _check_entry(arts, entries[key], source_sha=source_sha, reference=reference,
-                              images=images, labels=labels)
-        result.predictions = _save_top1(arts, key, result.top1)
-        outcome.results.append(result)
-        entries[key].parity = result.summary()
-        if hook:
-            hook("done", key)
-    # Write both records last; exports.json keeps the summary, parity.json everything.
-    write_exports(arts, ExportsRecord(name, record.source_model_sha256 or source_sha, list(entries.values())))
-    write_parity(arts, outcome, source_sha)
-    return outcome
-
-
-def _save_top1(arts, key: str, top1: np.ndarray | None) -> dict[str, Any] | None:
-    """Keep this check's top-1 classes beside parity.json (NAME/predictions/KEY.npy) so any two
-    rows can be compared image by image later; a check without outputs leaves no stale file."""
-    path = arts.predictions_file(key)
-    if top1 is None:
-        path.unlink(missing_ok=True)
-        return None
-    ref = artifacts.save_predictions(path, top1)
-    return {**ref, "file": str(path.relative_to(arts.dir))}
-
-
-def _check_entry(arts, entry, *, source_sha: str, reference: np.ndarray, images: np.ndarray,
-                 labels: np.ndarray) -> ParityResult:
-    fmt = FORMATS[entry.key]
-    path = arts.dir / entry.path
-    if not path.is_file():
-        result = ParityResult(key=entry.key, precision=fmt.precision, path=str(path))
-        result.fail(f"{path} is missing; re-export it: toolkit export --exp {arts.name} --force")
-    else:
-        file_sha = artifacts.sha256_file(path)  # the export lock keeps it from changing meanwhile
-        result = check_file(path, key=entry.key, precision=fmt.precision, runtime=fmt.runtimes[0],
-                            reference=reference, images=images, labels=labels, contract=fmt.io)
-        result.sha256 = file_sha
-        result.sha256_matches_export = file_sha == entry.sha256
-        if not result.sha256_matches_export:
-            result.fail(f"{path.name} changed since it was exported (sha256 differs from exports.json)")
-    if entry.source_model_sha256 != source_sha:
-        result.fail("model.keras changed since this export; re-export it: "
-                    f"toolkit export --exp {arts.name} --force")
-    return result
-
-
-# ---------------------------------------------------------------- parity.json
-
-
-@dataclass
-class ParityRecord:
-    spec: str
-    source_model_sha256: str | None
-    results: list[ParityResult]
-    test_images: int = 0
-    keras_accuracy: float | None = None
-    checked_at: str | None = None
-    keras_predictions: dict[str, Any] | None = None  # absent in records older than per-image files
-
-    def result(self, key: str) -> ParityResult | None:
-        return next((r for r in self.results if r.key == key), None)
-
-
-def read_parity(arts) -> ParityRecord | None:
-    """The spec's parity.json, or None when there is none."""
-    path = arts.parity_json
-    if not path.is_file():
-        return None
-    fix = f"Delete it and rerun: toolkit parity --exp {arts.name}"
-    doc = records.load(path, what=WHAT, reader_version=SCHEMA_VERSION, fix=fix)
-    record = records.Entry(doc, path=path, what=WHAT, fix=fix)
-    keras = record.opt("keras", dict, {})
-    return ParityRecord(
-        spec=record.opt("spec", str, arts.name),
-        source_model_sha256=record.opt("source_model_sha256", str),
-        results=[ParityResult.from_dict(r, path=path) for r in record.req("exports", list)],
-        test_images=record.opt("test_images", int, 0),
-        keras_accuracy=keras.get("test_accuracy"),
-        checked_at=record.opt("checked_at", str),
-        keras_predictions=records.optional(keras, "predictions", dict, path=path, what=f"{WHAT} keras entry"),
-    )
-
-
-def write_parity(arts, outcome: SpecParity, source_sha: str) -> None:
-    """parity.json: this check's results, plus earlier results of other exports that still
-    describe the files there now (same model.keras, same file sha256)."""
-    from toolkit.export.record import now
-
-    kept: dict[str, ParityResult] = {}
-    try:
-        previous = read_parity(arts)
-    except NewerRecordError:
-        raise  # written by a newer toolkit: never overwritten by an older one
-    except ArtifactError:
-        previous = None  # a corrupt earlier record is replaced, not merged
-    if previous is not None and previous.source_model_sha256 == source_sha:
-        for r in previous.results:
-            path = export_path(arts, FORMATS[r.key]) if r.key in FORMATS else None
-            if r.sha256 and path is not None and path.is_file() and artifacts.sha256_file(path) == r.sha256:
-                kept[r.key] = r
-    kept.update({r.key: r for r in outcome.results})
-    order = {k: i for i, k in enumerate(FORMATS)}
-    artifacts.write_json(arts.parity_json, {
-        records.VERSION_KEY: SCHEMA_VERSION,
-        "spec": outcome.spec,
-        "source_model_sha256": source_sha,
-        "checked_at": now(),
-        "test_images": outcome.images,
-        "keras": {"runtime": "keras", "test_accuracy": outcome.keras_accuracy,
-                  "predictions": outcome.keras_predictions},
-        "tolerances": {k: {n: v for n, v in asdict(t).items() if v is not None}
-                       for k, t in TOLERANCES.items()},
-        "exports": [r.to_dict() for r in sorted(kept.values(), key=lambda r: order.get(r.key, len(order)))],
-    })

@@ -66,7 +66,8 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
-def _settings(fmt: ExportFormat, *, opset: int | None, cal_size: int, cal_seed: int) -> dict[str, Any]:
+def _settings(fmt: ExportFormat, *, opset: int | None, cal_size: int, cal_seed: int,
+              source: ExportEntry | None = None) -> dict[str, Any]:
     """What, besides the source model, determines the exported file."""
     from toolkit.export.onnx import DEFAULT_OPSET
 
@@ -75,7 +76,28 @@ def _settings(fmt: ExportFormat, *, opset: int | None, cal_size: int, cal_seed: 
         settings["opset"] = DEFAULT_OPSET if opset is None else opset
     if fmt.calibrated:
         settings["calibration"] = {"size": cal_size, "seed": cal_seed, "source": "training images"}
+    if fmt.source:
+        from toolkit.runtimes import tflm
+
+        # Made from another export's file: redone when that file changes, or when TFLM arrives
+        # (or changes) to measure the arena the estimate stood in for.
+        settings["source"] = {"key": fmt.source, "sha256": source.sha256 if source else None}
+        settings["arena"] = f"{tflm.DISTRIBUTION} {tflm.version()}" if tflm.available() else "estimate"
     return settings
+
+
+def with_sources(formats: Sequence[ExportFormat]) -> list[ExportFormat]:
+    """The formats with each derived format's source before it (the C source needs the
+    tflite-int8io file): exporting `--format c` alone brings its .tflite file up to date first."""
+    from toolkit.export.registry import FORMATS
+
+    ordered: list[ExportFormat] = []
+    for fmt in formats:
+        if fmt.source and FORMATS[fmt.source] not in ordered:
+            ordered.append(FORMATS[fmt.source])
+        if fmt not in ordered:
+            ordered.append(fmt)
+    return ordered
 
 
 def _unchanged(arts: SpecArtifacts, entry: ExportEntry | None, *, source_sha: str,
@@ -84,8 +106,9 @@ def _unchanged(arts: SpecArtifacts, entry: ExportEntry | None, *, source_sha: st
         return False
     if entry.settings != settings:
         return False
-    path = arts.dir / entry.path
-    return path.is_file() and artifacts.sha256_file(path) == entry.sha256
+    files = [(entry.path, entry.sha256)] + [(f["path"], f.get("sha256")) for f in entry.files]
+    return all((arts.dir / path).is_file() and artifacts.sha256_file(arts.dir / path) == sha
+               for path, sha in files)
 
 
 def export_lock(arts: SpecArtifacts):
@@ -150,9 +173,10 @@ def export_spec(name: str, formats: Sequence[ExportFormat], *, root=None,
         entries = record.by_key()
         result = SpecExport(name, source_sha)
         inputs = _Inputs(arts, dataset, data_dir, settings.calibration_size, settings.calibration_seed)
-        for fmt in formats:
+        for fmt in with_sources(formats):
+            source = entries.get(fmt.source) if fmt.source else None
             fmt_settings = _settings(fmt, opset=settings.opset, cal_size=settings.calibration_size,
-                                     cal_seed=settings.calibration_seed)
+                                     cal_seed=settings.calibration_seed, source=source)
             if not settings.force and _unchanged(arts, entries.get(fmt.key), source_sha=source_sha,
                                                  settings=fmt_settings):
                 result.outcomes.append(ExportOutcome(fmt.key, SKIPPED, entries[fmt.key]))
@@ -160,7 +184,7 @@ def export_spec(name: str, formats: Sequence[ExportFormat], *, root=None,
             if hook:
                 hook("start", fmt.key)
             outcome = _export_one(fmt, inputs, settings=fmt_settings, source_sha=source_sha,
-                                  opset=settings.opset)
+                                  opset=settings.opset, source=source)
             entries[fmt.key] = outcome.entry
             write_exports(arts, ExportsRecord(name, source_sha, list(entries.values())))
             result.outcomes.append(outcome)
@@ -170,7 +194,7 @@ def export_spec(name: str, formats: Sequence[ExportFormat], *, root=None,
 
 
 def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any], source_sha: str,
-                opset: int | None) -> ExportOutcome:
+                opset: int | None, source: ExportEntry | None = None) -> ExportOutcome:
     arts = inputs.arts
     target = export_path(arts, fmt)
     entry = ExportEntry(
@@ -179,14 +203,19 @@ def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any],
         source_model_sha256=source_sha, settings=settings, calibration=settings.get("calibration"),
         exported_at=now(),
     )
+    if fmt.source and (source is None or not source.exported):
+        entry.error = f"its source export {fmt.source} failed; fix that one first"
+        return ExportOutcome(fmt.key, FAILED, entry, entry.error)
     started = time.perf_counter()
     try:
-        model = inputs.keras_model()
+        # A derived format reads its source's file, not model.keras.
+        model = None if fmt.source else inputs.keras_model()
         calibration = inputs.calibration_images() if fmt.calibrated else None
+        extra = {"source": arts.dir / source.path} if source is not None else {}
         with quiet():
             facts = fmt.exporter_fn()(
                 model, target, precision=fmt.precision, calibration=calibration, opset=opset,
-                metadata=base_metadata(arts.name, source_sha, preprocessing=fmt.io.preprocessing),
+                metadata=base_metadata(arts.name, source_sha, preprocessing=fmt.io.preprocessing), **extra,
             )
     except KeyboardInterrupt:
         raise
@@ -201,5 +230,7 @@ def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any],
     entry.export_seconds = round(time.perf_counter() - started, 2)
     facts = dict(facts)
     entry.arena_bytes = facts.pop("arena_bytes", None)
+    entry.files = [{**f, "path": str((target.parent / f["path"]).relative_to(arts.dir))}
+                   for f in facts.pop("files", [])]
     entry.facts = facts
     return ExportOutcome(fmt.key, EXPORTED, entry)

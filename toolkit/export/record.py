@@ -1,14 +1,18 @@
 """exports.json: the typed, versioned record of a spec's exports, with its one reader and writer.
 
-    {"schema_version": 2, "spec": NAME, "source_model_sha256": ..., "updated_at": ...,
+    {"schema_version": 3, "spec": NAME, "source_model_sha256": ..., "updated_at": ...,
      "exports": [ExportEntry, ...]}
 
 Written by `toolkit export` (toolkit.export.pipeline) after every export and by parity (each
 entry's `parity` summary); read by parity, the benchmarks and the report, always through
 `read_exports`, never by guessing keys.
 
-Versions: 2 adds `sha256` to each parity summary (the file parity checked); 1 (no
-schema_version) is read as if parity had checked the file the entry names. A parity summary
+Versions: 3 keys parity by row (a file on a runtime at the precision it computes,
+toolkit.export.registry.row_name): `parity` stays the file's primary row (its first runtime), and
+`rows` holds the others (e.g. `tflite-int8io@tflm`), with `arena` (TFLM's measured arena of a
+full-integer file) and `files` (a multi-file export's files, each with its sha256); 2 adds
+`sha256` to each parity summary (the file parity checked); 1 (no schema_version) is read as if
+parity had checked the file the entry names. Versions 1 and 2 read as having no other rows. A parity summary
 applies only to the file it checked: `ExportEntry.parity_state(file_sha)` says "stale" when the
 file on disk is another one (e.g. an export was killed after replacing its file).
 """
@@ -23,7 +27,7 @@ from typing import Any
 from toolkit.core import artifacts, records
 from toolkit.core.artifacts import SpecArtifacts
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WHAT = "exports list"
 _FIX = "Delete the file and rerun the command that writes it"
 EXPORTED, FAILED = "exported", "failed"
@@ -53,6 +57,18 @@ class ParitySummary:
     accuracy_ci: list[float] | None = None  # 95% Wilson interval of test_accuracy
     mcnemar_p: float | None = None  # exact McNemar test against Keras on the same images
     discordant: list[int] | None = None  # [Keras right & export wrong, export right & Keras wrong]
+    # Version 3 (rows other than a file's primary one):
+    runtime: str | None = None  # None: the file's primary runtime
+    computes: str | None = None  # the precision the runtime computes (None: the file's own)
+    host_ms_per_image: float | None = None  # a host-only runtime's time (TFLM): never a device's
+    wall_seconds: float | None = None  # the test images on this runtime
+    workers: int | None = None  # processes the images were spread over
+    parallel_efficiency: float | None = None  # busy seconds / (workers x wall)
+    differing_from_primary: int | None = None  # top-1 differing from the primary row, same file
+
+    ROW_FIELDS = ("runtime", "computes", "host_ms_per_image", "wall_seconds", "workers",
+                  "parallel_efficiency",
+                  "differing_from_primary")
 
     @property
     def passed(self) -> bool | None:
@@ -66,7 +82,7 @@ class ParitySummary:
                "mean_abs_diff": self.mean_abs_diff, "p99_abs_diff": self.p99_abs_diff,
                "test_accuracy": self.test_accuracy, "keras_accuracy": self.keras_accuracy,
                "accuracy_delta_pp": self.accuracy_delta_pp, "images": self.images}
-        for name in ("accuracy_ci", "mcnemar_p", "discordant"):
+        for name in ("accuracy_ci", "mcnemar_p", "discordant", *self.ROW_FIELDS):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return {**out, "sha256": self.sha256}
@@ -82,9 +98,21 @@ class ParitySummary:
             flipped=opt("flipped", int),
             images=opt("images", int, 0),
             accuracy_ci=opt("accuracy_ci", list), mcnemar_p=opt("mcnemar_p", (int, float)),
-            discordant=opt("discordant", list),
+            discordant=opt("discordant", list), runtime=opt("runtime", str), computes=opt("computes", str),
+            host_ms_per_image=opt("host_ms_per_image", (int, float)),
+            wall_seconds=opt("wall_seconds", (int, float)), workers=opt("workers", int),
+            parallel_efficiency=opt("parallel_efficiency", (int, float)),
+            differing_from_primary=opt("differing_from_primary", int),
             **{name: opt(name, (int, float)) for name in _NUMBERS},
         )
+
+    def state(self, file_sha: str | None, entry_sha: str | None = None) -> str:
+        """"pass" / "fail" / "not run" for the file whose sha256 is `file_sha`, or "stale" when
+        this row checked another file (`entry_sha`: what a version-1 record's file was)."""
+        if self.status == NOT_RUN:
+            return NOT_RUN
+        checked = self.sha256 or entry_sha
+        return self.status if checked is not None and checked == file_sha else STALE
 
 
 @dataclass
@@ -102,12 +130,18 @@ class ExportEntry:
     exported_at: str | None = None
     error: str | None = None
     size_bytes: int | None = None
-    # Peak bytes of activation tensors alive at once at batch 1 (TFLite files: the tensor arena a
-    # microcontroller needs; toolkit.export.tflite_info). None where not measured.
+    # TFLite files: the toolkit's estimate of the tensor arena TFLM needs (activations + persistent
+    # data, toolkit.runtimes.tflite_info), made at export. None for other formats.
     arena_bytes: int | None = None
     sha256: str | None = None  # of the exported file, when it was written
     export_seconds: float | None = None
-    parity: ParitySummary | None = None  # None: parity never ran on this entry
+    parity: ParitySummary | None = None  # the primary row; None: parity never ran on this entry
+    rows: dict[str, ParitySummary] = field(default_factory=dict)  # the other rows, by row name
+    # Full-integer TFLite files: the arena TFLM measured (toolkit.runtimes.tflm.Arena.to_dict(),
+    # with the sha256 of the file it measured).
+    arena: dict[str, Any] | None = None
+    # A multi-file export (the C source): each file with its size and sha256; `path` is the first.
+    files: list[dict[str, Any]] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)  # what the exporter reported (converter, ops...)
 
     @property
@@ -119,8 +153,20 @@ class ExportEntry:
         parity checked another file than the one there now."""
         if self.parity is None or self.parity.status == NOT_RUN:
             return NOT_RUN
-        checked = self.parity.sha256 or self.sha256  # version 1: the file the entry names
-        return self.parity.status if checked is not None and checked == file_sha else STALE
+        return self.parity.state(file_sha, self.sha256)  # version 1: the file the entry names
+
+    def row_state(self, row: str, file_sha: str | None) -> str:
+        """The state of one row (the primary row under the export's own key)."""
+        if row == self.key:
+            return self.parity_state(file_sha)
+        summary = self.rows.get(row)
+        return NOT_RUN if summary is None else summary.state(file_sha)
+
+    def measured_arena(self, file_sha: str | None) -> dict[str, Any] | None:
+        """TFLM's measured arena, if it measured the file whose sha256 is `file_sha`."""
+        if self.arena is None or file_sha is None or self.arena.get("sha256") != file_sha:
+            return None
+        return self.arena
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -135,6 +181,12 @@ class ExportEntry:
         if self.export_seconds is not None:
             out["export_seconds"] = self.export_seconds
         out["parity"] = (self.parity or ParitySummary(NOT_RUN)).to_dict()
+        if self.rows:
+            out["rows"] = {name: summary.to_dict() for name, summary in self.rows.items()}
+        if self.arena is not None:
+            out["arena"] = self.arena
+        if self.files:
+            out["files"] = self.files
         return {**out, **self.facts}
 
     @classmethod
@@ -143,7 +195,7 @@ class ExportEntry:
         req, opt = entry.req, entry.opt
         known = {"key", "format", "precision", "path", "status", "runtimes", "devices",
                  "source_model_sha256", "settings", "calibration", "exported_at", "error",
-                 "size_bytes", "arena_bytes", "sha256", "export_seconds", "parity"}
+                 "size_bytes", "arena_bytes", "sha256", "export_seconds", "parity", "rows", "arena", "files"}
         return cls(
             key=req("key", str), format=req("format", str), precision=req("precision", str),
             path=req("path", str), status=req("status", str),
@@ -154,6 +206,8 @@ class ExportEntry:
             arena_bytes=opt("arena_bytes", int),
             export_seconds=opt("export_seconds", (int, float)),
             parity=None if doc.get("parity") is None else ParitySummary.from_dict(doc["parity"], path=path),
+            rows={name: ParitySummary.from_dict(s, path=path) for name, s in opt("rows", dict, {}).items()},
+            arena=opt("arena", dict), files=list(opt("files", list, [])),
             facts={k: v for k, v in doc.items() if k not in known},
         )
 

@@ -18,7 +18,7 @@ from toolkit.core.artifacts import SpecArtifacts
 from toolkit.core.contract import CLASSIFIER, INT8_CLASSIFIER, PRECISIONS, IOContract
 from toolkit.core.errors import UsageError
 
-FORMAT_NAMES: tuple[str, ...] = ("onnx", "tflite")
+FORMAT_NAMES: tuple[str, ...] = ("onnx", "tflite", "c")
 ALL = "all"
 
 
@@ -29,12 +29,16 @@ class ExportFormat:
     precision: str  # "fp32" | "fp16" | "int8" | "dynamic"
     suffix: str  # ".onnx" | ".tflite"
     exporter: str  # "module:function", resolved lazily
-    runtimes: tuple[str, ...]  # toolkit.runtimes keys that run this file
+    runtimes: tuple[str, ...]  # toolkit.runtimes keys that run this file; the first is its primary
     devices: tuple[str, ...]
     description: str = ""
     # The file's inputs and outputs: the classifier contract, except the microcontroller build
     # (tflite-int8io: int8 in and out), which names its own.
     io: IOContract = CLASSIFIER
+    # A format made from another export's file rather than from model.keras (the C source, from
+    # tflite-int8io), whose parity is that file's.
+    source: str | None = None
+    name: str | None = None  # the file under export/, where it is not model.PRECISION.SUFFIX
 
     @property
     def quantized(self) -> bool:
@@ -47,7 +51,7 @@ class ExportFormat:
 
     @property
     def filename(self) -> str:
-        return f"model.{self.precision}{self.suffix}"
+        return self.name or f"model.{self.precision}{self.suffix}"
 
     def exporter_fn(self) -> Callable[..., Any]:
         """The exporter: fn(model, path, *, precision, calibration, opset, metadata) -> dict."""
@@ -76,14 +80,33 @@ FORMATS: dict[str, ExportFormat] = {
              "ONNX dynamic quantization (int8 weights, activations quantized at run time)"),
         _fmt("tflite", "fp32", ("litert",), ("cpu",), "TFLite float32 (TFLite converter), run on LiteRT"),
         _fmt("tflite", "fp16", ("litert",), ("cpu",), "TFLite float16 weights"),
-        _fmt("tflite", "int8", ("litert",), ("cpu",),
+        _fmt("tflite", "int8", ("litert", "tflm"), ("cpu",),
              "TFLite full-integer int8 with float32 input/output (representative dataset)"),
         _fmt("tflite", "dynamic", ("litert",), ("cpu",), "TFLite dynamic-range (int8 weights)"),
-        _fmt("tflite", "int8io", ("litert",), ("cpu",),
+        _fmt("tflite", "int8io", ("litert", "tflm"), ("cpu",),
              "TFLite full-integer int8 with int8 input/output (TFLite Micro convention; scale and zero "
              "point in its metadata)", io=INT8_CLASSIFIER),
+        ExportFormat("tflm-c", "c", "int8io", ".cc", "toolkit.export.tflm_c:export", (), ("mcu",),
+                     "C++ source for TFLite Micro firmware: the tflite-int8io model as an aligned array, the "
+                     "measured tensor arena, I/O quantization, class names, an op resolver of its operators",
+                     io=INT8_CLASSIFIER, source="tflite-int8io", name="tflm/model_data.cc"),
     )
 }
+
+
+def row_name(key: str, runtime: str, computes: str | None = None) -> str:
+    """The name of a parity row: one file on one runtime, computing at one precision. The
+    file's primary row (its first runtime, at the file's own precision) keeps the export key, as
+    rows had before runtimes other than the primary ran files: `tflite-int8io`; the others are
+    `KEY@RUNTIME` (`tflite-int8io@tflm`), with `-PRECISION` when the runtime computes at another
+    precision than the file's (`onnx-fp32@openvino-bf16`)."""
+    fmt = FORMATS.get(key)
+    primary = fmt.runtimes[0] if fmt else runtime
+    precision = fmt.precision if fmt else computes
+    computes = computes or precision
+    if runtime == primary and computes == precision:
+        return key
+    return f"{key}@{runtime}" + ("" if computes == precision else f"-{computes}")
 
 
 def get_format(key: str) -> ExportFormat:
@@ -119,9 +142,16 @@ def select(formats: list[str] | None, precisions: list[str] | None) -> list[Expo
     Rejects unknown names and unsupported pairs before any work, listing the valid keys.
     """
     names = _expand(formats, FORMAT_NAMES, "format", FORMAT_NAMES)
-    precs = _expand(precisions, PRECISIONS, "precision", ("fp32",))
-    chosen = [FORMATS[f"{n}-{p}"] for n in names for p in precs if f"{n}-{p}" in FORMATS]
-    missing = [f"{n}-{p}" for n in names for p in precs if f"{n}-{p}" not in FORMATS]
+    by_pair = {(f.format, f.precision): f for f in FORMATS.values()}
+    if precisions:
+        wanted = [(n, p) for n in names for p in _expand(precisions, PRECISIONS, "precision", ())]
+    else:  # fp32; a format without it (the C source) in its own precision, when named outright
+        named = {str(v).strip().lower() for raw in formats or () for v in str(raw).split(",")}
+        wanted = [(n, "fp32") for n in names if (n, "fp32") in by_pair]
+        wanted += [(f.format, f.precision) for f in FORMATS.values()
+                   if f.format in named and (f.format, "fp32") not in by_pair]
+    chosen = [by_pair[pair] for pair in wanted if pair in by_pair]
+    missing = [f"{n}-{p}" for n, p in wanted if (n, p) not in by_pair]
     explicit_all = any(ALL in str(v).lower() for v in (*(formats or ()), *(precisions or ())))
     # A pair that does not exist is an error only when the user named both sides of it
     # (`--precision int8io` alone means the formats that have it: TFLite).

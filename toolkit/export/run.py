@@ -62,6 +62,7 @@ class SpecOutcome:
     name: str
     skipped: list[str] = field(default_factory=list)  # unchanged exports, not redone
     parity: str = "checked"  # "checked" | "not needed" | "not run" (--no-parity)
+    skipped_rows: dict[str, str] = field(default_factory=dict)  # row -> why it did not run here
 
 
 @dataclass
@@ -124,19 +125,33 @@ def export_and_check(request: ExportRequest, view: ExportView | None = None) -> 
                                           hook=hook)
         outcome = SpecOutcome(name, skipped=[o.key for o in result.outcomes if o.status == "skipped"])
         run.failed_exports += [f"{name}/{o.key}" for o in result.failed]
-        # A skipped export's file is the one its entry names (that is why it was skipped).
-        verdict = {o.key: o.entry.parity_state(o.entry.sha256) for o in result.outcomes}
+        verdict = _verdicts(result.outcomes)
         to_check = [o.key for o in result.outcomes if o.status == "exported"
                     or (o.status == "skipped" and verdict[o.key] != "pass")]
         if request.parity and to_check:
             checked = _check(name, to_check, request.root, dataset, view)
-            run.failed_parity += [f"{name}/{r.key}" for r in checked.failed]
+            run.failed_parity += [f"{name}/{r.name}" for r in checked.failed]
+            outcome.skipped_rows = checked.skipped_rows
         outcome.parity = "not run" if not request.parity else "checked" if to_check else "not needed"
         view.spec_done(outcome)
         if request.parity:  # earlier parity failures of skipped exports still count
             run.failed_parity += [f"{name}/{o.key}" for o in result.outcomes if o.status == "skipped"
                                   and o.key not in to_check and verdict[o.key] == "fail"]
     return run
+
+
+def _verdicts(outcomes) -> dict[str, str]:
+    """Each export's parity state. A skipped export's file is the one its entry names (that is why
+    it was skipped); a derived export (the C source) has its source's verdict."""
+    from toolkit.export.registry import FORMATS
+
+    by_key = {o.key: o.entry for o in outcomes}
+    verdict = {}
+    for outcome in outcomes:
+        source = FORMATS[outcome.key].source if outcome.key in FORMATS else None
+        entry = by_key.get(source, outcome.entry) if source else outcome.entry
+        verdict[outcome.key] = entry.parity_state(entry.sha256)
+    return verdict
 
 
 def check_exports(exps: Sequence[str] | None, keys: Sequence[str] | None, *, root: Path | None,
@@ -152,14 +167,14 @@ def check_exports(exps: Sequence[str] | None, keys: Sequence[str] | None, *, roo
         entries = read_exports(artifacts.spec_artifacts(name, root)).exports
         present = [e.key for e in entries if keys is None or e.key in keys]
         outcome = _check(name, present, root, dataset, view)
-        run.failed_parity += [f"{name}/{r.key}" for r in outcome.failed]
+        run.failed_parity += [f"{name}/{r.name}" for r in outcome.failed]
         run.failed_exports += [f"{name}/{k}" for k in outcome.not_checked]
-        view.spec_done(SpecOutcome(name))
+        view.spec_done(SpecOutcome(name, skipped_rows=outcome.skipped_rows))
     return run
 
 
 def _check(name: str, keys: list[str], root: Path | None, dataset, view: ExportView):
-    from toolkit.export.parity import check_spec
+    from toolkit.export.parity_rows import check_spec, planned_rows
 
-    with view.checking(name, len(keys) + 1) as hook:
+    with view.checking(name, len(planned_rows(keys)) + 1) as hook:
         return check_spec(name, root=root, keys=keys, dataset=dataset, hook=hook)

@@ -11,7 +11,7 @@ output so the contract holds); `int8io` (the same full-integer model with int8 i
 the TFLite Micro convention: the one documented exception to the float32 contract, its input and
 output scale/zero-point in its metadata). TFLite has no metadata_props, so the metadata is
 written beside the file as `<file>.json` and into exports.json. Every variant also records its
-tensor arena (toolkit.export.tflite_info), the activation memory a microcontroller would need.
+tensor arena (toolkit.runtimes.tflite_info), the activation memory a microcontroller would need.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 from toolkit.core.artifacts import write_bytes, write_json
 from toolkit.core.contract import PRECISIONS
 from toolkit.core.errors import UsageError
-from toolkit.export import tflite_info
 from toolkit.export._common import OUTPUT_NAME, info, require_calibration, serving_function, version_of
+from toolkit.runtimes import tflite_info
 
 CALIBRATION_BATCH = 50
 

@@ -41,12 +41,14 @@ import numpy as np
 
 from toolkit.benchmark.inference_results import BenchRun, read_runs
 from toolkit.core import artifacts, stats
+from toolkit.core.boards import McuBudget
 from toolkit.core.errors import ArtifactError, DataError
 from toolkit.core.machine import cpu_count
 from toolkit.core.pick_record import SERVING_RUNTIMES, PickedFile, PickRecord, SpecPick, write_picks
-from toolkit.report import join
+from toolkit.report import join, mcu
 from toolkit.report.columns import to_csv, to_markdown
 from toolkit.report.judge import Judge, mark_fronts, mark_overlaps
+from toolkit.report.mcu import McuSection
 from toolkit.report.pick import Budget, fastest_tied, recommend
 from toolkit.report.plots import write_plots
 from toolkit.report.rows import MemoryFigures, Report, Row
@@ -93,6 +95,7 @@ def build_report(
     max_size_mb: float | None = None,
     max_memory_mb: float | None = None,
     tolerance: float | None = None,
+    mcu_budget: McuBudget | None = None,
 ) -> Report:
     base = artifacts.resolve_root(root)
     names = join.spec_names(base, exps)
@@ -122,9 +125,22 @@ def build_report(
     rep = Report(base, rows, peaks, pick, text, limits, notes, best, _rule_text(tolerance),
                  _baselines(rows))
     rep.picks = _picks(rep, judge, budget)
+    rep.mcu = _mcu_section(base, names, mcu_budget or McuBudget(), judge)
     rep.notes += _quality_notes(rows) + _load_notes(rows)
     rep.notes.append(_peak_note(peaks, runs))
     return rep
+
+
+def _mcu_section(base: Path, names: Sequence[str], budget: McuBudget, judge: Judge) -> McuSection | None:
+    rows = mcu.mcu_rows(base, names, notes := [])
+    if not rows and not budget.stated:
+        return None
+    section = mcu.build_section(rows, budget, judge)
+    section.notes = notes + section.notes
+    if not rows:
+        section.pick_text = (f"Microcontroller pick: none for the {budget.describe()}: no full-integer "
+                             "TFLite file is exported. Export one: toolkit export --precision int8io")
+    return section
 
 
 def make_report(root: Path | None = None, **options: Any) -> tuple[Report, list[Path]]:
@@ -248,6 +264,9 @@ def write_report(rep: Report) -> list[Path]:
     artifacts.write_text(csv_path, to_csv(rep))
     artifacts.write_text(md, to_markdown(rep, plots))
     written = [md, csv_path, *plots]
+    if rep.mcu is not None:
+        written.append(rep.root / "report-mcu.csv")
+        artifacts.write_text(written[-1], mcu.to_csv(rep.mcu))
     if rep.picks is not None:
         written.append(write_picks(rep.root, rep.picks))
     return written

@@ -22,6 +22,7 @@ from typing import Any
 
 from toolkit.benchmark.plan import KERAS_KEY
 from toolkit.core.stats import fmt_p, fmt_range
+from toolkit.report import mcu
 from toolkit.report.rows import Report, Row
 
 # The terminal shows the report as two tables joined by the row number (one would not fit a
@@ -276,5 +277,9 @@ def to_markdown(rep: Report, plots: Sequence[Path]) -> str:
         lines += ["Memory baselines (peak RSS of the same fresh processes before loading the model):", "",
                   *_md_table(BASELINE_TITLES, baseline_rows(rep)), ""]
     lines += [f"- {note}" for note in rep.notes]
+    if rep.mcu is not None:
+        lines += ["", "## Microcontroller (TFLite Micro)", "", mcu.EXPLAINED, "",
+                  *_md_table(mcu.TITLES, mcu.cells(rep.mcu)), "", f"**{rep.mcu.pick_text}**", ""]
+        lines += [f"- {note}" for note in rep.mcu.notes]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"

@@ -126,7 +126,7 @@ def _export_predictions(arts, key: str, sha: str | None, parity) -> tuple[np.nda
 def _files(arts: artifacts.SpecArtifacts, keras_accuracy: float | None, notes: list[str],
            metrics: dict[str, Any] | None = None) -> list[_File]:
     """model.keras and every export that is there, each with the parity of that very file."""
-    from toolkit.export.parity import read_parity
+    from toolkit.export.parity_record import read_parity
     from toolkit.export.record import read_exports
     from toolkit.export.registry import FORMATS
 

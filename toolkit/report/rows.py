@@ -124,6 +124,7 @@ class Report:
     rule: str = ""  # the tie rule in force, in words
     baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)  # runtime -> figures
     picks: Any = None  # the pick record this report writes (toolkit.core.pick_record.PickRecord)
+    mcu: Any = None  # the microcontroller section (toolkit.report.mcu.McuSection), if any file has one
 
 
 COSTS = ("latency", "size", "memory")

@@ -29,9 +29,19 @@ class LoadedModel:
     output_dtype: str | None = None
     output_shape: tuple[Any, ...] | None = None  # of the output `run` returns
 
+    # The precision the runtime computes in, where it differs from the file's (e.g. a runtime
+    # that runs a float32 file in bfloat16); None: the file's own precision.
+    computes: str | None = None
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The contract's output for a batch in the contract's input format."""
         raise NotImplementedError
+
+    def run_all(self, images: np.ndarray, batch: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Outputs for every image, in batches of `batch`, and how they were computed (a runtime
+        that can spread them over processes says how many and how fast each image ran)."""
+        outputs = [np.asarray(self.run(images[i:i + batch])) for i in range(0, len(images), batch)]
+        return np.concatenate(outputs), {}
 
     # A file with int8 input and output (tflite-int8io) takes quantized images and returns
     # quantized probabilities; `run` wraps both conversions. The benchmarks time `run_encoded` on
@@ -100,3 +110,21 @@ def int_quantization(details: dict[str, Any]) -> tuple[float, int] | None:
     if np.dtype(details["dtype"]).kind not in "iu" or not scale:
         return None
     return float(scale), int(zero_point)
+
+
+def quantize(batch: np.ndarray, quant: tuple[float, int] | None, dtype: str | None) -> np.ndarray:
+    """Float images in [0,1] as an int8-input file takes them: q = round(x / scale) + zero point
+    (the identity for a float input)."""
+    if quant is None:
+        return batch
+    (scale, zero_point), info = quant, np.iinfo(dtype)
+    q = np.round(np.asarray(batch, dtype=np.float32) / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(output: np.ndarray, quant: tuple[float, int] | None) -> np.ndarray:
+    """An int8 output as probabilities: (q - zero point) x scale (the identity for a float one)."""
+    if quant is None:
+        return output
+    scale, zero_point = quant
+    return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)

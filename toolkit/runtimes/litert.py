@@ -11,7 +11,7 @@ import numpy as np
 from toolkit.core.contract import INPUT_NAME, OUTPUT_NAME
 from toolkit.core.errors import DeviceUnavailableError
 from toolkit.core.quiet import quiet_stderr
-from toolkit.runtimes.base import LoadedModel, dtype_name, fail_load, int_quantization
+from toolkit.runtimes.base import LoadedModel, dequantize, dtype_name, fail_load, int_quantization, quantize
 
 
 class LiteRTModel(LoadedModel):
@@ -55,17 +55,10 @@ class LiteRTModel(LoadedModel):
         self.quantized_io = self.input_quant is not None and self.output_quant is not None
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
-        if self.input_quant is None:
-            return batch
-        (scale, zero_point), info = self.input_quant, np.iinfo(self.input_dtype)
-        q = np.round(np.asarray(batch, dtype=np.float32) / scale) + zero_point
-        return np.clip(q, info.min, info.max).astype(self.input_dtype)
+        return quantize(batch, self.input_quant, self.input_dtype)
 
     def decode(self, output: np.ndarray) -> np.ndarray:
-        if self.output_quant is None:
-            return output
-        scale, zero_point = self.output_quant
-        return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)
+        return dequantize(output, self.output_quant)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.decode(self.run_encoded(self.encode(batch)))

@@ -45,6 +45,12 @@ def _ort(path: Path, *, device: str, threads: int | None) -> LoadedModel:
     return OrtModel(path, device=device, threads=threads)
 
 
+def _tflm(path: Path, *, device: str, threads: int | None) -> LoadedModel:
+    from toolkit.runtimes.tflm import TflmModel
+
+    return TflmModel(path, device=device, threads=threads)
+
+
 def _litert(path: Path, *, device: str, threads: int | None) -> LoadedModel:
     from toolkit.runtimes.litert import LiteRTModel
 
@@ -62,6 +68,11 @@ class Runtime:
     # What loading a model imports, importable ahead of it (the "runtime imported, no model"
     # baseline of the memory benchmark).
     preload: tuple[str, ...] = ()
+    # Whether its times mean anything for deployment. TFLM on this host runs a microcontroller's
+    # reference kernels on an x86 CPU: parity states its host time, the benchmarks never time it.
+    timed: bool = True
+    # Why it cannot run here, in one line with the install command ("" when it can).
+    install: str = ""
 
     def available(self) -> bool:
         try:
@@ -93,6 +104,11 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("litert", (".tflite",), ("cpu",), "ai_edge_litert",
                 lambda p, device, threads: _litert(p, device=device, threads=threads),
                 "LiteRT interpreter with XNNPACK", ("ai_edge_litert.interpreter",)),
+        Runtime("tflm", (".tflite",), ("cpu",), "tflite_micro",
+                lambda p, device, threads: _tflm(p, device=device, threads=threads),
+                "TFLite Micro's interpreter and reference kernels (host build), full-integer files only",
+                ("tflite_micro.python.tflite_micro.runtime",), timed=False,
+                install="pip install -e '.[mcu]' (tflite-micro: Linux x86-64 wheels only)"),
     )
 }
 

@@ -1,7 +1,8 @@
 """Training-speed levers on plain-Keras BatchNorm and residual nets (issue 10's 1.3x goal).
 
     .venv/bin/python tools/investigations/levers_bn_resnet.py                         # every net x lever
-    .venv/bin/python tools/investigations/levers_bn_resnet.py --nets bn6 --levers fp32-b128,bf16-b128 --steps 20
+    .venv/bin/python tools/investigations/levers_bn_resnet.py --nets bn6 --levers fp32-b128,bf16-b128 \
+        --steps 20
 
 The BatchNorm and residual model families arrive with issue 12; until then these two nets stand
 in for them (the same shapes as in the issue: a 6-conv BatchNorm net of 73 K parameters and a
