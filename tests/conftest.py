@@ -55,6 +55,24 @@ def trained_root(tmp_path_factory) -> Path:
     return root
 
 
+def copy_spec(trained_root: Path, tmp: Path, name: str) -> Path:
+    """A private artifacts root holding one trained spec (tests must not touch the shared one)."""
+    import shutil
+
+    root = tmp / "artifacts"
+    shutil.copytree(trained_root / name, root / name, ignore=shutil.ignore_patterns("runs"))
+    return root
+
+
+def fingerprint(root: Path, *, ignore: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every file under `root` (relative path -> sha256), for "nothing valid was lost" checks;
+    paths containing one of `ignore` are left out."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not any(i in str(p) for i in ignore)}
+
+
 @pytest.fixture(scope="session")
 def test_batch(dataset) -> tuple[np.ndarray, np.ndarray]:
     """The first 256 real test images in the model contract, with labels."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -21,10 +21,7 @@ SPEC = "DNN_2L_Dropout_Exp2"  # the fastest trained spec to convert
 
 
 def copy_spec(trained_root: Path, tmp: Path, name: str = SPEC) -> Path:
-    """A private artifacts root holding one trained spec (tests must not touch the shared one)."""
-    root = tmp / "artifacts"
-    shutil.copytree(trained_root / name, root / name, ignore=shutil.ignore_patterns("runs"))
-    return root
+    return conftest.copy_spec(trained_root, tmp, name)
 
 
 @pytest.fixture(scope="module")

@@ -105,10 +105,11 @@ def test_a_file_changed_after_parity_is_refused(served_root, tmp_path):
     root = _copy(served_root, tmp_path)
     with open(root / SPEC / "export" / "model.fp32.onnx", "ab") as fh:
         fh.write(b"\0")
-    # Parity checked another file than the one there now: stale, never "pass" (exit 5, the fix named).
-    with pytest.raises(ParityError, match="onnx-fp32 stale.*toolkit parity") as info:
+    # Parity checked another file than the one there now: stale, never "pass" (a stale record: exit 4,
+    # as the README says; 5 is for a check that failed), the fix named.
+    with pytest.raises(ArtifactError, match="onnx-fp32 stale.*toolkit parity") as info:
         choose_export(SPEC, root)
-    assert info.value.exit_code == 5
+    assert info.value.exit_code == 4 and not isinstance(info.value, ParityError)
     with pytest.raises(UsageError, match="valid: onnx, tflite"):
         choose_export(SPEC, root, format="keras")
 

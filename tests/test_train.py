@@ -136,3 +136,37 @@ def test_split_is_seeded_and_disjoint():
     assert not np.array_equal(va, va3)
     with pytest.raises(UsageError):
         inputs.split_indices(60000, seed=0, fraction=0.1, limit_train=5)
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_by_default_and_restart_says_what_it_discards(tmp_path):
+    """Rerunning an interrupted command (no --resume) continues it, saying so; --restart starts over,
+    saying how many epochs it discards; staging folders of a killed commit are cleaned."""
+    root = tmp_path / "arts"
+    arts = artifacts.spec_artifacts(DNN, root)
+
+    def interrupt_after_first(epoch, total, logs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    request = train.TrainRequest(DNN, epochs=3, limit_train=1000, root=root)
+    with pytest.raises(Interrupted, match="continues it"):
+        train.train(request, on_epoch=interrupt_after_first)
+    stale = arts.runs_dir / ".seed0-e3-n1000.staging-killed"  # what a kill -9 during the commit leaves
+    stale.mkdir()
+    (stale / "model.keras").write_bytes(b"partial")
+    seen: list[int] = []
+    with pytest.warns(UserWarning, match="resuming the interrupted run from epoch 1 of 3"):
+        resumed = train.train(request, on_epoch=lambda e, t, logs: seen.append(e))
+    assert seen == [2, 3] and resumed.metrics["resumed_from_epoch"] == 1
+    assert not stale.exists()
+
+    with pytest.raises(Interrupted):
+        train.train(train.TrainRequest(DNN, epochs=2, limit_train=1000, root=root),
+                    on_epoch=interrupt_after_first)
+    seen.clear()
+    discarding = r"discarding the interrupted run's 1 completed epoch\(s\).*--restart"
+    with pytest.warns(UserWarning, match=discarding):
+        restarted = train.train(train.TrainRequest(DNN, epochs=2, limit_train=1000, root=root, resume=False),
+                                on_epoch=lambda e, t, logs: seen.append(e))
+    assert seen == [1, 2] and restarted.metrics.get("resumed_from_epoch") is None

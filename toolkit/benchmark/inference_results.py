@@ -249,12 +249,13 @@ def write_run(root: Path | None, run: BenchRun) -> Path:
                                     body=body, machine=run.machine or None, versions=run.versions or None)
 
 
-def read_runs(root: Path | None) -> list[BenchRun]:
+def read_runs(root: Path | None, skipped: list[records.SkippedFile] | None = None) -> list[BenchRun]:
     """Every inference run under ROOT/bench/, oldest first. Files of other kinds are skipped; a
-    corrupt file, a newer schema or a missing field is an ArtifactError naming the file."""
+    corrupt file, a newer schema or a missing field is an ArtifactError naming the file (with
+    `skipped`: noted there, and the other files read)."""
     runs = []
     for file, results in records.read_result_files(root, INFERENCE, reader_version=SCHEMA_VERSION, what=WHAT,
-                                                   fix=FIX, parse=InferenceResult.from_dict):
+                                                   parse=InferenceResult.from_dict, skipped=skipped):
         entry = file.entry(what=WHAT, fix=FIX)
         runs.append(BenchRun(source=file.source, results=results, peaks=entry.opt("peaks", dict),
                              machine=file.machine, versions=file.versions, written_at=file.written_at,
@@ -268,7 +269,8 @@ def check_against_previous(root: Path | None, results: Sequence[Any],
     """Do this run's p50s fall inside the previous run's 95% intervals (the check that the
     intervals hold)? None without a previous run with repeats on the same files."""
     groups = group_results([r for r in results if isinstance(r, InferenceResult)])
-    previous = previous_run(read_runs(root), groups, exclude=written)
+    # A bench file that cannot be read is the report's to name; it does not stop this check.
+    previous = previous_run(read_runs(root, skipped=[]), groups, exclude=written)
     if previous is None or not groups:
         return None
     check = interval_check(previous, groups)

@@ -160,10 +160,11 @@ def write_memory_run(root: Path | None, *, source: str, results: list[MemoryResu
                                     body={"results": [r.to_dict() for r in results]})
 
 
-def read_memory_runs(root: Path | None) -> list[MemoryRun]:
-    """Every memory file under ROOT/bench/, oldest first; other kinds are skipped."""
-    files = records.read_result_files(root, MEMORY, reader_version=SCHEMA_VERSION, what=WHAT, fix=FIX,
-                                      parse=MemoryResult.from_dict)
+def read_memory_runs(root: Path | None, skipped: list[records.SkippedFile] | None = None) -> list[MemoryRun]:
+    """Every memory file under ROOT/bench/, oldest first; other kinds are skipped (bad files: see
+    toolkit.core.records.read_bench_files)."""
+    files = records.read_result_files(root, MEMORY, reader_version=SCHEMA_VERSION, what=WHAT,
+                                      parse=MemoryResult.from_dict, skipped=skipped)
     return [MemoryRun(source=file.source, results=results, machine=file.machine, written_at=file.written_at,
                       path=file.path) for file, results in files]
 

@@ -190,7 +190,7 @@ def write_training_run(root: Path | None, run: TrainingRun) -> Path:
 
 def read_training_runs(root: Path | None) -> list[TrainingRun]:
     """Every training run under ROOT/bench/, oldest first; other kinds are skipped."""
-    files = records.read_result_files(root, TRAINING, reader_version=SCHEMA_VERSION, what=WHAT, fix=FIX,
+    files = records.read_result_files(root, TRAINING, reader_version=SCHEMA_VERSION, what=WHAT,
                                       parse=TrainingResult.from_dict)
     return [TrainingRun(source=file.source, results=results, machine=file.machine, versions=file.versions,
                         written_at=file.written_at, path=file.path) for file, results in files]

@@ -88,6 +88,7 @@ _state: dict[str, Any] = {"verbose": False}
 
 def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The error boundary every command runs in (and where --artifacts is resolved, once)."""
+    from toolkit.core.artifacts import storage_error
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -110,6 +111,10 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if _state["verbose"]:
                 raise
+            storage = storage_error(exc)  # a full disk or a read-only folder, wherever it surfaced
+            if storage is not None:
+                print_error(storage.message)
+                raise typer.Exit(storage.exit_code) from None
             err_console.print(
                 f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(str(exc))}. "
                 "Rerun with --verbose for the traceback and report it.", soft_wrap=True,

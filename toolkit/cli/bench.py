@@ -168,6 +168,7 @@ def report_cmd(
     rep, paths = make_report(artifacts, exps=exp, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
                              max_memory_mb=max_memory_mb, tolerance=tolerance, mcu_budget=mcu_budget)
     print_report(rep, paths)
+    rep.raise_for_skipped()
 
 
 def print_report(rep: Any, paths: list[Path]) -> None:

@@ -58,6 +58,10 @@ class ExportPrinter:
                           f"{', '.join(outcome.skipped)}")
         if outcome.parity == "not run":
             console.print(f"{outcome.name}: parity not run (--no-parity)")
+        for key, why in outcome.failed.items():
+            kept = " (the previous file and its record are kept)" if key in outcome.kept else ""
+            err_console.print(f"[red]{outcome.name} {key}: export failed{kept}:[/] {escape(why)}",
+                              soft_wrap=True)
         for row, why in outcome.skipped_rows.items():
             console.print(f"{outcome.name}: {row} skipped: {why}", soft_wrap=True)
         print_status_table(outcome.name, self.root)

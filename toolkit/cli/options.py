@@ -86,3 +86,10 @@ MaxRamKibOption = Annotated[
     typer.Option("--max-ram-kib", min=0,
                  help="Budget: the tensor arena TFLM measured, plus its margin (KiB)."),
 ]
+ResumeOption = Annotated[
+    bool | None,
+    typer.Option("--resume/--restart",
+                 help="An interrupted run of the same spec, seed and epochs continues from its last "
+                      "completed epoch by default (said at the start); --restart discards it and starts "
+                      "over. --resume insists on continuing (an error names the run's own precision)."),
+]

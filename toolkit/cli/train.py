@@ -19,6 +19,7 @@ from toolkit.cli.options import (
     LimitOption,
     MixedPrecisionOption,
     RecipeOption,
+    ResumeOption,
     SeedOption,
     TeacherOption,
 )
@@ -33,8 +34,9 @@ def train_cmd(
     limit_train: LimitOption = None,
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last completed epoch.")] = False,
-    force: Annotated[bool, typer.Option(help="Retrain even if this run is complete.")] = False,
+    resume: ResumeOption = None,
+    force: Annotated[bool, typer.Option(help="Retrain even if this run is complete (an interrupted one "
+                                             "starts over too).")] = False,
     teacher: TeacherOption = None,
     recipe: RecipeOption = None,
     mixed_precision: MixedPrecisionOption = None,
@@ -44,9 +46,9 @@ def train_cmd(
     from toolkit.training.train import TrainRequest, check_resume_precision, train
 
     request = TrainRequest(exp, seed=seed, epochs=epochs, limit_train=limit_train, root=artifacts,
-                           data_dir=data_dir, resume=resume, force=force, teacher=teacher,
+                           data_dir=data_dir, resume=resume is not False, force=force, teacher=teacher,
                            recipe=parse_overrides(recipe), mixed_precision=mixed_precision)
-    if resume:
+    if resume:  # asked for outright: the interrupted run must be this precision's
         check_resume_precision(request)
     load_data(data_dir)  # verifies (or downloads) before the model is built
     print_trained(train(request, console=console), artifacts)
@@ -95,7 +97,7 @@ def run_cmd(
     limit_train: LimitOption = None,
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted training.")] = False,
+    resume: ResumeOption = None,
     teacher: TeacherOption = None,
     recipe: RecipeOption = None,
     mixed_precision: MixedPrecisionOption = None,
@@ -109,9 +111,9 @@ def run_cmd(
     from toolkit.training.train import TrainRequest
 
     request = TrainRequest(exp, seed=seed, epochs=epochs, limit_train=limit_train, root=artifacts,
-                           data_dir=data_dir, resume=resume, teacher=teacher, recipe=parse_overrides(recipe),
-                           mixed_precision=mixed_precision)
-    run_pipeline(RunRequest(request, serve=serve), PipelinePrinter(artifacts))
+                           data_dir=data_dir, resume=resume is not False, teacher=teacher,
+                           recipe=parse_overrides(recipe), mixed_precision=mixed_precision)
+    run_pipeline(RunRequest(request, serve=serve, check_resume=bool(resume)), PipelinePrinter(artifacts))
 
 
 class PipelinePrinter(ExportPrinter, BenchPrinter, LoadtestPrinter):

@@ -55,11 +55,19 @@ def resolve_root(root: str | Path | None = None) -> Path:
 # ---------------------------------------------------------------- writable folders
 
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+STORAGE_ERRNOS = _NOT_WRITABLE + _FULL  # the write failures that are the disk's, not the toolkit's
 
 
 def not_writable(folder: Path, exc: OSError) -> ArtifactError:
-    """"Cannot write there" as one line naming the folder and the fix."""
+    """"Cannot write there" (permission, read-only file system, disk full) as one line naming the
+    folder and the fix."""
     folder = Path(exc.filename).parent if exc.filename and Path(exc.filename) != folder else folder
+    if exc.errno in _FULL:
+        return ArtifactError(
+            f"{folder}: cannot write there: the disk is full ({exc.strerror or exc}). Fix: free space on "
+            f"that file system or use another artifacts root (--artifacts DIR or {ARTIFACTS_ENV}); "
+            "files written before were left as they were")
     return ArtifactError(
         f"{folder}: cannot write there ({exc.strerror or exc}); expected a folder this user can write. "
         f"Fix: make it writable (chmod u+w {folder}) or use another artifacts root "
@@ -67,14 +75,25 @@ def not_writable(folder: Path, exc: OSError) -> ArtifactError:
     )
 
 
+def storage_error(exc: BaseException) -> ArtifactError | None:
+    """The one-line error for a write that failed because of the disk (permission, read-only,
+    full), found anywhere in the exception's chain; None for any other failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            return not_writable(Path(seen.filename or ".").parent if seen.filename else Path("."), seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @contextlib.contextmanager
 def _writing(folder: Path) -> Iterator[None]:
-    """Maps a permission or read-only-filesystem error of the enclosed file operations to
-    `not_writable`; any other error passes unchanged."""
+    """Maps a permission, read-only-filesystem or disk-full error of the enclosed file operations
+    to `not_writable`; any other error passes unchanged."""
     try:
         yield
     except OSError as exc:
-        if exc.errno not in _NOT_WRITABLE:
+        if exc.errno not in STORAGE_ERRNOS:
             raise
         raise not_writable(folder, exc) from None
 
@@ -135,7 +154,7 @@ def make_private_dir(parent: Path, prefix: str) -> Path:
 
 
 def write_bytes(target: Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp, _writing(target.parent):
         tmp.write_bytes(data)
 
 

@@ -127,8 +127,15 @@ def read_result(path: str | Path) -> LoadtestResult:
     return _from_file(file)
 
 
-def load_results(root: Path | None = None) -> list[LoadtestResult]:
-    """Every load-test result under ARTIFACTS/bench/, oldest first, selected by kind."""
-    files = records.read_bench_files(root, KIND, reader_version=SCHEMA_VERSION, what=WHAT,
-                                     fix="Delete it and rerun `toolkit loadtest`.")
-    return [_from_file(f) for f in files]
+def load_results(root: Path | None = None,
+                 skipped: list[records.SkippedFile] | None = None) -> list[LoadtestResult]:
+    """Every load-test result under ARTIFACTS/bench/, oldest first, selected by kind (bad files:
+    see toolkit.core.records.read_bench_files)."""
+    out = []
+    files = records.read_bench_files(root, KIND, reader_version=SCHEMA_VERSION, what=WHAT, skipped=skipped)
+    for file in files:
+        try:
+            out.append(_from_file(file))
+        except ArtifactError as exc:
+            records.skip_or_raise(skipped, file.path, exc)
+    return out

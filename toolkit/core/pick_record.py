@@ -56,10 +56,10 @@ class PickedFile:
     def from_dict(cls, doc: Any, *, path: Path) -> PickedFile:
         entry = records.Entry(doc, path=path, what=f"{WHAT} entry", fix=FIX)
         number = (int, float)
-        return cls(spec=entry.req("spec", str), key=entry.req("key", str), format=entry.req("format", str),
+        return cls(spec=entry.key("spec"), key=entry.key("key"), format=entry.req("format", str),
                    precision=entry.req("precision", str), runtime=entry.req("runtime", str),
                    device=entry.req("device", str), threads=entry.opt("threads", int),
-                   path=entry.req("path", str), sha256=entry.req("sha256", str),
+                   path=entry.relpath("path"), sha256=entry.req("sha256", str),
                    accuracy=entry.opt("accuracy", number), p50_ms=entry.opt("p50_ms", number),
                    size_mb=entry.opt("size_mb", number))
 
@@ -114,9 +114,10 @@ def read_picks(root: Path | None) -> PickRecord | None:
         written_at=entry.opt("written_at", str))
 
 
-def write_picks(root: Path | None, record: PickRecord) -> Path:
-    """pick.json, atomically; entries of specs this report did not cover are kept from the last."""
-    path = pick_path(root)
+def write_picks(root: Path | None, record: PickRecord, *, folder: Path | None = None) -> Path:
+    """pick.json, atomically (into `folder` when given, e.g. a report's staging folder); entries of
+    specs this report did not cover are kept from the root's last one."""
+    path = pick_path(root) if folder is None else folder / pick_path(root).name
     specs = dict(record.specs)
     try:
         previous = read_picks(root)

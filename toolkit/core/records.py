@@ -20,9 +20,10 @@ toolkit.core.pick_record); this module holds only what they share:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from toolkit.core import artifacts
@@ -92,6 +93,33 @@ class Entry:
 
     def opt(self, name: str, types: type | tuple[type, ...], default: Any = None) -> Any:
         return optional(self.doc, name, types, path=self.path, what=self.what, default=default)
+
+    def relpath(self, name: str, *, required: bool = True) -> str | None:
+        """A field naming a file inside the record's own folder: relative, without '..'."""
+        value = self.req(name, str) if required else self.opt(name, str)
+        return None if value is None else inside(value, path=self.path, what=f"{self.what} field {name!r}")
+
+    def key(self, name: str) -> str:
+        """A field used to name files (an export key, a parity row): letters, digits, . _ - @."""
+        value = self.req(name, str)
+        if not SAFE_NAME.fullmatch(value) or ".." in value:
+            raise ArtifactError(f"{self.path}: {self.what} field {name!r} is {value!r}, not a name the "
+                                "toolkit writes (letters, digits, '.', '_', '-', '@'). Delete the file and "
+                                "rerun the command that writes it")
+        return value
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9._@-]+")
+
+
+def inside(value: str, *, path: Path, what: str) -> str:
+    """`value` if it names a file under the record's folder; an ArtifactError otherwise (records
+    are data: a path in one must never reach outside the artifacts it describes)."""
+    candidate = PurePosixPath(value)
+    if not value or candidate.is_absolute() or ".." in candidate.parts or "\\" in value:
+        raise ArtifactError(f"{path}: {what} is {value!r}, which points outside the spec's folder; records "
+                            "name files inside it. Delete the file and rerun the command that writes it")
+    return value
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -166,40 +194,95 @@ def kind_of(doc: dict[str, Any]) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+# The command that writes (and so rewrites) each kind of bench file.
+REWRITTEN_BY = {"inference": "toolkit bench", "memory": "toolkit bench",
+                "training": "pytest bench/ --benchmark-only", "loadtest": "toolkit loadtest"}
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A bench file a lenient reader left out, and why (the report lists them and exits 7)."""
+
+    path: Path
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.path.name}: {self.reason}"
+
+
+def _file_kind(path: Path, doc: Any = None) -> str | None:
+    """The kind a bench file is of: its `kind` field, else the one its name carries."""
+    if isinstance(doc, dict) and isinstance(doc.get(KIND_KEY), str):
+        return doc[KIND_KEY]
+    return next((k for k in BENCH_KINDS if f"-{k}-" in path.name or path.name.startswith(f"{k}-")), None)
+
+
+def _fix_for(path: Path, doc: Any = None) -> str:
+    kind = _file_kind(path, doc)
+    if kind in REWRITTEN_BY:
+        return f"Delete it and rerun `{REWRITTEN_BY[kind]}` (which writes {kind} files)"
+    return "Delete it or move it out of the bench folder (no toolkit command writes it)"
+
+
+def _read_bench_file(path: Path, kind: str, *, reader_version: int, what: str) -> BenchFile | None:
+    """The file as a BenchFile if it is of `kind`; None if it is another known kind's."""
+    doc = artifacts.read_json(path, what="bench file", fix=_fix_for(path))
+    fix = _fix_for(path, doc)
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{path}: a bench file is not a JSON object. {fix}")
+    found = kind_of(doc)
+    if found is None or found not in BENCH_KINDS:
+        raise ArtifactError(f"{path}: its 'kind' is {doc.get(KIND_KEY)!r}, expected one of "
+                            f"{', '.join(BENCH_KINDS)}. {fix}")
+    if found != kind:
+        return None
+    version = check_version(doc, path=path, what=what, reader_version=reader_version)
+    return BenchFile(
+        kind=kind, schema_version=version,
+        source=optional(doc, "source", str, path=path, what=what, default="unknown"),
+        written_at=optional(doc, "written_at", str, path=path, what=what),
+        machine=optional(doc, "machine", dict, path=path, what=what, default={}),
+        versions=optional(doc, "versions", dict, path=path, what=what, default={}),
+        body={k: v for k, v in doc.items() if k not in ENVELOPE}, path=path)
+
+
+def skip_or_raise(skipped: list[SkippedFile] | None, path: Path, exc: ArtifactError) -> None:
+    """Lenient readers (`skipped` given) note a bad file once and go on; strict ones raise."""
+    if skipped is None:
+        raise exc
+    if all(s.path != path for s in skipped):
+        skipped.append(SkippedFile(path, exc.message.removeprefix(f"{path}: ")))
+
+
 def read_bench_files(root: Path | None, kind: str, *, reader_version: int, what: str,
-                     fix: str) -> list[BenchFile]:
+                     skipped: list[SkippedFile] | None = None) -> list[BenchFile]:
     """Every file of `kind` under ROOT/bench/, oldest first (by `written_at`, then name), each
-    version-checked. Files of other kinds are left to their owners."""
+    version-checked. Files of other kinds are left to their owners. A damaged file, one of an
+    unknown kind or a newer schema is an ArtifactError naming it and the command that rewrites
+    it; with `skipped`, it is noted there instead and the others are read."""
     folder = artifacts.bench_dir(root)
     out: list[BenchFile] = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        doc = artifacts.read_json(path, what=what, fix=fix)
-        if not isinstance(doc, dict):
-            raise ArtifactError(f"{path}: {what} is not a JSON object. {fix}")
-        found = kind_of(doc)
-        if found is None:
-            raise ArtifactError(f"{path}: its 'kind' is {doc.get(KIND_KEY)!r}, expected one of "
-                                f"{', '.join(BENCH_KINDS)}. {fix}")
-        if found != kind:
+        try:
+            file = _read_bench_file(path, kind, reader_version=reader_version, what=what)
+        except ArtifactError as exc:
+            skip_or_raise(skipped, path, exc)
             continue
-        version = check_version(doc, path=path, what=what, reader_version=reader_version)
-        out.append(BenchFile(
-            kind=kind, schema_version=version,
-            source=optional(doc, "source", str, path=path, what=what, default="unknown"),
-            written_at=optional(doc, "written_at", str, path=path, what=what),
-            machine=optional(doc, "machine", dict, path=path, what=what, default={}),
-            versions=optional(doc, "versions", dict, path=path, what=what, default={}),
-            body={k: v for k, v in doc.items() if k not in ENVELOPE}, path=path))
+        if file is not None:
+            out.append(file)
     out.sort(key=lambda f: (f.written_at or "", str(f.path)))
     return out
 
 
-def read_result_files(root: str | Path | None, kind: str, *, reader_version: int, what: str, fix: str,
-                      parse: Any) -> list[tuple[BenchFile, list[Any]]]:
+def read_result_files(root: str | Path | None, kind: str, *, reader_version: int, what: str, parse: Any,
+                      skipped: list[SkippedFile] | None = None) -> list[tuple[BenchFile, list[Any]]]:
     """Every file of `kind` whose body lists its measurements under `results` (the inference,
     memory and training kinds), each entry read by `parse(doc, path=...)`, oldest file first."""
     out = []
-    for file in read_bench_files(root, kind, reader_version=reader_version, what=what, fix=f"{fix}."):
-        entry = file.entry(what=what, fix=fix)
-        out.append((file, [parse(e, path=entry.path) for e in entry.req("results", list)]))
+    for file in read_bench_files(root, kind, reader_version=reader_version, what=what, skipped=skipped):
+        try:
+            entry = file.entry(what=what, fix=_fix_for(file.path or Path(), {KIND_KEY: kind}))
+            out.append((file, [parse(e, path=entry.path) for e in entry.req("results", list)]))
+        except ArtifactError as exc:
+            skip_or_raise(skipped, file.path or Path(), exc)
     return out

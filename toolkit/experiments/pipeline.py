@@ -36,6 +36,7 @@ class RunRequest:
 
     train: TrainRequest
     serve: bool = False
+    check_resume: bool = False  # --resume given outright: the interrupted run must be in this precision
 
     @property
     def exp(self) -> str:
@@ -73,7 +74,7 @@ class Stage:
 def _train(request: RunRequest, view: PipelineView) -> None:
     minutes = _train_teachers_first(request, view)
     view.stage(f"train {request.exp}")
-    result = _train_one(request.train, view)
+    result = _train_one(request.train, view, check_resume=request.check_resume)
     if minutes:
         view.teacher_minutes(minutes, request.exp, result.metrics["train_seconds"])
 
@@ -94,8 +95,8 @@ def _train_teachers_first(request: RunRequest, view: PipelineView) -> dict[str, 
     return minutes
 
 
-def _train_one(request: TrainRequest, view: PipelineView) -> TrainResult:
-    if request.resume:
+def _train_one(request: TrainRequest, view: PipelineView, *, check_resume: bool = False) -> TrainResult:
+    if check_resume:
         check_resume_precision(request)
     view.load_data(request.data_dir)  # verifies (or downloads) before the model is built
     result = train(request, console=view.training_console())
@@ -121,6 +122,7 @@ def _report(request: RunRequest, view: PipelineView) -> None:
 
     report, written = make_report(request.train.root)
     view.reported(report, written)
+    report.raise_for_skipped()
 
 
 def _serve(request: RunRequest, view: PipelineView) -> None:

@@ -130,8 +130,13 @@ class ParityResult:
         entry = records.Entry(doc, path=path, what=f"{WHAT} entry",
                               fix="Delete it and rerun `toolkit parity`")
         names = {f.name for f in fields(cls)} - {"top1"}
-        for name in ("key", "status"):
-            entry.req(name, str)
+        entry.key("key")
+        entry.req("status", str)
+        if doc.get("row") is not None:
+            entry.key("row")
+        predictions = entry.opt("predictions", dict)
+        if predictions is not None:  # the file a reader will open: confined to the spec's folder
+            records.Entry(predictions, path=path, what=f"{WHAT} predictions", fix="").relpath("file")
         return cls(**{k: v for k, v in doc.items() if k in names})
 
 

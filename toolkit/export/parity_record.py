@@ -72,8 +72,15 @@ def read_parity(arts) -> ParityRecord | None:
         test_images=record.opt("test_images", int, 0),
         keras_accuracy=keras.get("test_accuracy"),
         checked_at=record.opt("checked_at", str),
-        keras_predictions=records.optional(keras, "predictions", dict, path=path, what=f"{WHAT} keras entry"),
+        keras_predictions=_predictions(keras, path),
     )
+
+
+def _predictions(keras: dict[str, Any], path) -> dict[str, Any] | None:
+    ref = records.optional(keras, "predictions", dict, path=path, what=f"{WHAT} keras entry")
+    if ref is not None:
+        records.Entry(ref, path=path, what=f"{WHAT} keras predictions", fix="").relpath("file")
+    return ref
 
 
 def write_parity(arts, outcome: SpecParity, source_sha: str) -> None:

@@ -98,7 +98,8 @@ def planned_rows(keys: Sequence[str]) -> list[str]:
     for key in checked_keys(keys):
         fmt = FORMATS.get(key)
         for i, runtime in enumerate(fmt.runtimes if fmt else ("?",)):
-            if i == 0 or runtimes.get_runtime(runtime).available():
+            spec = runtimes.get_runtime(runtime) if i else None
+            if spec is None or (spec.parity and spec.available()):
                 rows.append(row_name(key, runtime))
     return rows
 
@@ -116,6 +117,8 @@ def _check_rows(checked: _Checked, entry, outcome: SpecParity, hook: Hook | None
     results: list[ParityResult] = []
     for runtime in fmt.runtimes:
         spec = runtimes.get_runtime(runtime)
+        if runtime != fmt.runtimes[0] and not spec.parity:
+            continue
         if runtime != fmt.runtimes[0] and not spec.available():
             row = row_name(entry.key, runtime)
             outcome.skipped_rows[row] = f"{runtime} is not installed here: {spec.install}"
@@ -191,7 +194,10 @@ def _check_entry(checked: _Checked, entry, runtime: str) -> ParityResult:
                             contract=fmt.io)
         result.sha256 = file_sha
         result.sha256_matches_export = file_sha == entry.sha256
-        if not result.sha256_matches_export:
+        if entry.sha256 is None:
+            result.fail(f"exports.json records no sha256 for {path.name} (an edited or damaged record); "
+                        f"re-export it: toolkit export --exp {arts.name} --force")
+        elif not result.sha256_matches_export:
             result.fail(f"{path.name} changed since it was exported (sha256 differs from exports.json)")
     if entry.source_model_sha256 != checked.source_sha:
         result.fail("model.keras changed since this export; re-export it: "

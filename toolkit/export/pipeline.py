@@ -48,6 +48,7 @@ class ExportOutcome:
     status: str  # "exported" | "skipped" | "failed"
     entry: ExportEntry
     error: str | None = None
+    kept_previous: bool = False  # failed, and the previous valid file and record were kept
 
 
 @dataclass
@@ -168,6 +169,7 @@ def export_spec(name: str, formats: Sequence[ExportFormat], *, root=None,
 
         check_opset(settings.opset)  # a bad --opset is a usage error, before any work
     with export_lock(arts):
+        _clean_staging(arts)
         source_sha = artifacts.sha256_file(arts.model)
         record = read_exports(arts)
         entries = record.by_key()
@@ -185,16 +187,59 @@ def export_spec(name: str, formats: Sequence[ExportFormat], *, root=None,
                 hook("start", fmt.key)
             outcome = _export_one(fmt, inputs, settings=fmt_settings, source_sha=source_sha,
                                   opset=settings.opset, source=source)
-            entries[fmt.key] = outcome.entry
-            write_exports(arts, ExportsRecord(name, source_sha, list(entries.values())))
+            if outcome.status == EXPORTED or not _still_valid(arts, entries.get(fmt.key)):
+                entries[fmt.key] = outcome.entry
+                write_exports(arts, ExportsRecord(name, source_sha, list(entries.values())))
+            else:  # a failed re-export leaves the previous file and its record as they were
+                outcome.kept_previous = True
             result.outcomes.append(outcome)
             if hook:
                 hook("done", fmt.key)
         return result
 
 
+def _clean_staging(arts: SpecArtifacts) -> None:
+    """Staging folders of an export killed mid-way (we hold the export lock: no live one is ours)."""
+    import shutil
+
+    for stale in arts.export_dir.glob(".staging-*") if arts.export_dir.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _still_valid(arts: SpecArtifacts, entry: ExportEntry | None) -> bool:
+    """An exported entry whose files are still the ones it names (sha256)."""
+    if entry is None or not entry.exported:
+        return False
+    files = [(entry.path, entry.sha256)] + [(f["path"], f.get("sha256")) for f in entry.files]
+    return all((arts.dir / path).is_file() and artifacts.sha256_file(arts.dir / path) == sha
+               for path, sha in files)
+
+
+def _failure(exc: BaseException) -> str:
+    """The one line a failed export records: the disk's fault named as such (a read-only folder,
+    a full disk), else the converter's own error."""
+    storage = artifacts.storage_error(exc)
+    return storage.message if storage is not None else one_line(exc)
+
+
+def _publish(staging, export_dir) -> None:
+    """Move every file an exporter wrote under `staging` to the same place under export/ (each one
+    replaces the old file in one rename)."""
+    import os
+
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        final = export_dir / path.relative_to(staging)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, final)
+
+
 def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any], source_sha: str,
                 opset: int | None, source: ExportEntry | None = None) -> ExportOutcome:
+    """Export one format into a staging folder beside export/, and move its files into place only
+    when the exporter succeeded: a failure (a converter error, a read-only folder, a full disk)
+    leaves the previous files untouched."""
+    import shutil
+
     arts = inputs.arts
     target = export_path(arts, fmt)
     entry = ExportEntry(
@@ -207,23 +252,31 @@ def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any],
         entry.error = f"its source export {fmt.source} failed; fix that one first"
         return ExportOutcome(fmt.key, FAILED, entry, entry.error)
     started = time.perf_counter()
+    staging = None
     try:
         # A derived format reads its source's file, not model.keras.
         model = None if fmt.source else inputs.keras_model()
         calibration = inputs.calibration_images() if fmt.calibrated else None
         extra = {"source": arts.dir / source.path} if source is not None else {}
+        staging = artifacts.make_private_dir(arts.export_dir, ".staging-")
+        staged = staging / target.relative_to(arts.export_dir)
+        staged.parent.mkdir(parents=True, exist_ok=True)
         with quiet():
             facts = fmt.exporter_fn()(
-                model, target, precision=fmt.precision, calibration=calibration, opset=opset,
+                model, staged, precision=fmt.precision, calibration=calibration, opset=opset,
                 metadata=base_metadata(arts.name, source_sha, preprocessing=fmt.io.preprocessing), **extra,
             )
+        _publish(staging, arts.export_dir)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one broken converter must not stop the others
-        if isinstance(exc, ArtifactError) and inputs.model is None:
+        if isinstance(exc, ArtifactError) and inputs.model is None and not fmt.source:
             raise  # model.keras itself is unreadable: nothing can be exported
-        entry.error = one_line(exc)
+        entry.error = _failure(exc)
         return ExportOutcome(fmt.key, FAILED, entry, entry.error)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     entry.status = EXPORTED
     entry.size_bytes = target.stat().st_size
     entry.sha256 = artifacts.sha256_file(target)

@@ -197,8 +197,8 @@ class ExportEntry:
                  "source_model_sha256", "settings", "calibration", "exported_at", "error",
                  "size_bytes", "arena_bytes", "sha256", "export_seconds", "parity", "rows", "arena", "files"}
         return cls(
-            key=req("key", str), format=req("format", str), precision=req("precision", str),
-            path=req("path", str), status=req("status", str),
+            key=entry.key("key"), format=req("format", str), precision=req("precision", str),
+            path=entry.relpath("path"), status=req("status", str),
             runtimes=list(opt("runtimes", list, [])), devices=list(opt("devices", list, [])),
             source_model_sha256=opt("source_model_sha256", str), settings=opt("settings", dict, {}),
             calibration=opt("calibration", dict), exported_at=opt("exported_at", str),
@@ -207,9 +207,18 @@ class ExportEntry:
             export_seconds=opt("export_seconds", (int, float)),
             parity=None if doc.get("parity") is None else ParitySummary.from_dict(doc["parity"], path=path),
             rows={name: ParitySummary.from_dict(s, path=path) for name, s in opt("rows", dict, {}).items()},
-            arena=opt("arena", dict), files=list(opt("files", list, [])),
+            arena=opt("arena", dict), files=_files(opt("files", list, []), path=path),
             facts={k: v for k, v in doc.items() if k not in known},
         )
+
+
+def _files(docs: list, *, path: Path) -> list[dict[str, Any]]:
+    """A multi-file export's files, each path confined to the spec's folder."""
+    out = []
+    for doc in docs:
+        entry = records.Entry(doc, path=path, what="exports list file", fix=_FIX)
+        out.append({**doc, "path": entry.relpath("path")})
+    return out
 
 
 @dataclass

@@ -61,6 +61,8 @@ class ExportRequest:
 class SpecOutcome:
     name: str
     skipped: list[str] = field(default_factory=list)  # unchanged exports, not redone
+    failed: dict[str, str] = field(default_factory=dict)  # key -> why its export failed
+    kept: list[str] = field(default_factory=list)  # failed keys whose previous valid file was kept
     parity: str = "checked"  # "checked" | "not needed" | "not run" (--no-parity)
     skipped_rows: dict[str, str] = field(default_factory=dict)  # row -> why it did not run here
 
@@ -70,6 +72,7 @@ class ExportRun:
     specs: list[SpecOutcome] = field(default_factory=list)
     failed_exports: list[str] = field(default_factory=list)  # "NAME/KEY"
     failed_parity: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # "NAME/KEY" -> why its export failed
 
     def raise_for_failures(self) -> None:
         """Exit 5 if any parity check failed (it says which); else 7 if some export failed."""
@@ -78,8 +81,15 @@ class ExportRun:
             raise ParityError(f"parity failed for {', '.join(self.failed_parity)}{extra}. "
                               "See the table above for which check failed by how much")
         if self.failed_exports:
-            raise PartialFailure(f"export failed for {', '.join(self.failed_exports)}; the other exports "
-                                 "completed and were checked. Rerun with --verbose, or fix the converter")
+            first = self.failed_exports[0]
+            why = self.reasons.get(first, "see above")
+            others = len(self.failed_exports) - 1
+            more = f" (and {others} more, listed above)" if others else ""
+            storage = "cannot write there" in why
+            fix = "" if storage else " Rerun with --verbose for the converter's traceback"
+            raise PartialFailure(f"export failed for {first}: {why}{more}. The other exports completed "
+                                 "and were checked; a failed re-export keeps the previous file and its "
+                                 f"record.{fix}")
 
 
 def trained_names(exps: Sequence[str] | None, root: Path | None) -> list[str]:
@@ -123,8 +133,11 @@ def export_and_check(request: ExportRequest, view: ExportView | None = None) -> 
             settings = pipeline.ExportSettings(opset=request.opset, force=request.force)
             result = pipeline.export_spec(name, chosen, root=request.root, settings=settings, dataset=dataset,
                                           hook=hook)
-        outcome = SpecOutcome(name, skipped=[o.key for o in result.outcomes if o.status == "skipped"])
+        outcome = SpecOutcome(name, skipped=[o.key for o in result.outcomes if o.status == "skipped"],
+                              failed={o.key: o.error or "failed" for o in result.failed},
+                              kept=[o.key for o in result.failed if o.kept_previous])
         run.failed_exports += [f"{name}/{o.key}" for o in result.failed]
+        run.reasons.update({f"{name}/{o.key}": o.error or "failed" for o in result.failed})
         verdict = _verdicts(result.outcomes)
         to_check = [o.key for o in result.outcomes if o.status == "exported"
                     or (o.status == "skipped" and verdict[o.key] != "pass")]

@@ -12,7 +12,7 @@ import numpy as np
 
 from toolkit.core import artifacts
 from toolkit.core.contract import embedding_contract
-from toolkit.core.errors import ArtifactError, ContractError, UsageError
+from toolkit.core.errors import ArtifactError, UsageError
 from toolkit.specs import get_spec
 
 BACKENDS = ("keras", "onnxruntime")
@@ -76,9 +76,10 @@ class OnnxEmbedder(Embedder):
         try:
             self.loaded = runtimes.load(path, runtime="onnxruntime", threads=threads,
                                         contract=embedding_contract())
-        except ContractError as exc:
-            raise ContractError(f"{exc.message.rstrip('.')}; delete it, the next `toolkit recommend --onnx` "
-                                "re-exports it") from None
+        except ArtifactError as exc:  # a damaged file or another interface: `toolkit export` never writes it
+            reason = exc.message.split(" Re-export it")[0].rstrip(".")
+            raise type(exc)(f"{reason}; delete it: the next `toolkit recommend --exp NAME --onnx` "
+                            "re-exports it") from None
         meta = self.loaded.session.get_modelmeta().custom_metadata_map
         self.source_sha256 = meta.get("source_model_sha256", "")
         self.dim = int(self.loaded.session.get_outputs()[0].shape[-1])

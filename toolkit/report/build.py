@@ -33,6 +33,7 @@ that apply to them but stay outside the fronts and the pick (`Row.compared`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from toolkit.core.boards import McuBudget
 from toolkit.core.errors import ArtifactError, DataError
 from toolkit.core.machine import cpu_count
 from toolkit.core.pick_record import SERVING_RUNTIMES, PickedFile, PickRecord, SpecPick, write_picks
+from toolkit.core.records import SkippedFile
 from toolkit.report import join, mcu
 from toolkit.report.columns import to_csv, to_markdown
 from toolkit.report.judge import Judge, mark_fronts, mark_overlaps
@@ -99,13 +101,15 @@ def build_report(
 ) -> Report:
     base = artifacts.resolve_root(root)
     names = join.spec_names(base, exps)
-    runs = read_runs(base)
+    skipped: list[SkippedFile] = []  # bench files that cannot be read: named, left out, exit 7
+    runs = read_runs(base, skipped)
     if not runs:
+        unread = f"; {len(skipped)} could not be read: {skipped[0].line()}" if skipped else ""
         raise ArtifactError(
-            f"no benchmark results under {artifacts.bench_dir(base)}. "
+            f"no benchmark results under {artifacts.bench_dir(base)}{unread}. "
             "Run `toolkit bench` or `pytest bench/ --benchmark-only` first"
         )
-    rows, peaks, notes = join.join_rows(base, names, runs)
+    rows, peaks, notes = join.join_rows(base, names, runs, skipped)
     if not rows:
         raise ArtifactError(
             f"no benchmark result under {artifacts.bench_dir(base)} matches the current models "
@@ -124,6 +128,8 @@ def build_report(
     limits = {"max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb, "max_memory_mb": max_memory_mb}
     rep = Report(base, rows, peaks, pick, text, limits, notes, best, _rule_text(tolerance),
                  _baselines(rows))
+    rep.skipped_files = skipped
+    rep.notes += [f"left out {f.path}: {f.reason}" for f in skipped]
     rep.picks = _picks(rep, judge, budget)
     rep.mcu = _mcu_section(base, names, mcu_budget or McuBudget(), judge)
     rep.notes += _quality_notes(rows) + _load_notes(rows)
@@ -258,15 +264,41 @@ def _picked(row: Row, root: Path) -> PickedFile:
 
 
 def write_report(rep: Report) -> list[Path]:
-    """report.md, report.csv, the plots and the pick record (pick.json)."""
-    plots = write_plots(rep)
-    md, csv_path = rep.root / "report.md", rep.root / "report.csv"
+    """report.md, report.csv, the plots and the pick record (pick.json), as one set: everything is
+    written into a staging folder first and renamed into place only when all of it was written,
+    so a report killed mid-way leaves the previous set, not a mix of two."""
+    import shutil
+
+    with artifacts.exclusive_lock(rep.root / ".report.lock", what="the report", wait=True):
+        for stale in rep.root.glob(".report-staging-*"):  # a killed report's (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = artifacts.make_private_dir(rep.root, ".report-staging-")
+        try:
+            written = _write_set(rep, staging)
+            for path in written:
+                os.replace(path, rep.root / path.name)
+            for name in _set_names() - {path.name for path in written}:  # e.g. no memory plot this time
+                (rep.root / name).unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [rep.root / path.name for path in written]
+
+
+def _set_names() -> set[str]:
+    from toolkit.report.plots import PLOTS
+
+    return {"report.md", "report.csv", "report-mcu.csv", *(name for name, _ in PLOTS.values())}
+
+
+def _write_set(rep: Report, folder: Path) -> list[Path]:
+    plots = write_plots(rep, folder)
+    md, csv_path = folder / "report.md", folder / "report.csv"
     artifacts.write_text(csv_path, to_csv(rep))
     artifacts.write_text(md, to_markdown(rep, plots))
     written = [md, csv_path, *plots]
     if rep.mcu is not None:
-        written.append(rep.root / "report-mcu.csv")
+        written.append(folder / "report-mcu.csv")
         artifacts.write_text(written[-1], mcu.to_csv(rep.mcu))
     if rep.picks is not None:
-        written.append(write_picks(rep.root, rep.picks))
+        written.append(write_picks(rep.root, rep.picks, folder=folder))
     return written

@@ -66,10 +66,10 @@ def _latest_groups(runs: Sequence[BenchRun]) -> dict[tuple, CaseGroup]:
     return latest
 
 
-def _latest_memory(root: Path) -> dict[tuple, list[MemoryResult]]:
+def _latest_memory(root: Path, skipped: list) -> dict[tuple, list[MemoryResult]]:
     """(spec, key, runtime, sha256) -> the memory measurements of the latest run that has them."""
     latest: dict[tuple, list[MemoryResult]] = {}
-    for run in read_memory_runs(root):
+    for run in read_memory_runs(root, skipped):
         mine: dict[tuple, list[MemoryResult]] = {}
         for r in run.results:
             mine.setdefault((r.case.spec, r.case.key, r.case.runtime, r.case.sha256), []).append(r)
@@ -198,23 +198,22 @@ class _Join:
     memory: dict[tuple, list[MemoryResult]]
     peaks: dict[str, dict[str, float]]
     notes: list[str]
+    skipped: list = field(default_factory=list)  # bench files left out (toolkit.core.records.SkippedFile)
 
 
 def _bench_rows(join: _Join) -> list[Row]:
     rows: list[Row] = []
-    stale = 0
     for name in join.names:
-        spec_rows, spec_stale = _spec_rows(artifacts.spec_artifacts(name, join.base), join)
+        spec_rows, stale = _spec_rows(artifacts.spec_artifacts(name, join.base), join)
         rows += spec_rows
-        stale += spec_stale
         if not spec_rows:
             join.notes.append(f"{name}: no benchmark result measured its current files; it is not in the "
                               f"table. Run `toolkit bench --exp {name}`")
-    if stale:
-        join.notes.append(
-            f"{stale} benchmark results measured files that have since been replaced "
-            "(different SHA-256) and were left out; rerun `toolkit bench` to measure the new ones"
-        )
+        for key, runtimes in stale.items():  # named one by one: a row never vanishes unexplained
+            join.notes.append(
+                f"{name} {key} on {', '.join(sorted(runtimes))}: left out, its benchmark results measured "
+                f"a file since replaced (different SHA-256); measure the new one: "
+                f"toolkit bench --exp {name} --format {key}")
     return rows
 
 
@@ -225,7 +224,7 @@ def _served_rows(join: _Join) -> list[Row]:
     from toolkit.core.loadtest_record import load_results
 
     latest: dict[tuple, Any] = {}
-    for result in load_results(join.base):  # oldest first: later results replace earlier ones
+    for result in load_results(join.base, join.skipped):  # oldest first: later ones replace earlier ones
         ident = (result.server or {}).get("classifier") or {}
         if ident.get("spec") not in join.names or result.endpoint == "ceiling":
             continue
@@ -284,18 +283,20 @@ def _served_step(result: Any) -> Any:
 ROW_SOURCES: dict[str, Callable[[_Join], list[Row]]] = {BENCH: _bench_rows, SERVED: _served_rows}
 
 
-def _spec_rows(arts: artifacts.SpecArtifacts, join: _Join) -> tuple[list[Row], int]:
-    """The rows of one spec and how many benchmark results measured files since replaced."""
+def _spec_rows(arts: artifacts.SpecArtifacts, join: _Join) -> tuple[list[Row], dict[str, set[str]]]:
+    """The rows of one spec, and the runtimes (by export key) whose benchmark results measured a
+    file since replaced and were left out."""
     from toolkit.specs import get_spec
 
     metrics = arts.require_trained()
     spec = get_spec(arts.name)
     rows: list[Row] = []
-    stale = 0
+    stale: dict[str, set[str]] = {}
     for file in _files(arts, metrics.get("test_accuracy"), join.notes, metrics):
         mine = [g for ident, g in join.groups.items() if ident[0] == arts.name and ident[1] == file.key]
         fresh = [g for g in mine if g.case.sha256 == file.sha256]
-        stale += len(mine) - len(fresh)
+        if len(fresh) < len(mine):
+            stale[file.key] = {g.case.runtime for g in mine if g.case.sha256 != file.sha256}
         by_setting: dict[tuple[str, str], list[CaseGroup]] = {}
         for g in fresh:
             device = f"{g.case.device}-{g.case.io}" if g.case.io else g.case.device
@@ -403,11 +404,13 @@ def _sum_checks(checks: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "top1_mismatches": sum(c.get("top1_mismatches") or 0 for c in checks) if checked else None}
 
 
-def join_rows(base: Path, names: Sequence[str],
-              runs: Sequence[BenchRun]) -> tuple[list[Row], dict[str, Any], list[str]]:
-    """(rows of every source, numbered; the best measured peaks; notes on what was left out)."""
-    joined = _Join(base, list(names), list(runs), _latest_groups(runs), _latest_memory(base),
-                   _best_peaks(runs), [])
+def join_rows(base: Path, names: Sequence[str], runs: Sequence[BenchRun],
+              skipped: list | None = None) -> tuple[list[Row], dict[str, Any], list[str]]:
+    """(rows of every source, numbered; the best measured peaks; notes on what was left out).
+    Bench files that cannot be read are added to `skipped` (and left out)."""
+    skipped = [] if skipped is None else skipped
+    joined = _Join(base, list(names), list(runs), _latest_groups(runs), _latest_memory(base, skipped),
+                   _best_peaks(runs), [], skipped)
     rows = [row for source in ROW_SOURCES.values() for row in source(joined)]
     for number, row in enumerate(rows, 1):
         row.number = number

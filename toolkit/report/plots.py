@@ -123,5 +123,7 @@ def _pick(ax, rep: Report, points: list[Row], x: Callable[[Row], float]) -> None
                    edgecolors="red", linewidths=1.5, label="recommended pick", zorder=4)
 
 
-def write_plots(rep: Report) -> list[Path]:
-    return [p for cost, (name, _) in PLOTS.items() if (p := plot(rep, cost, rep.root / name))]
+def write_plots(rep: Report, folder: Path | None = None) -> list[Path]:
+    """The plots, into `folder` (default: the report's root)."""
+    folder = rep.root if folder is None else folder
+    return [p for cost, (name, _) in PLOTS.items() if (p := plot(rep, cost, folder / name))]

@@ -125,6 +125,17 @@ class Report:
     baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)  # runtime -> figures
     picks: Any = None  # the pick record this report writes (toolkit.core.pick_record.PickRecord)
     mcu: Any = None  # the microcontroller section (toolkit.report.mcu.McuSection), if any file has one
+    skipped_files: list[Any] = field(default_factory=list)  # bench files that could not be read
+
+    def raise_for_skipped(self) -> None:
+        """Exit 7 after a report written without some bench files: each named, with its fix."""
+        if self.skipped_files:
+            from toolkit.core.errors import PartialFailure
+
+            first, others = self.skipped_files[0], len(self.skipped_files) - 1
+            more = f" (and {others} more, in the notes)" if others else ""
+            raise PartialFailure(f"the report was written without {len(self.skipped_files)} bench file(s) "
+                                 f"that could not be read: {first.path}: {first.reason}{more}")
 
 
 COSTS = ("latency", "size", "memory")

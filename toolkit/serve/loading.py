@@ -155,7 +155,10 @@ def choose_export(
     passed = {e.key: e for e in entries if parity[e.key]["status"] == "pass"}
     if not passed:
         states = ", ".join(f"{e.key} {parity[e.key]['status']}" for e in entries)
-        raise ParityError(
+        # A failed check is a parity failure (exit 5); a file replaced since parity checked it, or
+        # never checked, is a stale or incomplete record (exit 4, as the README says).
+        error = ParityError if any(parity[e.key]["status"] == "fail" for e in entries) else ArtifactError
+        raise error(
             f"{spec}: no {wanted} export has passed parity ({states}); a server must not "
             f"answer with an unproven model. Fix: toolkit parity --exp {spec} --artifacts "
             f"{arts.root} (or re-export: {fix_export} --force)"
@@ -184,6 +187,9 @@ def _verified(arts: artifacts.SpecArtifacts, entry: Any, parity: dict[str, Any],
         f"--force --artifacts {arts.root}"
     )
     sha = artifacts.sha256_file(path)
+    if entry.sha256 is None:
+        raise ArtifactError(f"{arts.exports_json}: the entry of {entry.key} records no sha256 (an edited or "
+                            f"damaged record), so {path.name} cannot be verified. Re-export it: {fix}")
     if sha != entry.sha256:
         raise ArtifactError(
             f"{path}: its SHA-256 differs from the one exports.json recorded (the file "

@@ -99,6 +99,14 @@ class ResumeState:
     snapshot: Snapshot
 
 
+def saved_epochs(partial: Path) -> int:
+    """How many completed epochs an interrupted run's folder holds (0 when unreadable)."""
+    try:
+        return int(json.loads((partial / PROGRESS).read_text()).get("epochs_done", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
 def load_resume(partial: Path, manifest: dict[str, Any]) -> ResumeState | None:
     """The last committed epoch of an interrupted run with this manifest, or None (nothing to
     resume, another run's state, an older format, or a damaged file: training starts over)."""

@@ -46,7 +46,9 @@ class TrainRequest:
     limit_train: int | None = None
     root: Path | None = None
     data_dir: Path | None = None
-    resume: bool = False
+    # An interrupted run with this manifest is continued from its last completed epoch unless
+    # resume is False (`--restart`) or force is set; either way the choice is announced.
+    resume: bool = True
     force: bool = False
     teacher: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -56,8 +58,12 @@ class TrainRequest:
         """The spec as this run trains it: overrides applied, precision resolved, inputs checked."""
         base = get_spec(self.exp) if isinstance(self.exp, str) else self.exp
         changes = dict(self.recipe)
-        given = (("teacher", self.teacher), ("epochs", self.epochs))
-        changes.update({k: v for k, v in given if v is not None})
+        given = {k: v for k, v in (("teacher", self.teacher), ("epochs", self.epochs)) if v is not None}
+        twice = sorted(set(given) & set(changes))
+        if twice:  # one of the two would be dropped without a word
+            raise UsageError(f"{', '.join(twice)} given twice (--{twice[0]} and --recipe {twice[0]}=...); "
+                             "give it once")
+        changes.update(given)
         mode = precision.resolve(self.mixed_precision or base.mixed_precision)
         spec = with_overrides(base, **changes, mixed_precision=mode)
         if self.seed < 0:
@@ -100,7 +106,9 @@ def train(request: TrainRequest, *, promote: bool = True, on_epoch: EpochHook | 
     with artifacts.exclusive_lock(arts.lock_file(rid), what=f"run {spec.name}/{rid}"):
         existing = artifacts.completed_run(arts, manifest)
         reused = existing is not None and not request.force
-        run_dir = existing if reused else _train_new(spec, dataset, arts, manifest, resume=request.resume,
+        _clean_stale_staging(arts, rid)  # we hold the run's lock: no live process writes them
+        resume = request.resume and not request.force
+        run_dir = existing if reused else _train_new(spec, dataset, arts, manifest, resume=resume,
                                                      on_epoch=on_epoch, console=console)
         if promote:
             artifacts.promote(arts, run_dir)
@@ -147,7 +155,8 @@ def _fit(model, spec: Spec, manifest: dict[str, Any], datasets: tuple, *, steps:
                                  spec.mixed_precision)
         raise Interrupted(
             f"training of {spec.name} interrupted after {done}/{spec.epochs} epochs; the "
-            f"previous complete run is untouched. Resume with: {command}"
+            f"previous complete run is untouched. Rerunning the same command continues it (it resumes by "
+            f"default), as does: {command}"
         ) from None
     finally:
         if display is not None:
@@ -167,7 +176,7 @@ def _train_new(spec: Spec, dataset: data.Dataset, arts: artifacts.SpecArtifacts,
                                 limit_train=limit_train)[0])
     steps = int(np.ceil(n_train / spec.batch_size))
     model, history, initial_epoch, seconds_before = _model_and_state(spec, manifest, partial, resume,
-                                                                     steps_per_epoch=steps)
+                                                                     steps_per_epoch=steps, console=console)
     train_ds, val_ds, n_train, n_val = make_datasets(
         spec, dataset, seed=seed, limit_train=limit_train, initial_epoch=initial_epoch,
         teacher_run=manifest.get("teacher"), root=arts.root)
@@ -240,20 +249,44 @@ def _run_figures(spec: Spec, history: dict[str, list[float]], *, kept: int, seco
 
 
 def _model_and_state(spec: Spec, manifest: dict[str, Any], partial: Path, resume: bool, *,
-                     steps_per_epoch: int):
-    """(model, history, epochs done, seconds so far): a new model, or with --resume the last
-    committed epoch of the interrupted run (toolkit.checkpoint), restored into a fresh build (so
-    an optimizer's weight-decay exclusions and schedule are the recipe's, not a loaded copy's)."""
-    from toolkit.training.checkpoint import load_resume
+                     steps_per_epoch: int, console: Any = None):
+    """(model, history, epochs done, seconds so far): a new model, or the last committed epoch of
+    the interrupted run (toolkit.checkpoint), restored into a fresh build (so an optimizer's
+    weight-decay exclusions and schedule are the recipe's, not a loaded copy's). Whatever happens
+    to an interrupted run's state is said, never done silently."""
+    from toolkit.training.checkpoint import load_resume, saved_epochs
 
     state = load_resume(partial, manifest) if resume else None
     if state is None and partial.exists():
+        done = saved_epochs(partial)
+        why = ("--restart or --force" if not resume else
+               "it was made by another manifest or format, or its checkpoint is damaged")
+        if done:
+            _notice(console, f"{spec.name}/{manifest['run_id']}: discarding the interrupted run's {done} "
+                             f"completed epoch(s) in {partial} ({why}); starting over")
         shutil.rmtree(partial)
     model = build_training_model(spec, spec.mixed_precision, steps_per_epoch=steps_per_epoch)
     if state is None:
         return model, {}, 0, 0.0
+    _notice(console, f"{spec.name}/{manifest['run_id']}: resuming the interrupted run from epoch "
+                     f"{state.epochs_done} of {spec.epochs} ({partial}; --restart starts over)")
     state.snapshot.restore(model)
     return model, state.history, state.epochs_done, state.seconds
+
+
+def _notice(console: Any, message: str) -> None:
+    """What the caller must know before a long training starts: on its console, else a warning."""
+    if console is not None:
+        console.print(f"[yellow]note:[/] {message}", soft_wrap=True)
+    else:
+        warnings.warn(message, stacklevel=3)
+
+
+def _clean_stale_staging(arts: artifacts.SpecArtifacts, rid: str) -> None:
+    """Remove staging folders of this run left by a killed process (a run is written to one, then
+    renamed; only the holder of the run's lock writes one, and that is us now)."""
+    for stale in arts.runs_dir.glob(f".{rid}.staging-*") if arts.runs_dir.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def build_training_model(spec: Spec, mode: str, *, steps_per_epoch: int | None = None):
