@@ -30,6 +30,7 @@ from toolkit.benchmark.plan import (  # noqa: E402
     INFERENCE,
     KERAS_RUNTIMES,
     MEMORY,
+    TIME_TO_ACCURACY,
     TRAINING,
     BenchCase,
     parse_threads,
@@ -69,6 +70,10 @@ ENV = {
     "train_batch": "TOOLKIT_BENCH_TRAIN_BATCH",
     "repeats": "TOOLKIT_BENCH_REPEATS",
     "memory": "TOOLKIT_BENCH_MEMORY",
+    "seeds": "TOOLKIT_BENCH_SEEDS",
+    "threshold": "TOOLKIT_BENCH_THRESHOLD",
+    "epochs": "TOOLKIT_BENCH_EPOCHS",
+    "limit_train": "TOOLKIT_BENCH_LIMIT_TRAIN",
 }
 FIXTURE_KINDS = {"bench_case": INFERENCE, "training_case": TRAINING}
 
@@ -142,6 +147,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Also run the memory cases: peak RSS, load time and first call of each file x runtime, each "
         "in a fresh process [TOOLKIT_BENCH_MEMORY=1]",
     )
+    group.addoption("--bench-seeds", type=int,
+                    help="Time to accuracy: seeds 0..N-1 of each --bench-exp spec (default 3) "
+                         "[TOOLKIT_BENCH_SEEDS]")
+    group.addoption("--bench-threshold", type=float,
+                    help="Time to accuracy: the test accuracy to reach, e.g. 0.94 [TOOLKIT_BENCH_THRESHOLD]")
+    group.addoption("--bench-epochs", type=int,
+                    help="Time to accuracy: fewer epochs than the spec's (quick checks) "
+                         "[TOOLKIT_BENCH_EPOCHS]")
+    group.addoption("--bench-limit-train", type=int,
+                    help="Time to accuracy: train on N images (quick checks) [TOOLKIT_BENCH_LIMIT_TRAIN]")
     group.addoption(
         "--bench-smoke",
         action="store_true",
@@ -183,7 +198,8 @@ class BenchState:
                 train_exps=_option(config, "train_exp"), train_precisions=_option(config, "train_precision"),
                 train_batches=_option(config, "train_batch"),
                 repeats=int(repeats) if repeats else 1,
-                memory=str(_option(config, "memory") or "").lower() in ("1", "true", "yes")))
+                memory=str(_option(config, "memory") or "").lower() in ("1", "true", "yes"),
+                **_t2a_options(config)))
             self.cases = self.session.cases
         except ValueError as exc:
             self.error = f"--bench-repeats / TOOLKIT_BENCH_REPEATS must be an integer ({exc})"
@@ -240,8 +256,9 @@ class BenchState:
             benchmark.extra_info["p50_ms_per_process"] = [o.result.stats.p50_ms for o in outcomes]
         return result
 
-    def run_memory(self, case: BenchCase):
-        """A memory case (each repeat in a fresh child process); returns its measurements."""
+    def run_untimed(self, case: BenchCase):
+        """A case the driver times itself (memory: each repeat in a fresh child process; time to
+        accuracy: a whole training); returns its measurements."""
         assert self.session is not None
         outcomes = run_benchmarks(self.session, cases=[case])
         self._first_result(outcomes)
@@ -268,13 +285,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return config._toolkit_bench.header()  # type: ignore[attr-defined]
 
 
+def _t2a_options(config: pytest.Config) -> dict[str, Any]:
+    """The time-to-accuracy settings given (the request's defaults otherwise)."""
+    out: dict[str, Any] = {}
+    for name, kind in (("seeds", int), ("threshold", float), ("epochs", int), ("limit_train", int)):
+        value = _option(config, name)
+        if value is not None:
+            out[name] = kind(value)
+    return out
+
+
 def _kinds(values: list[str] | None) -> tuple[str, ...]:
     parts = [p.strip().lower() for raw in values or [] for p in str(raw).split(",") if p.strip()]
     return tuple(parts) or (INFERENCE, TRAINING)
 
 
 # Fixture name -> the kind of the cases it takes.
-CASE_FIXTURES = {"bench_case": INFERENCE, "training_case": TRAINING, "memory_case": MEMORY}
+CASE_FIXTURES = {"bench_case": INFERENCE, "training_case": TRAINING, "memory_case": MEMORY,
+                 "time_to_accuracy_case": TIME_TO_ACCURACY}
 
 
 def _no_cases_reason(state: BenchState, kind: str) -> str:
@@ -316,8 +344,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if not results:
         return
     tr = terminalreporter
-    inference = [r for r in results if r.case.kind != TRAINING]  # memory results join their rows
+    inference = [r for r in results if r.case.kind not in (TRAINING, TIME_TO_ACCURACY)]  # memory joins them
     training = [r for r in results if r.case.kind == TRAINING]
+    for r in (r for r in results if r.case.kind == TIME_TO_ACCURACY):
+        reached = "" if r.reached is None else f", reached {r.threshold}: {r.reached}"
+        tr.write_line(f"time to accuracy: {r.case.spec} seed {r.seed}: {r.train_seconds / 60:.2f} min, test "
+                      f"accuracy {r.test_accuracy:.4f}{reached}" + (" (reused run)" if r.reused else ""))
     if inference:
         _inference_summary(tr, inference, state.session.peaks)
     if training:

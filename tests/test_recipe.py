@@ -32,9 +32,9 @@ def test_the_seed_recipe_is_the_default_and_its_manifest_fields_are_the_seed_fou
 @pytest.mark.parametrize("fields,needle", [
     ({"weight_decay": -0.1}, "weight_decay must be in [0, 1), got -0.1"),
     ({"optimizer": "lamb"}, "optimizer must be one of adam, rmsprop, adamw, sgd; got 'lamb'"),
-    ({"schedule": "step"}, "schedule must be one of constant, cosine; got 'step'"),
+    ({"schedule": "step"}, "schedule must be one of constant, cosine, linear, onecycle; got 'step'"),
     ({"selection": "test"}, "selection must be one of last, best; got 'test'"),
-    ({"warmup_epochs": 2}, "warmup_epochs needs schedule cosine"),
+    ({"warmup_epochs": 2}, "warmup_epochs needs a schedule"),
     ({"schedule": "cosine", "warmup_epochs": -1}, "warmup_epochs must be >= 0"),
     ({"augment": True, "flip": True}, "cannot be combined with crop_padding, flip or erasing"),
     ({"crop_padding": 12}, "crop_padding must be an integer in 0..8"),

@@ -36,6 +36,7 @@ from toolkit.benchmark.plan import (
     FALLBACK_ORIGIN,
     INFERENCE,
     MEMORY,
+    TIME_TO_ACCURACY,
     TRAINING,
     BenchCase,
     Filters,
@@ -83,6 +84,14 @@ class BenchRequest:
     # (intervals need at least 2; the CLI's default is 3, pytest's 1).
     repeats: int = 1
     memory: bool = False  # also plan memory cases (peak RSS, load time, first call)
+    # Time to accuracy (toolkit.benchmark.time_to_accuracy): the specs of `exps`, each seed trained
+    # (or its completed run reused, unless `fresh`), checked against `threshold`.
+    seeds: int = 3
+    threshold: float | None = None
+    fresh: bool = False
+    mixed_precision: str | None = None
+    epochs: int | None = None  # fewer epochs / images: quick checks only
+    limit_train: int | None = None
 
 
 class BenchSession:
@@ -103,6 +112,8 @@ class BenchSession:
         kinds = (INFERENCE, MEMORY) if request.memory else (INFERENCE,)
         if INFERENCE not in request.kinds:
             kinds = ()
+        if TIME_TO_ACCURACY in request.kinds and not request.exps:
+            raise UsageError("--kind time-to-accuracy trains specs: name them with --exp")
         self.filters = Filters(exps=request.exps, formats=request.formats, runtime_keys=request.runtime_keys,
                                devices=parse_devices(request.device), batches=parse_batches(request.batches),
                                threads=self.thread_counts, kinds=kinds)
@@ -111,7 +122,7 @@ class BenchSession:
         self.cuda = cuda_available()
         self.tensorflow = tensorflow_available()
         self.fallback_dir: Path | None = None
-        self.cases: list[BenchCase] = self._plan_inference() + self._plan_training()
+        self.cases: list[BenchCase] = self._plan_inference() + self._plan_training() + self._plan_t2a()
         self.outcomes: list[CaseOutcome] = []
         self.peaks: dict[str, Any] | None = None
         self.written: list[Path] = []
@@ -137,6 +148,17 @@ class BenchSession:
         threads = self.keras_threads or max(self.thread_counts)
         return plan_training_cases(self.request.train_exps, precisions=self.request.train_precisions,
                                    batches=self.request.train_batches, threads=threads)
+
+    def _plan_t2a(self) -> list[BenchCase]:
+        if TIME_TO_ACCURACY not in self.request.kinds:
+            return []
+        from toolkit.benchmark import time_to_accuracy
+
+        r = self.request
+        return time_to_accuracy.plan_cases(r.exps, seeds=r.seeds, threads=self.keras_threads or
+                                           max(self.thread_counts), threshold=r.threshold,
+                                           mixed_precision=r.mixed_precision, epochs=r.epochs,
+                                           limit_train=r.limit_train, fresh=r.fresh)
 
     @classmethod
     def open(cls, request: BenchRequest) -> BenchSession:

@@ -3,6 +3,8 @@
     inference  toolkit.benchmark.inference: latency and throughput of a file on a runtime
     memory     toolkit.benchmark.memory: peak RSS, load time and first call, in a fresh child
     training   toolkit.benchmark.training: one training step of a spec in a mixed-precision mode
+    time-to-accuracy  toolkit.benchmark.time_to_accuracy: a whole training per seed, its wall time
+               and its final model's test accuracy against a threshold
 
 Repeats: the driver measures each case of a `repeatable` kind `repeats` times, each repeat in
 another process (repeat 0 where the kind places it, repeat r in a worker of its own, see
@@ -15,11 +17,13 @@ from __future__ import annotations
 from toolkit.benchmark.inference import InferenceKind
 from toolkit.benchmark.memory import MemoryKind
 from toolkit.benchmark.placement import SKIP, WORKER, CaseKind, Placement
-from toolkit.benchmark.plan import INFERENCE, MEMORY, TRAINING, BenchCase
+from toolkit.benchmark.plan import INFERENCE, MEMORY, TIME_TO_ACCURACY, TRAINING, BenchCase
+from toolkit.benchmark.time_to_accuracy import TimeToAccuracyKind
 from toolkit.benchmark.training import TrainingKind
 from toolkit.core.errors import UsageError
 
-KINDS: dict[str, CaseKind] = {INFERENCE: InferenceKind(), TRAINING: TrainingKind(), MEMORY: MemoryKind()}
+KINDS: dict[str, CaseKind] = {INFERENCE: InferenceKind(), TRAINING: TrainingKind(), MEMORY: MemoryKind(),
+                              TIME_TO_ACCURACY: TimeToAccuracyKind()}
 
 
 def kind_of(case: BenchCase) -> CaseKind:

@@ -31,10 +31,12 @@ GPU_IO_MODES = ("iobind", "e2e")  # input already on the device / host copies in
 INFERENCE = "inference"
 FALLBACK_ORIGIN = "temporary-untrained"  # cases of the fresh-clone fallback (files built on demand)
 TRAINING = "training"  # toolkit.benchmark.training
+TIME_TO_ACCURACY = "time-to-accuracy"  # toolkit.benchmark.time_to_accuracy: whole trainings, timed
 MEMORY = "memory"  # deployment cost of a file on a runtime, each case in a fresh child process
 MEMORY_BATCH = 256  # memory cases serve batch 1, then this batch
 KINDS_DEFAULT = (INFERENCE,)
-CASE_KINDS = (INFERENCE, TRAINING)  # what --bench-kind selects; memory cases come with --memory
+# What --bench-kind / --kind selects; memory cases come with --memory.
+CASE_KINDS = (INFERENCE, TRAINING, TIME_TO_ACCURACY)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class BenchCase:
     io: str = ""  # GPU only: "iobind" | "e2e"
     kind: str = INFERENCE  # which driver kind runs it (toolkit.benchmark.kinds.KINDS)
     repeat: int = 0  # which of the case's measurements (each repeat in another process)
+    settings: str = ""  # a kind's own settings, as compact JSON (time-to-accuracy: seed, threshold...)
 
     @property
     def id(self) -> str:
@@ -69,7 +72,7 @@ class BenchCase:
         """What makes two results comparable: the same file on the same runtime and setting
         (the repeats of a case share it: they are measurements of one case)."""
         base = (self.spec, self.key, self.runtime, self.device, self.io, self.batch, self.threads)
-        return base if self.kind == INFERENCE else (*base, self.kind)
+        return base if self.kind == INFERENCE else (*base, self.kind, self.settings)
 
     def with_repeat(self, repeat: int) -> BenchCase:
         return replace(self, repeat=repeat)
@@ -99,7 +102,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "spec": (str,), "key": (str,), "format": (str,), "precision": (str,), "runtime": (str,),
     "device": (str,), "batch": (int,), "threads": (int,), "path": (str,), "size_bytes": (int,),
     "sha256": (str, type(None)), "parity": (str,), "trained": (bool,), "origin": (str,),
-    "io": (str,), "kind": (str,), "repeat": (int,),
+    "io": (str,), "kind": (str,), "repeat": (int,), "settings": (str,),
 }
 
 

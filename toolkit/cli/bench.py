@@ -18,9 +18,12 @@ from toolkit.cli.options import (
     ArtifactsOption,
     BenchFormatOption,
     BoardOption,
+    EpochsOption,
     ExpsOption,
+    LimitOption,
     MaxFlashKibOption,
     MaxRamKibOption,
+    MixedPrecisionOption,
 )
 from toolkit.cli.output import console, err_console, print_table
 
@@ -39,6 +42,22 @@ RepeatsOption = Annotated[
     typer.Option("--repeats", min=1, help="Measure each case in this many separate processes (>= 2 gives "
                                           "a 95% interval; 3 by default)."),
 ]
+KindOption = Annotated[
+    str,
+    typer.Option("--kind", help="inference (with memory cases), training (steps), time-to-accuracy (whole "
+                                "trainings per seed); comma-separate several."),
+]
+SeedsOption = Annotated[int, typer.Option("--seeds", min=1, help="time-to-accuracy: seeds 0..N-1 per spec.")]
+ThresholdOption = Annotated[
+    float | None,
+    typer.Option("--threshold", help="time-to-accuracy: the test accuracy the final model must reach, e.g. "
+                                     "0.94."),
+]
+FreshOption = Annotated[
+    bool,
+    typer.Option("--fresh", help="time-to-accuracy: train again even where the run is complete (re-measure "
+                                 "a baseline back to back)."),
+]
 MemoryOption = Annotated[
     bool,
     typer.Option("--memory/--no-memory", help="Also measure peak memory, load time and first call per "
@@ -56,13 +75,25 @@ def bench_cmd(
     seconds: SecondsOption = 1.5,
     repeats: RepeatsOption = CLI_REPEATS,
     memory: MemoryOption = True,
+    kind: KindOption = "inference",
+    seeds: SeedsOption = 3,
+    threshold: ThresholdOption = None,
+    fresh: FreshOption = False,
+    mixed_precision: MixedPrecisionOption = None,
+    epochs: EpochsOption = None,
+    limit_train: LimitOption = None,
     artifacts: ArtifactsOption = None,
 ) -> None:
-    """Benchmark every export (and model.keras) on each runtime; results go to ARTIFACTS/bench/."""
+    """Benchmark every export (and model.keras) on each runtime; results go to ARTIFACTS/bench/.
+    `--kind time-to-accuracy`: train the named specs on several seeds and time them to a threshold."""
     from toolkit.benchmark.driver import BenchRequest, measure
 
+    kinds = tuple(k.strip() for k in kind.split(",") if k.strip())
     request = BenchRequest(root=artifacts, exps=exp, formats=format, runtime_keys=runtime, device=device,
-                           batches=batch, threads=threads, seconds=seconds, repeats=repeats, memory=memory)
+                           batches=batch, threads=threads, seconds=seconds, repeats=repeats,
+                           memory=memory and "inference" in kinds, kinds=kinds, seeds=seeds,
+                           threshold=threshold, fresh=fresh, mixed_precision=mixed_precision, epochs=epochs,
+                           limit_train=limit_train)
     printer = BenchPrinter()
     outcome = measure(request, printer)
     printer.benchmarked(outcome)
@@ -85,7 +116,10 @@ class BenchPrinter:
     def benchmarked(self, outcome: Any) -> None:
         for reason, count in outcome.skipped.items():
             err_console.print(f"[yellow]skipped:[/] {count} cases: {escape(reason)}", soft_wrap=True)
-        results = outcome.results
+        results = [r for r in outcome.results if r.case.kind != "time-to-accuracy"]
+        timed = [r for r in outcome.results if r.case.kind == "time-to-accuracy"]
+        if timed:
+            _print_time_to_accuracy(timed)
         if results:
             _print_results(results, outcome.session.peaks or {})
             written = ", ".join(map(str, outcome.written))
@@ -96,7 +130,38 @@ class BenchPrinter:
             err_console.print(f"[red]failed:[/] {o.case.id}: {escape(o.error.message)}", soft_wrap=True)
 
 
+def _print_time_to_accuracy(results: list[Any]) -> None:
+    from toolkit.benchmark.time_to_accuracy import summarize
+
+    def run_text(r: Any) -> str:
+        if r.reused:
+            return "reused (its recorded time)"
+        return f"trained (load {r.load_avg_1m:.1f})" if r.load_avg_1m is not None else "trained"
+
+    rows = [[r.case.spec, r.seed, r.mixed_precision, f"{r.train_seconds / 60:.2f}", f"{r.test_accuracy:.4f}",
+             "-" if r.reached is None else ("yes" if r.reached else "no"), run_text(r)] for r in results]
+    print_table("Time to accuracy: training wall time per seed (train_seconds: epochs with validation)",
+                ["spec", "seed", "precision", "minutes", "test acc", "reached", "run"], rows)
+    for s in summarize(results):
+        ci = s.accuracy_interval
+        interval = f" ({ci.low:.4f}-{ci.high:.4f})" if ci else ""
+        std = f" ± {s.accuracy_std:.4f}" if s.accuracy_std is not None else ""
+        reached = f"; {s.reached} of {s.seeds} reached {s.threshold:.4f}" if s.threshold else ""
+        console.print(f"{s.spec} ({s.mixed_precision}): {s.minutes_mean:.1f} min (range {s.minutes_low:.1f}-"
+                      f"{s.minutes_high:.1f}) over {s.seeds} seeds, test accuracy {s.accuracy_mean:.4f}{std}"
+                      f"{interval}{reached}" + (f"; {s.reused} reused runs" if s.reused else ""),
+                      soft_wrap=True)
+
+
 def _announce(session: Any, seconds: float) -> None:
+    trainings = [c for c in session.cases if c.kind == "time-to-accuracy"]
+    if trainings:
+        specs = ", ".join(sorted({c.spec for c in trainings}))
+        console.print(f"Time to accuracy: {len(trainings)} trainings ({specs} x seeds) in TensorFlow worker "
+                      "processes, one after another; a complete run with the same manifest is reused "
+                      "(--fresh trains it again)", soft_wrap=True)
+        if len(trainings) == len(session.cases):
+            return
     n_memory = sum(c.kind == "memory" for c in session.cases)
     memory_text = f" and {n_memory} memory cases" if n_memory else ""
     processes = f"{session.repeats} separate process{'es' if session.repeats > 1 else ''}"

@@ -237,6 +237,9 @@ def export_cmd(
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default 17).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-export even if unchanged.")] = False,
     no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the parity check.")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Also the flip test-time-augmentation variant of each "
+                                                    "chosen export that has one (onnx-tta, tflite-int8-tta: "
+                                                    "twice the compute, rows of their own).")] = False,
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -244,7 +247,7 @@ def export_cmd(
     from toolkit.export.run import ExportRequest, export_and_check
 
     request = ExportRequest(exps=exps, formats=formats, precisions=precisions, opset=opset, force=force,
-                            parity=not no_parity, root=artifacts, data_dir=data_dir)
+                            parity=not no_parity, root=artifacts, data_dir=data_dir, tta=tta)
     export_and_check(request, ExportPrinter(artifacts)).raise_for_failures()
 
 

@@ -32,7 +32,7 @@ from toolkit.core.errors import ArtifactError, NewerRecordError
 VERSION_KEY = "schema_version"
 KIND_KEY = "kind"
 UPGRADE = "pip install -U fashion-mnist-toolkit"
-BENCH_KINDS = ("inference", "memory", "training", "loadtest")
+BENCH_KINDS = ("inference", "memory", "training", "loadtest", "time-to-accuracy")
 DEFAULT_KIND = "inference"  # bench files written before kinds existed
 ENVELOPE = (VERSION_KEY, KIND_KEY, "source", "written_at", "machine", "versions")
 
@@ -196,7 +196,8 @@ def kind_of(doc: dict[str, Any]) -> str | None:
 
 # The command that writes (and so rewrites) each kind of bench file.
 REWRITTEN_BY = {"inference": "toolkit bench", "memory": "toolkit bench",
-                "training": "pytest bench/ --benchmark-only", "loadtest": "toolkit loadtest"}
+                "training": "pytest bench/ --benchmark-only", "loadtest": "toolkit loadtest",
+                "time-to-accuracy": "toolkit bench --kind time-to-accuracy"}
 
 
 @dataclass(frozen=True)

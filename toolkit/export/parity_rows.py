@@ -75,12 +75,24 @@ def _check_spec(arts, *, keys, dataset, data_dir, hook) -> SpecParity:
 
 
 class _Checked:
-    """What every row of one check compares with: the Keras reference on the test images."""
+    """What every row of one check compares with: the Keras reference on the test images (and,
+    for test-time-augmentation exports, Keras under the same averaging, made when first needed)."""
 
     def __init__(self, arts, source_sha: str, reference: np.ndarray, images: np.ndarray,
                  labels: np.ndarray) -> None:
         self.arts, self.source_sha = arts, source_sha
         self.reference, self.images, self.labels = reference, images, labels
+        self._flip_reference: np.ndarray | None = None
+
+    def reference_for(self, fmt) -> np.ndarray:
+        if not fmt.tta:
+            return self.reference
+        if self._flip_reference is None:
+            from toolkit.export.tta import mirror
+
+            mirrored = keras_reference(self.arts.model, mirror(self.images))
+            self._flip_reference = (self.reference + mirrored) / 2
+        return self._flip_reference
 
 
 def checked_keys(keys: Sequence[str]) -> list[str]:
@@ -190,8 +202,8 @@ def _check_entry(checked: _Checked, entry, runtime: str) -> ParityResult:
     else:
         file_sha = artifacts.sha256_file(path)  # the export lock keeps it from changing meanwhile
         result = check_file(path, key=entry.key, precision=fmt.precision, runtime=runtime,
-                            reference=checked.reference, images=checked.images, labels=checked.labels,
-                            contract=fmt.io)
+                            reference=checked.reference_for(fmt), images=checked.images,
+                            labels=checked.labels, contract=fmt.io)
         result.sha256 = file_sha
         result.sha256_matches_export = file_sha == entry.sha256
         if entry.sha256 is None:

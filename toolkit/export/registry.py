@@ -39,6 +39,9 @@ class ExportFormat:
     # tflite-int8io), whose parity is that file's.
     source: str | None = None
     name: str | None = None  # the file under export/, where it is not model.PRECISION.SUFFIX
+    # Flip test-time augmentation (toolkit.export.tta): the model on the image and its mirror,
+    # averaged; opt-in (`--tta`), checked against Keras under the same averaging.
+    tta: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -86,6 +89,13 @@ FORMATS: dict[str, ExportFormat] = {
         _fmt("tflite", "int8io", ("litert", "tflm"), ("cpu",),
              "TFLite full-integer int8 with int8 input/output (TFLite Micro convention; scale and zero "
              "point in its metadata)", io=INT8_CLASSIFIER),
+        ExportFormat("onnx-tta", "onnx", "fp32", ".onnx", "toolkit.export.tta:export", _ORT,
+                     ("cpu", "gpu"), "ONNX float32 with flip test-time augmentation: the mean of the image's "
+                     "and its mirror's probabilities (twice the compute)",
+                     name="model.fp32.tta.onnx", tta=True),
+        ExportFormat("tflite-int8-tta", "tflite", "int8", ".tflite", "toolkit.export.tta:export",
+                     ("litert",), ("cpu",), "TFLite full-integer int8 with flip test-time augmentation "
+                     "(twice the compute)", name="model.int8.tta.tflite", tta=True),
         ExportFormat("tflm-c", "c", "int8io", ".cc", "toolkit.export.tflm_c:export", (), ("mcu",),
                      "C++ source for TFLite Micro firmware: the tflite-int8io model as an aligned array, the "
                      "measured tensor arena, I/O quantization, class names, an op resolver of its operators",
@@ -135,14 +145,27 @@ def _expand(values: Iterable[str] | None, valid: tuple[str, ...], what: str,
     return list(dict.fromkeys(chosen))
 
 
-def select(formats: list[str] | None, precisions: list[str] | None) -> list[ExportFormat]:
+def select(formats: list[str] | None, precisions: list[str] | None, *,
+           tta: bool = False) -> list[ExportFormat]:
     """The export formats for --format/--precision (default: every format that has the precision;
-    fp32 only).
+    fp32 only); with `tta`, also the test-time-augmentation variant of each chosen one that has one.
 
     Rejects unknown names and unsupported pairs before any work, listing the valid keys.
     """
+    chosen = _select(formats, precisions)
+    if tta:
+        pairs = {(c.format, c.precision) for c in chosen}
+        variants = [f for f in FORMATS.values() if f.tta and (f.format, f.precision) in pairs]
+        if not variants:
+            raise UsageError("--tta: none of the chosen exports has a test-time-augmentation variant; it "
+                             f"exists for {', '.join(k for k, f in FORMATS.items() if f.tta)}")
+        chosen += variants
+    return chosen
+
+
+def _select(formats: list[str] | None, precisions: list[str] | None) -> list[ExportFormat]:
     names = _expand(formats, FORMAT_NAMES, "format", FORMAT_NAMES)
-    by_pair = {(f.format, f.precision): f for f in FORMATS.values()}
+    by_pair = {(f.format, f.precision): f for f in FORMATS.values() if not f.tta}
     if precisions:
         wanted = [(n, p) for n in names for p in _expand(precisions, PRECISIONS, "precision", ())]
     else:  # fp32; a format without it (the C source) in its own precision, when named outright

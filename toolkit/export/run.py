@@ -55,6 +55,7 @@ class ExportRequest:
     parity: bool = True
     root: Path | None = None
     data_dir: Path | None = None
+    tta: bool = False  # also the flip test-time-augmentation variants (toolkit.export.tta)
 
 
 @dataclass
@@ -120,7 +121,7 @@ def export_and_check(request: ExportRequest, view: ExportView | None = None) -> 
 
     view = view or QuietView()
     chosen = registry.select(list(request.formats) if request.formats else None,
-                             list(request.precisions) if request.precisions else None)
+                             list(request.precisions) if request.precisions else None, tta=request.tta)
     names = trained_names(request.exps, request.root)  # refuses untrained specs before any work
     if request.opset is not None and any(f.format == "onnx" for f in chosen):
         from toolkit.export.onnx import check_opset

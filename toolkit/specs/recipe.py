@@ -26,7 +26,9 @@ from typing import Any
 from toolkit.core.errors import UsageError
 
 OPTIMIZERS = ("adam", "rmsprop", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
+# cosine: a stock Keras schedule (to 0, after an optional linear warm-up); linear: linear decay to 0
+# after an optional warm-up; onecycle: linear up to the peak over warmup_epochs, then linearly to 0.
+SCHEDULES = ("constant", "cosine", "linear", "onecycle")
 SELECTIONS = ("last", "best")
 # Keras's default learning rates, used where a recipe names none (the seed named none).
 DEFAULT_LEARNING_RATE = {"adam": 1e-3, "rmsprop": 1e-3, "adamw": 1e-3, "sgd": 1e-2}
@@ -44,7 +46,7 @@ class Recipe:
     learning_rate: float | None = None  # None: the optimizer's Keras default (the seed's choice)
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
-    schedule: str = "constant"  # constant | cosine (to 0, after an optional linear warm-up)
+    schedule: str = "constant"  # constant | cosine | linear | onecycle (SCHEDULES)
     warmup_epochs: float = 0.0  # at most half the run (a quick --epochs 1 run warms up for half of it)
     weight_decay: float = 0.0  # decoupled (Keras optimizers' weight_decay); BatchNorm and biases excluded
     label_smoothing: float = 0.0
@@ -55,6 +57,11 @@ class Recipe:
     teacher: str | None = None  # distil from this spec's trained run
     distill_alpha: float = 0.5  # weight of the teacher's probabilities in the target
     distill_temperature: float = 1.0  # softens the teacher's probabilities
+    # Levers for short trainings (issue 21); each enters a manifest only when set.
+    ema: float = 0.0  # per-step momentum of an exponential moving average of the weights (0: off);
+    # the averaged weights are the ones validated, kept, saved and exported
+    bn_momentum: float | None = None  # BatchNorm's moving-statistics momentum (None: Keras's 0.99)
+    whiten_stem: bool = False  # initialise the first convolution with whitening filters of image patches
 
     def __post_init__(self) -> None:
         problems = list(self.problems())
@@ -80,7 +87,10 @@ class Recipe:
         if not (_is_number(self.warmup_epochs) and self.warmup_epochs >= 0):
             yield f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}"
         elif self.warmup_epochs and self.schedule == "constant":
-            yield "warmup_epochs needs schedule cosine (allowed with constant: 0)"
+            yield "warmup_epochs needs a schedule (cosine, linear, onecycle; allowed with constant: 0)"
+        elif self.schedule == "onecycle" and not self.warmup_epochs:
+            yield "schedule onecycle rises over warmup_epochs: set warmup_epochs > 0 (e.g. 0.3 x epochs)"
+        yield from self._lever_problems()
         yield from _fraction("weight_decay", self.weight_decay, "[0, 1)", high_open=True)
         yield from _fraction("label_smoothing", self.label_smoothing, "[0, 1)", high_open=True)
         yield from _fraction("erasing", self.erasing, "[0, 1]", high_open=False)
@@ -93,6 +103,14 @@ class Recipe:
             yield ("augment (the seed's DA set) cannot be combined with crop_padding, flip or erasing; "
                    "allowed: one or the other")
         yield from self._distill_problems()
+
+    def _lever_problems(self) -> Iterable[str]:
+        if not (_is_number(self.ema) and 0 <= self.ema < 1):
+            yield f"ema must be in [0, 1) (0: off; e.g. 0.999), got {self.ema!r}"
+        if self.bn_momentum is not None and not (_is_number(self.bn_momentum) and 0 < self.bn_momentum < 1):
+            yield f"bn_momentum must be in (0, 1) (or none: Keras's 0.99), got {self.bn_momentum!r}"
+        if not isinstance(self.whiten_stem, bool):
+            yield f"whiten_stem must be true or false, got {self.whiten_stem!r}"
 
     def _distill_problems(self) -> Iterable[str]:
         if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher.strip()):
@@ -150,6 +168,12 @@ class Recipe:
             parts.append(f"{self.selection} epoch")
         if self.teacher:
             parts.append(f"teacher {self.teacher}")
+        if self.ema:
+            parts.append(f"ema {self.ema:g}")
+        if self.bn_momentum is not None:
+            parts.append(f"bn momentum {self.bn_momentum:g}")
+        if self.whiten_stem:
+            parts.append("whitened stem")
         return ", ".join(parts)
 
 
@@ -193,8 +217,9 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
 
 def _coerce(name: str, raw: str) -> Any:
     default = getattr(SEED_RECIPE, name)
-    kind = {"learning_rate": float, "teacher": str}.get(name, type(default))
-    if name in ("learning_rate", "teacher") and raw.lower() in _NONE:
+    typed = {"learning_rate": float, "teacher": str, "bn_momentum": float, "ema": float}
+    kind = typed.get(name, type(default))
+    if name in ("learning_rate", "teacher", "bn_momentum") and raw.lower() in _NONE:
         return None
     try:
         if kind is bool:

@@ -125,8 +125,11 @@ def _callbacks(spec: Spec, manifest: dict[str, Any], partial: Path, *, state: tu
 
     history, initial_epoch, seconds_before = state
     checkpoint = PartialCheckpoint(partial, manifest, history, seconds_before)
-    best = fitting.BestEpoch(partial, initial_epoch) if spec.recipe.selection == "best" else None
-    callbacks: list = [c for c in (best, checkpoint) if c is not None]
+    ema = fitting.EmaSwap() if spec.recipe.ema else None
+    best = fitting.BestEpoch(partial, initial_epoch, ema) if spec.recipe.selection == "best" else None
+    rate = fitting.StepRate(spec.recipe, steps) if spec.recipe.schedule in ("linear", "onecycle") else None
+    # The rate is set before each step; validation swaps the average in and out around itself.
+    callbacks: list = [c for c in (rate, ema, best, checkpoint) if c is not None]
     if on_epoch is not None:
         callbacks.append(EpochHookCallback(on_epoch, spec.epochs))
     display = None
@@ -177,6 +180,12 @@ def _train_new(spec: Spec, dataset: data.Dataset, arts: artifacts.SpecArtifacts,
     steps = int(np.ceil(n_train / spec.batch_size))
     model, history, initial_epoch, seconds_before = _model_and_state(spec, manifest, partial, resume,
                                                                      steps_per_epoch=steps, console=console)
+    if spec.recipe.whiten_stem and not initial_epoch:  # from training images only, never validation's
+        from toolkit.training import fitting
+
+        train_idx, _ = split_indices(len(dataset.y_train), seed=seed, fraction=spec.validation_fraction,
+                                     limit_train=limit_train)
+        fitting.apply_levers(model, spec, data.to_model_input(dataset.x_train[train_idx[:5000]]))
     train_ds, val_ds, n_train, n_val = make_datasets(
         spec, dataset, seed=seed, limit_train=limit_train, initial_epoch=initial_epoch,
         teacher_run=manifest.get("teacher"), root=arts.root)
@@ -185,6 +194,8 @@ def _train_new(spec: Spec, dataset: data.Dataset, arts: artifacts.SpecArtifacts,
         on_epoch=on_epoch, console=console)
     _fit(model, spec, manifest, (train_ds, val_ds), steps=steps, initial_epoch=initial_epoch,
          callbacks=callbacks, checkpoint=checkpoint, display=display)
+    if spec.recipe.ema:  # the moving average is the model: validated, kept, saved and exported
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     if spec.mixed_precision != "off":  # model.keras and the exports hold the float32 model
         model = precision.float32_copy(
             model, build=lambda: build_training_model(spec, "off", steps_per_epoch=steps))
@@ -299,7 +310,9 @@ def build_training_model(spec: Spec, mode: str, *, steps_per_epoch: int | None =
 
     steps = steps_per_epoch or int(np.ceil(TRAIN_IMAGES * (1 - spec.validation_fraction) / spec.batch_size))
     with precision.policy_scope(mode):
-        model = fitting.compile_model(build_model(spec), spec, steps, mode=mode)
+        built = build_model(spec)
+        fitting.apply_levers(built, spec)  # BatchNorm momentum (the whitened stem needs images: _train_new)
+        model = fitting.compile_model(built, spec, steps, mode=mode)
     precision.check_float32_contract(model)
     return model
 
