@@ -44,6 +44,7 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("predict", export.predict_cmd),
     ("bench", bench.bench_cmd),
     ("report", bench.report_cmd),
+    ("profile", bench.profile_cmd),
     ("analyze", analysis.analyze_cmd),
     ("recommend", analysis.recommend_cmd),
     ("sweep", sweep.sweep_cmd),

@@ -19,13 +19,14 @@ from toolkit.cli.options import (
     BenchFormatOption,
     BoardOption,
     EpochsOption,
+    ExpOption,
     ExpsOption,
     LimitOption,
     MaxFlashKibOption,
     MaxRamKibOption,
     MixedPrecisionOption,
 )
-from toolkit.cli.output import console, err_console, print_table
+from toolkit.cli.output import console, err_console, load_data, print_table
 
 RuntimeOption = Annotated[
     list[str] | None,
@@ -151,6 +152,37 @@ def _print_time_to_accuracy(results: list[Any]) -> None:
                       f"{s.minutes_high:.1f}) over {s.seeds} seeds, test accuracy {s.accuracy_mean:.4f}{std}"
                       f"{interval}{reached}" + (f"; {s.reused} reused runs" if s.reused else ""),
                       soft_wrap=True)
+
+
+def profile_cmd(
+    exp: ExpOption = "frontier",
+    limit_train: LimitOption = None,
+    mixed_precision: MixedPrecisionOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Where one training epoch of a spec goes: input pipeline (with and without augmentation),
+    forward+backward, optimizer, fit, validation, checkpoint, each as wall and CPU seconds."""
+    import json
+
+    from toolkit.training.profile import CATEGORIES, profile_epoch
+    from toolkit.training.train import TrainRequest
+
+    spec = TrainRequest(exp, limit_train=limit_train, mixed_precision=mixed_precision).spec()
+    load_data(None)
+    with console.status(f"profiling one epoch of {spec.name} ({spec.mixed_precision})"):
+        result = profile_epoch(spec, limit_train=limit_train)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    epoch_cpu = result.seconds["epoch"][1] or 1.0
+    rows = [[label, f"{result.seconds[key][0]:.2f}", f"{result.seconds[key][1]:.2f}",
+             f"{result.seconds[key][1] / epoch_cpu:.0%}"] for key, label in CATEGORIES]
+    print_table(f"One epoch of {spec.name}: {result.images:,} images in {result.steps} steps of "
+                f"{result.batch_size}, {spec.mixed_precision}", ["category", "wall s", "CPU s",
+                                                                 "CPU / epoch CPU"], rows)
+    load = " ".join(f"{v:.1f}" for v in result.load_avg) if result.load_avg else "-"
+    console.print(f"CPU s: all threads of this process (2 cores: up to 2x wall). Load average 1/5/15 min: "
+                  f"{load}; categories are timed alone, so they do not add up to the epoch.", soft_wrap=True)
 
 
 def _announce(session: Any, seconds: float) -> None:

@@ -103,6 +103,8 @@ def run_cmd(
     mixed_precision: MixedPrecisionOption = None,
     serve: Annotated[bool, typer.Option("--serve", help="Then serve the pick and load-test it (batching "
                                         "on and off, classify, similar, ceiling; several minutes).")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Also export, check and benchmark the flip test-time-"
+                                                    "augmentation variants (rows of their own).")] = False,
 ) -> None:
     """The whole pipeline for one spec: train (its untrained teachers first, with the same seed,
     epochs and limit), export with parity, benchmark, report (and with --serve, serve and load-test)."""
@@ -113,7 +115,8 @@ def run_cmd(
     request = TrainRequest(exp, seed=seed, epochs=epochs, limit_train=limit_train, root=artifacts,
                            data_dir=data_dir, resume=resume is not False, teacher=teacher,
                            recipe=parse_overrides(recipe), mixed_precision=mixed_precision)
-    run_pipeline(RunRequest(request, serve=serve, check_resume=bool(resume)), PipelinePrinter(artifacts))
+    run_pipeline(RunRequest(request, serve=serve, check_resume=bool(resume), tta=tta),
+                 PipelinePrinter(artifacts))
 
 
 class PipelinePrinter(ExportPrinter, BenchPrinter, LoadtestPrinter):

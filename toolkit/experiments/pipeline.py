@@ -37,6 +37,7 @@ class RunRequest:
     train: TrainRequest
     serve: bool = False
     check_resume: bool = False  # --resume given outright: the interrupted run must be in this precision
+    tta: bool = False  # also export the flip test-time-augmentation variants (their own rows)
 
     @property
     def exp(self) -> str:
@@ -105,7 +106,7 @@ def _train_one(request: TrainRequest, view: PipelineView, *, check_resume: bool 
 
 
 def _export(request: RunRequest, view: PipelineView) -> None:
-    export_and_check(ExportRequest(exps=[request.exp], formats=["all"], precisions=["all"],
+    export_and_check(ExportRequest(exps=[request.exp], formats=["all"], precisions=["all"], tta=request.tta,
                                    root=request.train.root, data_dir=request.train.data_dir),
                      view).raise_for_failures()
 
