@@ -45,9 +45,11 @@ def test_registry_lists_every_format_and_precision():
     # Every format in every precision, except int8io, which is TFLite only (the microcontroller build),
     # and the C source for TFLite Micro firmware, made from the int8io file.
     files = {f"{f}-{p}" for f in ("onnx", "tflite") for p in PRECISIONS} - {"onnx-int8io"}
-    assert set(FORMATS) == files | {"tflm-c"}
+    # ... and OpenVINO's int8 IR (NNCF), the one precision OpenVINO needs a file of its own for.
+    assert set(FORMATS) == files | {"tflm-c", "openvino-int8"}
     assert [f.key for f in select(None, None)] == ["onnx-fp32", "tflite-fp32"]
-    assert len(select(["all"], ["all"])) == 10
+    assert len(select(["all"], ["all"])) == 11
+    assert [f.key for f in select(["openvino"], None)] == ["openvino-int8"]  # its one precision
     assert [f.key for f in select(None, ["int8io"])] == ["tflite-int8io", "tflm-c"]
     assert [f.key for f in select(["c"], None)] == ["tflm-c"]  # its one precision, without --precision
     assert [f.key for f in select(["tflite"], ["int8,dynamic"])] == ["tflite-int8", "tflite-dynamic"]
@@ -102,7 +104,7 @@ def test_export_all_formats_and_precisions(exported):
         path = arts.dir / e["path"]
         assert e["status"] == "exported", (key, e.get("error"))
         assert path.name == FORMATS[key].filename and path.parent == arts.export_dir
-        assert e["size_bytes"] == path.stat().st_size > 0
+        assert e["size_bytes"] == artifacts.model_bytes(path) > 0  # an IR's .bin counts too
         assert e["sha256"] == artifacts.sha256_file(path)
         assert e["source_model_sha256"] == source
         assert e["parity"]["status"] in ("pass", "fail") and e["parity"]["images"] == 10_000
@@ -129,10 +131,14 @@ def test_export_all_formats_and_precisions(exported):
     assert parity["test_images"] == 10_000 and {r["key"] for r in parity["exports"]} == set(entries)
     assert parity["schema_version"] == 3
     assert all(r["sha256"] == entries[r["key"]]["sha256"] for r in parity["exports"])
-    # One row per file and runtime: the full-integer files also ran under TFLM, if installed.
-    rows = {r["row"] for r in parity["exports"]}
-    tflm = importlib.util.find_spec("tflite_micro") is not None
-    assert rows == set(entries) | ({"tflite-int8@tflm", "tflite-int8io@tflm"} if tflm else set())
+    # One row per file and runtime: each file's primary runtime, and every other runtime of its
+    # format that can run here (TFLM for the full-integer files, OpenVINO for ONNX files, ...).
+    from toolkit import runtimes
+
+    ran = {(r["key"], r["runtime"]) for r in parity["exports"]}
+    assert ran == {(k, rt) for k in entries for i, rt in enumerate(FORMATS[k].runtimes)
+                   if i == 0 or runtimes.get_runtime(rt).available()}
+    assert set(entries) <= {r["row"] for r in parity["exports"]}  # primary rows keep the key
     # The exit code follows the results: 0 if all passed, 5 if a (quantized) check failed.
     failed = [r["row"] for r in parity["exports"] if not r["passed"]]
     assert result.exit_code == (5 if failed else 0), result.output
