@@ -58,10 +58,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 setup: data $(BIN)/python
-	$(BIN)/pip install -q -e '.[serve,mcu]'
+	$(BIN)/pip install -q -e '.[serve,mcu,openvino]'
 
 setup-dev: data $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,ray,serve,docs,mcu]'
+	$(BIN)/pip install -q -e '.[dev,ray,serve,docs,mcu,openvino]'
 
 # ruff, then pylint's duplicate-code check over toolkit/ (6+ similar lines; imports, docstrings and
 # signatures aside). The pairs it still lists are named, with why they stay, in docs/architecture.md.

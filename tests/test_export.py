@@ -42,9 +42,14 @@ def test_registry_lists_every_format_and_precision():
     # Every format in every precision, except int8io, which is TFLite only (the microcontroller build),
     # and the C source for TFLite Micro firmware, made from the int8io file.
     files = {f"{f}-{p}" for f in ("onnx", "tflite") for p in PRECISIONS} - {"onnx-int8io"}
-    assert set(FORMATS) == files | {"tflm-c"}
+    # ... and OpenVINO's int8 IR (NNCF), the one precision OpenVINO needs a file of its own for.
+    # ... and the opt-in flip test-time-augmentation variants (`--tta`), never part of `all`.
+    tta = {k for k, f in FORMATS.items() if f.tta}
+    assert tta == {"onnx-tta", "tflite-int8-tta"}
+    assert set(FORMATS) - tta == files | {"tflm-c", "openvino-int8"}
     assert [f.key for f in select(None, None)] == ["onnx-fp32", "tflite-fp32"]
-    assert len(select(["all"], ["all"])) == 10
+    assert len(select(["all"], ["all"])) == 11
+    assert [f.key for f in select(["openvino"], None)] == ["openvino-int8"]  # its one precision
     assert [f.key for f in select(None, ["int8io"])] == ["tflite-int8io", "tflm-c"]
     assert [f.key for f in select(["c"], None)] == ["tflm-c"]  # its one precision, without --precision
     assert [f.key for f in select(["tflite"], ["int8,dynamic"])] == ["tflite-int8", "tflite-dynamic"]
@@ -52,6 +57,9 @@ def test_registry_lists_every_format_and_precision():
         assert callable(fmt.exporter_fn())
         if fmt.source:
             assert FORMATS[fmt.source].precision == fmt.precision and not fmt.runtimes
+            continue
+        if fmt.tta:  # named after its base export, with ".tta" before the suffix
+            assert fmt.filename == f"model.{fmt.precision}.tta{fmt.suffix}"
             continue
         assert fmt.key == f"{fmt.format}-{fmt.precision}"
         assert fmt.filename == f"model.{fmt.precision}{fmt.suffix}"
@@ -87,7 +95,7 @@ def test_export_all_formats_and_precisions(exported):
     doc = json.loads(arts.exports_json.read_text())
     assert doc["schema_version"] == 3
     entries = {e["key"]: e for e in doc["exports"]}
-    assert set(entries) == set(FORMATS), result.output
+    assert set(entries) == {k for k, f in FORMATS.items() if not f.tta}, result.output  # tta: opt-in
     source = artifacts.sha256_file(arts.model)
     c_source = entries.pop("tflm-c")  # made from tflite-int8io's file: its parity is that file's
     assert c_source["status"] == "exported" and c_source["settings"]["source"] == {
@@ -99,7 +107,7 @@ def test_export_all_formats_and_precisions(exported):
         path = arts.dir / e["path"]
         assert e["status"] == "exported", (key, e.get("error"))
         assert path.name == FORMATS[key].filename and path.parent == arts.export_dir
-        assert e["size_bytes"] == path.stat().st_size > 0
+        assert e["size_bytes"] == artifacts.model_bytes(path) > 0  # an IR's .bin counts too
         assert e["sha256"] == artifacts.sha256_file(path)
         assert e["source_model_sha256"] == source
         assert e["parity"]["status"] in ("pass", "fail") and e["parity"]["images"] == 10_000
@@ -126,10 +134,14 @@ def test_export_all_formats_and_precisions(exported):
     assert parity["test_images"] == 10_000 and {r["key"] for r in parity["exports"]} == set(entries)
     assert parity["schema_version"] == 3
     assert all(r["sha256"] == entries[r["key"]]["sha256"] for r in parity["exports"])
-    # One row per file and runtime: the full-integer files also ran under TFLM, if installed.
-    rows = {r["row"] for r in parity["exports"]}
-    tflm = importlib.util.find_spec("tflite_micro") is not None
-    assert rows == set(entries) | ({"tflite-int8@tflm", "tflite-int8io@tflm"} if tflm else set())
+    # One row per file and runtime: each file's primary runtime, and every other runtime of its
+    # format that can run here (TFLM for the full-integer files, OpenVINO for ONNX files, ...).
+    from toolkit import runtimes
+
+    ran = {(r["key"], r["runtime"]) for r in parity["exports"]}
+    assert ran == {(k, rt) for k in entries for i, rt in enumerate(FORMATS[k].runtimes)
+                   if i == 0 or runtimes.get_runtime(rt).available()}
+    assert set(entries) <= {r["row"] for r in parity["exports"]}  # primary rows keep the key
     # The exit code follows the results: 0 if all passed, 5 if a (quantized) check failed.
     failed = [r["row"] for r in parity["exports"] if not r["passed"]]
     assert result.exit_code == (5 if failed else 0), result.output

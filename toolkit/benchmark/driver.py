@@ -57,6 +57,7 @@ from toolkit.core.errors import (
     UsageError,
 )
 from toolkit.core.machine import cuda_available
+from toolkit.runtimes.base import RuntimeUnavailableError
 
 
 @dataclass
@@ -170,6 +171,7 @@ class BenchSession:
             raise ArtifactError(
                 f"nothing to benchmark under {session.root} for these filters: train and export first "
                 "(toolkit train, toolkit export), or widen --exp/--format/--runtime")
+        session._require_named_runtimes()
         if (request.device or "").lower() == "gpu" and not session.cuda:
             session.close()
             import onnxruntime as ort
@@ -178,6 +180,18 @@ class BenchSession:
                 f"--device gpu: ONNX Runtime has no CUDA provider here (providers: "
                 f"{', '.join(ort.get_available_providers())}); install the `gpu` extra on an NVIDIA host")
         return session
+
+    def _require_named_runtimes(self) -> None:
+        """A runtime named with --runtime whose package is missing is one line with its install
+        command (exit 6, like a missing GPU); unnamed ones are skipped case by case instead."""
+        from toolkit import runtimes
+
+        for key in self.filters.runtime_keys or ():
+            for name in (k.strip().lower() for k in str(key).split(",") if k.strip()):
+                runtime = runtimes.get_runtime(name)
+                if "cpu" in runtime.devices and (why := runtime.unavailable_reason()):
+                    self.close()
+                    raise RuntimeUnavailableError(f"--runtime {name}: {why}")
 
     # ------------------------------------------------------------ what the kinds ask about
 
@@ -213,7 +227,7 @@ class BenchSession:
 
     def measure_peaks(self) -> dict[str, Any]:
         if self.peaks is None:
-            self.peaks = measure_peaks(self.thread_counts)
+            self.peaks = measure_peaks(self.thread_counts, {c.runtime for c in self.cases})
         return self.peaks
 
     def ensure_files(self, case: BenchCase) -> None:

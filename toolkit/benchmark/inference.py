@@ -29,7 +29,7 @@ import numpy as np
 from toolkit import runtimes
 from toolkit.benchmark.context import BenchContext, configure_tf_threads
 from toolkit.benchmark.inference_results import InferenceResult
-from toolkit.benchmark.placement import HERE, SKIP, Environment, Placement, place_tensorflow
+from toolkit.benchmark.placement import HERE, SKIP, Environment, Placement, place_tensorflow, runtime_skip
 from toolkit.benchmark.plan import INFERENCE, KERAS_RUNTIMES, BenchCase
 from toolkit.benchmark.timing import Timer, TimingStats, own_timer, plan_rounds
 from toolkit.core.errors import ParityError, UsageError
@@ -175,6 +175,9 @@ def run_case(case: BenchCase, ctx: BenchContext, *, timer: Timer = own_timer,
 
     raw = timer(target, after, rounds)
     check = prep.checker.finish()
+    # What the runtime says it ran, once it has run this batch size (OpenVINO picks some kernels
+    # at the first call of a shape): the precision it computes, its settings, its kernels' ISA.
+    prep.notes.update(prep.model.run_facts())
     spec = get_spec(case.spec)
     return InferenceResult(
         case=case, timed=raw is not None, warmup_calls=len(warm), params=spec.param_count(),
@@ -202,20 +205,22 @@ class InferenceKind:
             return Placement(SKIP, reason="no CUDA execution provider in ONNX Runtime here; install the "
                                           "`gpu` extra on an NVIDIA host")
         if case.runtime not in KERAS_RUNTIMES:
-            return Placement(HERE)
+            return runtime_skip(case) or Placement(HERE)
         return place_tensorflow(case, env)
 
     def run(self, case: BenchCase, ctx: Any, *, timer: Any, cases: Sequence[BenchCase]) -> Any:
         return run_case(case, ctx, timer=timer, cases=cases)
 
     def finish(self, result: Any, peaks: dict[str, Any] | None) -> None:
-        from toolkit.benchmark.peaks import pct_of_peak, peak_for
+        from toolkit.benchmark.peaks import pct_of_peak, peak_for, peak_kind
 
         if result.stats is None:
             return
-        peak = peak_for(peaks, result.case.precision, result.case.threads)
+        kind = peak_kind(result.case.runtime, result.notes.get("computes") or result.case.precision)
+        peak = peak_for(peaks, result.case.precision, result.case.threads, runtime=result.case.runtime,
+                        computes=result.notes.get("computes"))
         if peak and result.stats.images_per_s:
-            result.peak_g_per_s = peak
+            result.peak_g_per_s, result.notes["peak_kind"] = peak, kind
             result.pct_of_peak = pct_of_peak(mflops_per_image=result.mflops_per_image,
                                              images_per_s=result.stats.images_per_s, peak=peak)
 

@@ -26,7 +26,7 @@ import time
 STAGES = ("python_numpy", "runtime_imported", "loaded", "serving_b1", "serving_batch")
 # Heavy libraries whose presence in sys.modules is reported, so a test can see that a child
 # imported only its own runtime.
-WATCHED = ("tensorflow", "keras", "onnxruntime", "ai_edge_litert", "torch", "jax")
+WATCHED = ("tensorflow", "keras", "onnxruntime", "ai_edge_litert", "openvino", "torch", "jax")
 
 
 def peak_rss_mb() -> tuple[float | None, str]:

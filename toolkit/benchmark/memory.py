@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.benchmark.memchild import STAGES
-from toolkit.benchmark.placement import HERE, SKIP, Environment, Placement
+from toolkit.benchmark.placement import HERE, SKIP, Environment, Placement, runtime_skip
 from toolkit.benchmark.plan import KERAS_RUNTIMES, MEMORY, BenchCase
 from toolkit.core import records
 from toolkit.core.errors import ToolkitError
@@ -191,7 +191,7 @@ class MemoryKind:
         if case.runtime in KERAS_RUNTIMES and not env.tensorflow:
             return Placement(SKIP, reason="TensorFlow is not installed here (ONNX Runtime/LiteRT memory "
                                           "cases still run)")
-        return Placement(HERE)
+        return (runtime_skip(case) if case.runtime not in KERAS_RUNTIMES else None) or Placement(HERE)
 
     def run(self, case: BenchCase, ctx: Any, *, timer: Any, cases: Sequence[BenchCase]) -> Any:
         return measure(case, ctx.images)

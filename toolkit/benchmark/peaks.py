@@ -1,6 +1,17 @@
-"""This machine's measured matrix-multiply peaks, which "% of peak" is judged by (numpy float32
-GEMM; int8 GEMM through ONNX Runtime's MatMulInteger,
-the kernel family quantized models run on; float32 MatMul through ONNX Runtime for comparison)."""
+"""This machine's measured matrix-multiply peaks, which "% of peak" is judged by: each row against
+its own runtime's matrix multiply at the precision the row computes, where the toolkit can build
+one (a peak another library reaches says little of what this runtime could do):
+
+    fp32           numpy float32 GEMM (its BLAS): Keras and LiteRT float rows
+    int8           ONNX Runtime MatMulInteger (u8 x s8 -> s32): ONNX Runtime int8 and dynamic rows;
+                   LiteRT int8 rows too, for want of a LiteRT GEMM built without TensorFlow
+    fp32_ort       ONNX Runtime MatMul float32 (MLAS): ONNX Runtime float rows
+    openvino-fp32  OpenVINO CPU MatMul at INFERENCE_PRECISION_HINT=f32
+    openvino-bf16  ... at bf16 (AMX-BF16 where the CPU has it), on CPUs with native bf16
+    openvino-int8  ... a FakeQuantize'd input times int8 weights (AMX-INT8 / VNNI kernels)
+
+Each peak is keyed by thread count and says how it was measured; OpenVINO's also say which
+kernels ran it (`primitives`, `isa`), read from the compiled model like a model's."""
 
 from __future__ import annotations
 
@@ -14,10 +25,25 @@ from toolkit import runtimes
 from toolkit.core.machine import blas_info, load_average
 from toolkit.core.records import now
 
-# Compute each precision runs on: fp16 files compute in float32 on these CPUs (weights are
+# Compute each file precision runs on: fp16 files compute in float32 on these CPUs (weights are
 # up-cast); dynamic quantization runs int8 GEMMs.
-PEAK_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "dynamic": "int8", "int8io": "int8"}
-PEAK_KINDS = ("fp32", "int8", "fp32_ort")
+PEAK_PRECISION = {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "int8": "int8", "dynamic": "int8",
+                  "int8io": "int8"}
+OPENVINO_PEAKS = {"fp32": "openvino-fp32", "bf16": "openvino-bf16", "int8": "openvino-int8"}
+OPENVINO_RUNTIMES = ("openvino", "openvino-bf16")
+PEAK_KINDS = ("fp32", "int8", "fp32_ort", *OPENVINO_PEAKS.values())
+
+
+def peak_kind(runtime: str | None, computes: str) -> str:
+    """The peak a row of `runtime` computing `computes` (a precision, or a mix like "int8+fp32",
+    judged by its fastest part) is measured against."""
+    parts = [PEAK_PRECISION.get(p, "fp32") for p in computes.split("+")]
+    compute = "int8" if "int8" in parts else "bf16" if "bf16" in parts else "fp32"
+    if runtime in OPENVINO_RUNTIMES:
+        return OPENVINO_PEAKS[compute]
+    if compute == "int8":
+        return "int8"
+    return "fp32_ort" if runtime == "onnxruntime" else "fp32"
 
 
 def fp32_gemm_peak(threads: int, *, n: int = 1024, seconds: float = 0.6) -> dict[str, Any]:
@@ -77,17 +103,38 @@ def _best_rate(fn: Callable[[], Any], ops: float, seconds: float) -> float:
     return ops / best
 
 
-def measure_peaks(threads: Iterable[int]) -> dict[str, Any]:
-    """{"fp32": {"1": {...}, "2": {...}}, "int8": {...}, "fp32_ort": {...}} per thread count."""
+def openvino_gemm_peak(precision: str, threads: int, *, n: int = 1024,
+                       seconds: float = 0.6) -> dict[str, Any]:
+    """Best-of throughput of OpenVINO's CPU plugin multiplying n x n matrices at `precision`."""
+    from toolkit.runtimes.openvino import matmul_request
+
+    request, a, facts = matmul_request(precision, n=n, threads=threads)
+    rate = _best_rate(lambda: request.infer({0: a}, share_inputs=True), 2 * n**3, seconds) / 1e9
+    unit = "gops" if precision == "int8" else "gflops"
+    kernels = ", ".join(k for ks in facts["primitives"].values() for k in ks)
+    return {unit: rate, "how": f"OpenVINO CPU MatMul {n}x{n} at {precision} ({kernels}), best of calls",
+            **facts}
+
+
+def measure_peaks(threads: Iterable[int], runtime_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """{"fp32": {"1": {...}, "2": {...}}, "int8": {...}, "fp32_ort": {...}} per thread count, and
+    OpenVINO's peaks when `runtime_keys` (the runtimes the run measures) include OpenVINO's."""
+    planned = set(runtime_keys)
     peaks: dict[str, Any] = {
         "fp32": {}, "int8": {}, "fp32_ort": {},
         "measured_at": now(),
         "load_avg_1m": load_average(),
     }
+    openvino = [p for p, runtime in (("fp32", "openvino"), ("int8", "openvino"), ("bf16", "openvino-bf16"))
+                if planned & set(OPENVINO_RUNTIMES) and runtimes.get_runtime(runtime).available()]
+    for kind in (OPENVINO_PEAKS[p] for p in openvino):
+        peaks[kind] = {}
     for t in sorted(set(threads)):
         peaks["fp32"][str(t)] = fp32_gemm_peak(t)
         peaks["int8"][str(t)] = int8_gemm_peak(t)
         peaks["fp32_ort"][str(t)] = ort_fp32_gemm_peak(t)
+        for precision in openvino:
+            peaks[OPENVINO_PEAKS[precision]][str(t)] = openvino_gemm_peak(precision, t)
     return peaks
 
 
@@ -98,11 +145,13 @@ def peak_value(entry: dict[str, Any] | None) -> float | None:
     return entry.get("gflops") or entry.get("gops")
 
 
-def peak_for(peaks: dict[str, Any] | None, precision: str, threads: int) -> float | None:
-    """The measured peak (G(FL)OP/s) a result of `precision` on `threads` threads is judged by."""
+def peak_for(peaks: dict[str, Any] | None, precision: str, threads: int, *, runtime: str | None = None,
+             computes: str | None = None) -> float | None:
+    """The measured peak (G(FL)OP/s) a result of a `precision` file on `runtime`, computing
+    `computes` (None: the file's precision), on `threads` threads is judged by."""
     if not peaks:
         return None
-    return peak_value((peaks.get(PEAK_PRECISION.get(precision, "fp32")) or {}).get(str(threads)))
+    return peak_value((peaks.get(peak_kind(runtime, computes or precision)) or {}).get(str(threads)))
 
 
 def pct_of_peak(*, mflops_per_image: float, images_per_s: float, peak: float) -> float:

@@ -33,6 +33,18 @@ class Placement:
     reason: str = ""  # SKIP: why, in one line
 
 
+def runtime_skip(case: BenchCase) -> Placement | None:
+    """A CPU case on a runtime this machine cannot run (its package missing, or what it needs
+    absent: openvino-bf16 on a CPU without native bf16) is skipped with the reason, as a GPU
+    case without CUDA is; the other runtimes' cases still run."""
+    from toolkit import runtimes
+
+    if case.device != "cpu":
+        return None
+    why = runtimes.get_runtime(case.runtime).unavailable_reason()
+    return Placement(SKIP, reason=why) if why else None
+
+
 @dataclass
 class CaseOutcome:
     """One case of a run: its result, or why it was skipped, or the error that stopped it."""

@@ -173,7 +173,7 @@ def validate_filters(formats: Iterable[str] | None, runtime_keys: Iterable[str] 
         if not any(_matches(k, [pattern]) for k in keys):
             raise UsageError(
                 f"no format matches {pattern!r}; valid: {', '.join(keys)} "
-                "(or a format name: keras, onnx, tflite; globs allowed)"
+                "(or a format name: keras, onnx, tflite, openvino; globs allowed)"
             )
     for key in _split(runtime_keys):
         if not runtimes.get_runtime(key).timed:
@@ -264,9 +264,11 @@ def plan_cases(root: Path | None, filters: Filters) -> list[BenchCase]:
                 continue  # failed or gone: `toolkit export` recreates it; the report says so
             sha = artifacts.sha256_file(path)
             base = dict(spec=name, key=fmt.key, format=fmt.format, precision=fmt.precision, path=str(path),
-                        size_bytes=path.stat().st_size, sha256=sha, parity=entry.parity_state(sha),
-                        trained=True)
-            cases += expand(base, filters.runtimes_for(fmt.runtimes), filters)
+                        size_bytes=artifacts.model_bytes(path), sha256=sha, trained=True)
+            # Each runtime carries its own parity row's state (OpenVINO's bf16 row is not the file's
+            # ONNX Runtime row).
+            for runtime in filters.runtimes_for(fmt.runtimes):
+                cases += expand({**base, "parity": entry.runtime_state(runtime, sha)}, [runtime], filters)
     return cases
 
 

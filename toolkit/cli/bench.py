@@ -30,7 +30,8 @@ from toolkit.cli.output import console, err_console, load_data, print_table
 
 RuntimeOption = Annotated[
     list[str] | None,
-    typer.Option("--runtime", help="keras, keras-predict, onnxruntime, onnxruntime-cuda, litert; repeat."),
+    typer.Option("--runtime", help="keras, keras-predict, onnxruntime, onnxruntime-cuda, litert, openvino, "
+                                    "openvino-bf16; repeat."),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="cpu, gpu or all (GPU cases need CUDA).")]
 BatchOption = Annotated[list[str] | None, typer.Option("--batch", help="Batch sizes, e.g. 1,256 (default).")]
@@ -220,13 +221,20 @@ def _print_results(results: list[Any], peaks: dict[str, Any]) -> None:
     )
     if not peaks:
         return
-    fp32 = ", ".join(f"{t} thr {v['gflops']:.0f}" for t, v in peaks["fp32"].items())
-    int8 = ", ".join(f"{t} thr {v['gops']:.0f}" for t, v in peaks["int8"].items())
+    from toolkit.benchmark.peaks import PEAK_KINDS, peak_value
+
     kernel = next(iter(peaks["fp32"].values()), {}).get("blas_kernel")
-    console.print(
-        f"Measured peaks: numpy float32 GEMM {fp32} GFLOP/s (OpenBLAS kernel {kernel}); "
-        f"ONNX Runtime int8 GEMM {int8} GOP/s. Load average {peaks['load_avg_1m']:.2f}."
-    )
+    names = {"fp32": f"numpy float32 GEMM (OpenBLAS kernel {kernel})", "int8": "ONNX Runtime int8 GEMM",
+             "fp32_ort": "ONNX Runtime float32 MatMul"}
+    measured = []
+    for kind in (k for k in PEAK_KINDS if peaks.get(k)):
+        values = ", ".join(f"{t} thr {peak_value(v):.0f}" for t, v in peaks[kind].items())
+        isa = {i for v in peaks[kind].values() for i in v.get("isa", ())}
+        unit = "GOP/s" if kind.endswith("int8") else "GFLOP/s"
+        kernels = f" ({', '.join(sorted(isa))})" if isa else ""
+        measured.append(f"{names.get(kind, kind.replace('-', ' MatMul '))}{kernels} {values} {unit}")
+    console.print(f"Measured peaks (each row is judged by its own runtime's): {'; '.join(measured)}. "
+                  f"Load average {peaks['load_avg_1m']:.2f}.")
 
 
 def report_cmd(

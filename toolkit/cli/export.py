@@ -110,12 +110,15 @@ def print_status_table(name: str, root) -> None:
     title = f"{name}: exports and parity on the 10,000 test images"
     if keras_acc is not None:
         title += f" (Keras accuracy {keras_acc.estimate:.2%}, 95% CI {_ci([keras_acc.low, keras_acc.high])})"
-    columns = ["export", "runtime", "status", "MB", "arena KiB", "top-1 agree", "flipped", "max |d|",
-               "p99 |d|", "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"]
-    print_table(title, columns, rows, no_wrap=("export", "status", "accuracy ± 95% CI", "McNemar p (b/c)"))
+    columns = ["export", "runtime", "computes", "status", "MB", "arena KiB", "top-1 agree", "flipped",
+               "max |d|", "p99 |d|", "accuracy ± 95% CI", "d acc pp", "McNemar p (b/c)", "failed check"]
+    print_table(title, columns, rows, no_wrap=("export", "runtime", "status", "accuracy ± 95% CI",
+                                               "McNemar p (b/c)"))
     console.print("McNemar p: exact two-sided test of the export against Keras on the same images; b = "
                   "images only Keras got right, c = only the export; p >= 0.05: no significant difference "
-                  "in accuracy. '-': parity predates the test (rerun toolkit parity). arena KiB: the tensor "
+                  "in accuracy. '-': parity predates the test (rerun toolkit parity). computes: the "
+                  "precision the runtime computes (read from OpenVINO's compiled model; a float32 file on "
+                  "its default runs in bf16 and is judged by the bf16 tolerance). arena KiB: the tensor "
                   "arena TFLM needs (measured under TFLM; '~': the toolkit's estimate).")
     if micro:
         print_table(f"{name}: full-integer files on TFLite Micro (reference kernels, this host)",
@@ -151,8 +154,8 @@ def _status_row(entry: Any, row: str, state: str, parity: Any, failures: list[st
                 file_sha: str | None) -> list[str]:
     delta = parity.accuracy_delta_pp
     runtime = parity.runtime or (entry.runtimes[0] if entry.runtimes else "-")
-    return [row, runtime, STATUS_TEXT.get(state, state), _mb(entry.size_bytes),
-            _arena_kib(entry, file_sha),
+    return [row, runtime, parity.computes or entry.precision, STATUS_TEXT.get(state, state),
+            _mb(entry.size_bytes), _arena_kib(entry, file_sha),
             _fmt(parity.agreement, ".2%"), _fmt(parity.flipped, "d"), _fmt(parity.max_abs_diff, ".2e"),
             _fmt(parity.p99_abs_diff, ".2e"), _accuracy(parity),
             f"{delta:+.2f}" if delta is not None else "-",
@@ -164,7 +167,7 @@ def _derived_row(entry: Any) -> list[str]:
     source = entry.settings["source"]["key"]
     arena = entry.facts.get("tensor_arena_size")
     size = sum(f.get("size_bytes") or 0 for f in entry.files) or entry.size_bytes
-    return [entry.key, "-", f"[green]exported[/] from {source} (its parity)", _mb(size),
+    return [entry.key, "-", entry.precision, f"[green]exported[/] from {source} (its parity)", _mb(size),
             _kib(arena) + ("" if entry.facts.get("arena_measured") else " ~"), *["-"] * 8]
 
 
@@ -255,7 +258,8 @@ def parity_cmd(
     exps: ExpsOption = None,
     formats: Annotated[
         list[str] | None,
-        typer.Option("--format", help="onnx, tflite, an export key (onnx-int8) or all. Default: all."),
+        typer.Option("--format", help="onnx, tflite, openvino, an export key (onnx-int8) or all. "
+                                      "Default: all."),
     ] = None,
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
@@ -269,7 +273,7 @@ def parity_cmd(
 
 
 def predict_cmd(
-    model_file: Annotated[Path, typer.Argument(help="model.keras, .onnx or .tflite file.")],
+    model_file: Annotated[Path, typer.Argument(help="model.keras, .onnx, .tflite or OpenVINO .xml file.")],
     images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images.")],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

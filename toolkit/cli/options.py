@@ -48,8 +48,8 @@ RecipeOption = Annotated[
 ]
 ExportFormatOption = Annotated[
     list[str] | None,
-    typer.Option("--format", help="onnx, tflite, c (the C source for TFLite Micro firmware) or all (repeat "
-                                  "or comma-separate). Default: all."),
+    typer.Option("--format", help="onnx, tflite, openvino (int8 IR), c (the C source for TFLite Micro "
+                                  "firmware) or all (repeat or comma-separate). Default: all."),
 ]
 PrecisionOption = Annotated[
     list[str] | None,
@@ -58,7 +58,8 @@ PrecisionOption = Annotated[
 ]
 BenchFormatOption = Annotated[
     list[str] | None,
-    typer.Option("--format", help="keras, onnx, tflite, a key (onnx-int8) or a glob; repeat. Default: all."),
+    typer.Option("--format", help="keras, onnx, tflite, openvino, a key (onnx-int8) or a glob; repeat. "
+                                  "Default: all."),
 ]
 MaxBatchOption = Annotated[
     int, typer.Option("--max-batch", min=1, help="Most images per runtime call (1: no batching).")

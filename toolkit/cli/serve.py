@@ -18,6 +18,11 @@ def serve_cmd(
         str | None, typer.Option("--format", help="onnx or tflite (default: the report's pick).")
     ] = None,  # noqa: A002,E501
     precision: Annotated[str | None, typer.Option("--precision", help="fp32, fp16, int8 or dynamic.")] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="onnxruntime, openvino (float32), openvino-bf16 or litert "
+                                       "(default: the report's pick's, else the format's first)."),
+    ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     max_batch: MaxBatchOption = 64,
@@ -79,6 +84,7 @@ def serve_cmd(
         data_dir=data_dir,
         format=format,
         precision=precision,
+        runtime=runtime,
         host=host,
         port=port,
         threads=threads,
@@ -111,7 +117,7 @@ def _print_startup(state: Any, settings: Any) -> None:
     console.print(
         f"Model: {ident['spec']} {ident['key']} ({ident['file']}, sha256 {ident['sha256'][:12]}) on "
         f"{ident['runtime']} [{ident['provider']}], {ident['threads']} thread(s); parity "
-        f"{ident['parity'].get('status', 'unknown')}."
+        f"{ident['parity'].get('status', 'unknown')} ({ident['parity'].get('row') or ident['key']})."
     )
     console.print(f"Chosen as {ident['chosen_by']}.")
     if state.recommender is not None:

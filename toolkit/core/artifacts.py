@@ -185,6 +185,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_bytes(path: Path) -> int:
+    """The bytes a model file takes to deploy: the file, plus the weights an OpenVINO IR graph
+    (.xml) keeps beside it (.bin, same stem)."""
+    size = path.stat().st_size
+    weights = path.with_suffix(".bin")
+    return size + weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else size
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """Atomically make `target` the same file as `source` (hard link, copy across devices)."""
     with atomic_path(target) as tmp:

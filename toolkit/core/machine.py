@@ -24,7 +24,7 @@ from typing import Any
 CPUINFO = Path("/proc/cpuinfo")
 # Distributions whose versions the records name (training metrics, benchmark files).
 VERSIONED_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "tensorflow",
-                      "tensorflow-cpu", "keras", "onnx")
+                      "tensorflow-cpu", "keras", "onnx", "openvino", "nncf")
 # One module, two wheels: the module's key names whichever wheel is installed (whose own key stays).
 _SAME_MODULE = {"tensorflow": ("tensorflow", "tensorflow-cpu"),
                 "onnxruntime": ("onnxruntime", "onnxruntime-gpu")}

@@ -1,17 +1,22 @@
 """The pick record, ARTIFACTS/pick.json: what `toolkit report` picked, written by the report and
 read by `toolkit serve` (which then needs neither the report's code nor scipy to choose a model).
 
-    {"schema_version": 1, "written_at": ..., "budget": {...}, "rule": "...", "pick_text": "...",
+    {"schema_version": 2, "written_at": ..., "budget": {...}, "rule": "...", "pick_text": "...",
      "pick": PickedFile | null,                   # the report's own pick across its specs
      "specs": {NAME: {"budget", "rule", "reason", "written_at",
                       "candidates": [PickedFile, ...]}}}   # per spec, for serving
 
-A spec's `candidates` are its servable rows (a format with a TensorFlow-free CPU runtime,
-SERVING_RUNTIMES) tied with that spec's most accurate usable row within the budget, fastest
-first: the first one still exported and passing parity is what `toolkit serve` loads. Each
-candidate names its file's sha256: a file replaced since the report is refused (exit 4), like a
-stale export. A report over some specs replaces their entries and keeps the others'.
-One writer (`write_picks`) and one reader (`read_picks`).
+A spec's `candidates` are its servable rows (a file on one of its format's TensorFlow-free CPU
+runtimes, SERVING_RUNTIMES) tied with that spec's most accurate usable row within the budget,
+fastest first: the first one still exported and passing parity on its runtime is what `toolkit
+serve` loads, on that runtime. Each candidate names its file's sha256: a file replaced since the
+report is refused (exit 4), like a stale export. A report over some specs replaces their entries
+and keeps the others'. One writer (`write_picks`) and one reader (`read_picks`).
+
+Versions: 2 adds to each PickedFile the precision its runtime computes (`computes`: bf16 for a
+float32 file on OpenVINO's default), its parity row (`row`) and the runtime's settings behind its
+figures (`settings`, OpenVINO's); version-1 records read as computing the file's own precision on
+the file's primary row.
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ from typing import Any
 from toolkit.core import artifacts, records
 from toolkit.core.errors import ArtifactError, NewerRecordError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILE = "pick.json"
 WHAT = "pick record"
 FIX = "Delete it and rerun `toolkit report`"
-# The runtime a TensorFlow-free server runs each servable format on (CPU only).
-SERVING_RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+# The runtimes a TensorFlow-free server may run each servable format on (CPU only), its default
+# first (what `toolkit serve` uses when neither the pick nor --runtime names one).
+SERVING_RUNTIMES: dict[str, tuple[str, ...]] = {
+    "onnx": ("onnxruntime", "openvino", "openvino-bf16"),
+    "tflite": ("litert",),
+    "openvino": ("openvino", "openvino-bf16"),
+}
 
 
 @dataclass(frozen=True)
@@ -47,21 +57,27 @@ class PickedFile:
     accuracy: float | None = None
     p50_ms: float | None = None
     size_mb: float | None = None
+    # Version 2 (a version-1 record: the file's own precision, its primary row, no settings):
+    computes: str | None = None  # the precision the runtime computes
+    row: str | None = None  # the parity row (toolkit.export.registry.row_name)
+    settings: dict[str, Any] | None = None  # the runtime's settings behind the figures (OpenVINO's)
 
     @property
     def servable(self) -> bool:
-        return self.device == "cpu" and SERVING_RUNTIMES.get(self.format) == self.runtime
+        return self.device == "cpu" and self.runtime in SERVING_RUNTIMES.get(self.format, ())
 
     @classmethod
     def from_dict(cls, doc: Any, *, path: Path) -> PickedFile:
         entry = records.Entry(doc, path=path, what=f"{WHAT} entry", fix=FIX)
         number = (int, float)
-        return cls(spec=entry.key("spec"), key=entry.key("key"), format=entry.req("format", str),
-                   precision=entry.req("precision", str), runtime=entry.req("runtime", str),
+        precision, key = entry.req("precision", str), entry.key("key")
+        return cls(spec=entry.key("spec"), key=key, format=entry.req("format", str),
+                   precision=precision, runtime=entry.req("runtime", str),
                    device=entry.req("device", str), threads=entry.opt("threads", int),
                    path=entry.relpath("path"), sha256=entry.req("sha256", str),
                    accuracy=entry.opt("accuracy", number), p50_ms=entry.opt("p50_ms", number),
-                   size_mb=entry.opt("size_mb", number))
+                   size_mb=entry.opt("size_mb", number), computes=entry.opt("computes", str, precision),
+                   row=entry.opt("row", str, key), settings=entry.opt("settings", dict))
 
 
 @dataclass

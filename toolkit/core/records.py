@@ -100,16 +100,17 @@ class Entry:
         return None if value is None else inside(value, path=self.path, what=f"{self.what} field {name!r}")
 
     def key(self, name: str) -> str:
-        """A field used to name files (an export key, a parity row): letters, digits, . _ - @."""
+        """A field used to name files (an export key, a parity row): letters, digits, . _ - @ +
+        ('+' joins the precisions of a mixed row: onnx-int8@openvino-int8+fp32)."""
         value = self.req(name, str)
         if not SAFE_NAME.fullmatch(value) or ".." in value:
             raise ArtifactError(f"{self.path}: {self.what} field {name!r} is {value!r}, not a name the "
-                                "toolkit writes (letters, digits, '.', '_', '-', '@'). Delete the file and "
-                                "rerun the command that writes it")
+                                "toolkit writes (letters, digits, '.', '_', '-', '@', '+'). Delete the file "
+                                "and rerun the command that writes it")
         return value
 
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9._@-]+")
+SAFE_NAME = re.compile(r"[A-Za-z0-9._@+-]+")
 
 
 def inside(value: str, *, path: Path, what: str) -> str:

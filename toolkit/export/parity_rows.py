@@ -4,10 +4,12 @@ on the full test set, and write the results into exports.json (a summary per row
 parity.json (everything).
 
 A file's primary row is its first runtime (LiteRT for TFLite, ONNX Runtime for ONNX); other rows
-(TFLM for full-integer TFLite files) are compared with the same tolerances against Keras, and
-also with the primary row on the same file (images whose top-1 differs). A runtime that is not
-installed here skips its rows with the reason; a row that fails does not fail the file's other
-rows. Under TFLM the arena is measured too (toolkit.runtimes.tflm.measure_arena).
+(TFLM for full-integer TFLite files, OpenVINO for ONNX files) are compared against Keras with the
+tolerances of the precision they compute (toolkit.export.parity.tolerance_of), and also with the
+primary row on the same file (images whose top-1 differs). A runtime that is not installed here,
+or that this machine cannot run (OpenVINO's bf16 default on a CPU without native bf16), skips its
+rows with the reason; a row that fails does not fail the file's other rows. Under TFLM the arena
+is measured too (toolkit.runtimes.tflm.measure_arena).
 """
 
 from __future__ import annotations
@@ -131,9 +133,9 @@ def _check_rows(checked: _Checked, entry, outcome: SpecParity, hook: Hook | None
         spec = runtimes.get_runtime(runtime)
         if runtime != fmt.runtimes[0] and not spec.parity:
             continue
-        if runtime != fmt.runtimes[0] and not spec.available():
-            row = row_name(entry.key, runtime)
-            outcome.skipped_rows[row] = f"{runtime} is not installed here: {spec.install}"
+        why = spec.unavailable_reason() if runtime != fmt.runtimes[0] else ""
+        if why:  # not installed, or this machine lacks what it needs (openvino-bf16: native bf16)
+            outcome.skipped_rows[row_name(entry.key, runtime)] = why
             continue
         _hook(hook, "start", row_name(entry.key, runtime))
         result = _check_entry(checked, entry, runtime)

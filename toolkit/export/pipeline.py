@@ -40,6 +40,7 @@ from toolkit.export.registry import ExportFormat, export_path
 
 Hook = Callable[[str, str], None]  # (event: "start" | "done", key)
 SKIPPED = "skipped"
+ONNX_BASED = ("onnx", "openvino")  # formats converted through the ONNX graph (--opset applies)
 
 
 @dataclass
@@ -73,8 +74,13 @@ def _settings(fmt: ExportFormat, *, opset: int | None, cal_size: int, cal_seed: 
     from toolkit.export.onnx import DEFAULT_OPSET
 
     settings: dict[str, Any] = {}
-    if fmt.format == "onnx":
+    if fmt.format in ONNX_BASED:
         settings["opset"] = DEFAULT_OPSET if opset is None else opset
+    if fmt.format == "openvino":
+        from toolkit.export._common import version_of
+
+        # Another quantizer or plugin version may quantize differently: the file is redone.
+        settings["tools"] = {name: version_of(name) for name in ("openvino", "nncf")}
     if fmt.calibrated:
         settings["calibration"] = {"size": cal_size, "seed": cal_seed, "source": "training images"}
     if fmt.source:
@@ -164,7 +170,7 @@ def export_spec(name: str, formats: Sequence[ExportFormat], *, root=None,
     """Export spec `name`'s current model.keras to each format; never raises for one converter."""
     arts = artifacts.spec_artifacts(name, root)
     arts.require_trained()
-    if any(f.format == "onnx" for f in formats):
+    if any(f.format in ONNX_BASED for f in formats):
         from toolkit.export.onnx import check_opset
 
         check_opset(settings.opset)  # a bad --opset is a usage error, before any work
@@ -278,7 +284,7 @@ def _export_one(fmt: ExportFormat, inputs: _Inputs, *, settings: dict[str, Any],
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     entry.status = EXPORTED
-    entry.size_bytes = target.stat().st_size
+    entry.size_bytes = artifacts.model_bytes(target)
     entry.sha256 = artifacts.sha256_file(target)
     entry.export_seconds = round(time.perf_counter() - started, 2)
     facts = dict(facts)

@@ -162,6 +162,21 @@ class ExportEntry:
         summary = self.rows.get(row)
         return NOT_RUN if summary is None else summary.state(file_sha)
 
+    def runtime_row(self, runtime: str) -> str | None:
+        """The name of this export's parity row on `runtime`: the export key on its primary
+        runtime (the first it lists), else the row that runtime wrote (None: it never ran here)."""
+        from toolkit.export.registry import FORMATS
+
+        listed = self.runtimes or (list(FORMATS[self.key].runtimes) if self.key in FORMATS else [])
+        if not listed or runtime == listed[0]:
+            return self.key
+        return next((name for name, summary in self.rows.items() if summary.runtime == runtime), None)
+
+    def runtime_state(self, runtime: str, file_sha: str | None) -> str:
+        """The parity state of this file on `runtime` (its own row's; "not run" without one)."""
+        row = self.runtime_row(runtime)
+        return NOT_RUN if row is None else self.row_state(row, file_sha)
+
     def measured_arena(self, file_sha: str | None) -> dict[str, Any] | None:
         """TFLM's measured arena, if it measured the file whose sha256 is `file_sha`."""
         if self.arena is None or file_sha is None or self.arena.get("sha256") != file_sha:

@@ -4,6 +4,9 @@ The CLI, parity, the benchmarks and the report all read FORMATS, always by key
 ("onnx-fp32", "tflite-int8", "tflite-int8io", ...). Exporters are named as "module:function" strings and
 resolved only when an export runs, so importing this module never imports TensorFlow (an
 ONNX Runtime-only host can still read the table and run the files).
+
+A format's `runtimes` are the runtimes that run its file, its primary first: each is a parity row
+(toolkit.export.parity_rows), a benchmark row and a report row of its own.
 """
 
 from __future__ import annotations
@@ -18,16 +21,16 @@ from toolkit.core.artifacts import SpecArtifacts
 from toolkit.core.contract import CLASSIFIER, INT8_CLASSIFIER, PRECISIONS, IOContract
 from toolkit.core.errors import UsageError
 
-FORMAT_NAMES: tuple[str, ...] = ("onnx", "tflite", "c")
+FORMAT_NAMES: tuple[str, ...] = ("onnx", "tflite", "openvino", "c")
 ALL = "all"
 
 
 @dataclass(frozen=True)
 class ExportFormat:
     key: str  # f"{format}-{precision}", the name used everywhere
-    format: str  # "onnx" | "tflite"
-    precision: str  # "fp32" | "fp16" | "int8" | "dynamic"
-    suffix: str  # ".onnx" | ".tflite"
+    format: str  # "onnx" | "tflite" | "openvino" | "c"
+    precision: str  # "fp32" | "fp16" | "int8" | "dynamic" | "int8io"
+    suffix: str  # ".onnx" | ".tflite" | ".xml" (OpenVINO IR, its weights in the .bin beside it)
     exporter: str  # "module:function", resolved lazily
     runtimes: tuple[str, ...]  # toolkit.runtimes keys that run this file; the first is its primary
     devices: tuple[str, ...]
@@ -64,21 +67,26 @@ class ExportFormat:
 
 def _fmt(format_: str, precision: str, runtimes: tuple[str, ...], devices: tuple[str, ...],
          description: str, io: IOContract = CLASSIFIER) -> ExportFormat:
-    suffix = {"onnx": ".onnx", "tflite": ".tflite"}[format_]
+    suffix = {"onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml"}[format_]
     return ExportFormat(f"{format_}-{precision}", format_, precision, suffix,
                         f"toolkit.export.{format_}:export", runtimes, devices, description, io)
 
 
 _ORT = ("onnxruntime", "onnxruntime-cuda")
+_OPENVINO = ("openvino", "openvino-bf16")  # float32 forced; the CPU plugin's default (bf16 on AMX)
 FORMATS: dict[str, ExportFormat] = {
     f.key: f
     for f in (
-        _fmt("onnx", "fp32", _ORT, ("cpu", "gpu"), "ONNX float32 (tf2onnx from a traced tf.function)"),
-        _fmt("onnx", "fp16", _ORT, ("cpu", "gpu"),
+        _fmt("onnx", "fp32", (*_ORT, *_OPENVINO), ("cpu", "gpu"),
+             "ONNX float32 (tf2onnx from a traced tf.function)"),
+        _fmt("onnx", "fp16", (*_ORT, *_OPENVINO), ("cpu", "gpu"),
              "ONNX float16 weights and compute, float32 input/output (for GPUs)"),
-        _fmt("onnx", "int8", _ORT, ("cpu", "gpu"),
+        # OpenVINO 2026.4's CPU plugin has no kernel for this QDQ file at its bf16 default ("No
+        # suitable implementations"): only its float32 row runs it; openvino-int8 is OpenVINO's int8.
+        _fmt("onnx", "int8", (*_ORT, "openvino"), ("cpu", "gpu"),
              "ONNX int8 static QDQ, calibrated on a seeded sample of training images"),
-        # DynamicQuantizeLinear/MatMulInteger are CPU kernels in ONNX Runtime.
+        # DynamicQuantizeLinear/MatMulInteger are CPU kernels in ONNX Runtime. OpenVINO runs them
+        # as float matrix multiplies (it dequantizes the weights), which the onnx-fp32 rows measure.
         _fmt("onnx", "dynamic", ("onnxruntime",), ("cpu",),
              "ONNX dynamic quantization (int8 weights, activations quantized at run time)"),
         _fmt("tflite", "fp32", ("litert",), ("cpu",), "TFLite float32 (TFLite converter), run on LiteRT"),
@@ -89,6 +97,9 @@ FORMATS: dict[str, ExportFormat] = {
         _fmt("tflite", "int8io", ("litert", "tflm"), ("cpu",),
              "TFLite full-integer int8 with int8 input/output (TFLite Micro convention; scale and zero "
              "point in its metadata)", io=INT8_CLASSIFIER),
+        _fmt("openvino", "int8", _OPENVINO, ("cpu",),
+             "OpenVINO IR int8 (NNCF post-training quantization of the float32 ONNX graph, calibrated on "
+             "the same seeded training images as the other int8 exports)"),
         ExportFormat("onnx-tta", "onnx", "fp32", ".onnx", "toolkit.export.tta:export", _ORT,
                      ("cpu", "gpu"), "ONNX float32 with flip test-time augmentation: the mean of the image's "
                      "and its mirror's probabilities (twice the compute)",
@@ -116,7 +127,9 @@ def row_name(key: str, runtime: str, computes: str | None = None) -> str:
     computes = computes or precision
     if runtime == primary and computes == precision:
         return key
-    return f"{key}@{runtime}" + ("" if computes == precision else f"-{computes}")
+    # A runtime whose key names the precision it computes (openvino-bf16) is not named twice.
+    named = computes == precision or runtime.endswith(f"-{computes}")
+    return f"{key}@{runtime}" + ("" if named else f"-{computes}")
 
 
 def get_format(key: str) -> ExportFormat:

@@ -123,7 +123,7 @@ def export_and_check(request: ExportRequest, view: ExportView | None = None) -> 
     chosen = registry.select(list(request.formats) if request.formats else None,
                              list(request.precisions) if request.precisions else None, tta=request.tta)
     names = trained_names(request.exps, request.root)  # refuses untrained specs before any work
-    if request.opset is not None and any(f.format == "onnx" for f in chosen):
+    if request.opset is not None and any(f.format in pipeline.ONNX_BASED for f in chosen):
         from toolkit.export.onnx import check_opset
 
         check_opset(request.opset)

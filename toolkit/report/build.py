@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.benchmark.inference_results import BenchRun, read_runs
+from toolkit.benchmark.plan import KERAS_KEY
 from toolkit.core import artifacts, stats
 from toolkit.core.boards import McuBudget
 from toolkit.core.errors import ArtifactError, DataError
@@ -218,19 +219,30 @@ def _load_notes(rows: Sequence[Row]) -> list[str]:
     return notes
 
 
+PEAK_NAMES = {"fp32": "float32 numpy/{kernel}", "fp32_ort": "ONNX Runtime MatMul float32",
+              "int8": "ONNX Runtime MatMulInteger int8", "openvino-fp32": "OpenVINO MatMul float32",
+              "openvino-bf16": "OpenVINO MatMul bf16", "openvino-int8": "OpenVINO MatMul int8"}
+PEAK_USERS = {"fp32": "Keras and LiteRT float rows", "fp32_ort": "ONNX Runtime float rows",
+              "int8": "ONNX Runtime int8/dynamic rows, and LiteRT int8 rows (no LiteRT GEMM is built)",
+              "openvino-fp32": "OpenVINO float32 rows", "openvino-bf16": "OpenVINO bf16 rows",
+              "openvino-int8": "OpenVINO int8 rows"}
+
+
 def _peak_note(peaks: dict[str, dict[str, float]], runs: Sequence[BenchRun]) -> str:
     kernel = None
     for run in reversed(runs):
         for entry in ((run.peaks or {}).get("fp32") or {}).values():
             kernel = kernel or entry.get("blas_kernel")
-    fp32 = ", ".join(f"{t} thr {v:.0f}" for t, v in sorted(peaks["fp32"].items()))
-    int8 = ", ".join(f"{t} thr {v:.0f}" for t, v in sorted(peaks["int8"].items()))
-    ort = ", ".join(f"{t} thr {v:.0f}" for t, v in sorted(peaks["fp32_ort"].items()))
+    measured = []
+    for kind, name in PEAK_NAMES.items():
+        if peaks.get(kind):
+            values = ", ".join(f"{t} thr {v:.0f}" for t, v in sorted(peaks[kind].items()))
+            unit = "GOP/s" if kind.endswith("int8") else "GFLOP/s"
+            measured.append(f"{name.format(kernel=kernel)} {values} {unit} ({PEAK_USERS[kind]})")
     return (
-        f"% of peak = MFLOPs/image x images/s against the best measured GEMM peak for the row's compute "
-        f"precision and thread count: float32 numpy/OpenBLAS ({kernel}) {fp32} GFLOP/s "
-        f"(ONNX Runtime MatMul: {ort}); int8 ONNX Runtime MatMulInteger {int8} GOP/s. fp16 files compute "
-        "in float32 on this CPU; dynamic quantization runs int8 GEMMs."
+        "% of peak = MFLOPs/image x images/s against the best measured matrix-multiply peak of the row's own "
+        "runtime at the precision it computes, on the row's thread count: " + "; ".join(measured) + ". fp16 "
+        "files compute in float32 on this CPU; dynamic quantization runs int8 GEMMs."
     )
 
 
@@ -251,16 +263,21 @@ def _picks(rep: Report, judge: Judge, budget: Budget) -> PickRecord:
 
 
 def _servable(row: Row) -> bool:
-    return row.device == "cpu" and SERVING_RUNTIMES.get(row.format) == row.runtime and bool(row.sha256)
+    return row.device == "cpu" and row.runtime in SERVING_RUNTIMES.get(row.format, ()) and bool(row.sha256)
 
 
 def _picked(row: Row, root: Path) -> PickedFile:
+    from toolkit.export.registry import row_name
+
     folder = artifacts.spec_artifacts(row.spec, root).dir
     relative = Path(row.path).resolve().relative_to(folder) if row.path else ""
+    computes = row.computes or row.precision
+    parity_row = row_name(row.key, row.runtime, computes) if row.key != KERAS_KEY else None
     return PickedFile(spec=row.spec, key=row.key, format=row.format, precision=row.precision,
                       runtime=row.runtime,
                       device=row.device, threads=row.threads, path=str(relative), sha256=row.sha256 or "",
-                      accuracy=row.accuracy, p50_ms=row.p50_ms, size_mb=round(row.size_mb, 6))
+                      accuracy=row.accuracy, p50_ms=row.p50_ms, size_mb=round(row.size_mb, 6),
+                      computes=computes, row=parity_row, settings=row.settings)
 
 
 def write_report(rep: Report) -> list[Path]:

@@ -103,6 +103,11 @@ def _throughput(r: Row, rep: Report | None) -> str:
     return f"{_pm(r.throughput, r.throughput_interval, ',.0f')} (b{r.throughput_batch})"
 
 
+def _settings(r: Row) -> str | None:
+    """The runtime's settings behind a row's figures, as `NAME=value` pairs (OpenVINO's)."""
+    return " ".join(f"{k}={v}" for k, v in r.settings.items()) if r.settings else None
+
+
 def _plain(key: str, title: str, attr: str, *, views: frozenset[str] = ALL_VIEWS,
            align: str = "left") -> Column:
     """A column that shows one Row attribute as it is, under its own name in the CSV."""
@@ -144,6 +149,9 @@ COLUMNS: list[Column] = [
            (("format_key", lambda r, rep: r.key), ("format", lambda r, rep: r.format),
             ("precision", lambda r, rep: r.precision)), REPORT_VIEWS | {BENCH_TABLE}, "left"),
     _plain("runtime", "runtime", "runtime", views=REPORT_VIEWS | {BENCH_TABLE}),
+    # What the runtime computes (a float32 file on OpenVINO's default: bf16), stated, never hidden.
+    Column("computes", "computes", lambda r, rep: r.computes or r.precision,
+           (("computes", lambda r, rep: r.computes or r.precision),), REPORT_VIEWS | {BENCH_TABLE}, "left"),
     _plain("device", "device", "device", views=REPORT_VIEWS | {BENCH_TABLE}),
     _plain("source", "source", "source", views=frozenset()),
     _plain("threads", "thr", "threads", views=REPORT_VIEWS | {BENCH_TABLE}, align="right"),
@@ -186,7 +194,11 @@ COLUMNS: list[Column] = [
     Column("processes", "procs", lambda r, rep: str(r.processes or "-"),
            (("processes", lambda r, rep: r.processes or None),), COST_VIEWS),
     Column("pct_peak", "% peak", lambda r, rep: _num(r.pct_peak, ".1f"),
-           (("pct_of_peak", lambda r, rep: r.pct_peak), ("peak_g_per_s", lambda r, rep: r.peak)), COST_VIEWS),
+           (("pct_of_peak", lambda r, rep: r.pct_peak), ("peak_g_per_s", lambda r, rep: r.peak),
+            ("peak_kind", lambda r, rep: r.peak_kind)), COST_VIEWS),
+    Column("isa", "kernels' ISA", lambda r, rep: ", ".join(r.isa) if r.isa else "-",
+           (("isa", lambda r, rep: " ".join(r.isa) if r.isa else None),
+            ("runtime_settings", lambda r, rep: _settings(r))), frozenset({MARKDOWN})),
     Column("rss_b1", "RSS b1 MB", lambda r, rep: _num(r.peak_b1_mb, ".0f"),
            (("peak_rss_b1_mb", _memory("peak_b1_mb")),), COST_VIEWS),
     Column("rss_batch", "RSS b256 MB", lambda r, rep: _num(_memory("peak_batch_mb")(r, rep), ".0f"),
@@ -264,9 +276,12 @@ def to_markdown(rep: Report, plots: Sequence[Path]) -> str:
         "resident memory (VmHWM) of a fresh process serving batch 1 / batch 256 (at the largest "
         "benchmarked thread count, whatever `thr` says); load = file to a ready runtime; "
         "1st call = the first batch-1 call; cold start = process start to the first answer (medians over "
-        "the processes). Front: `L` latency, `S` size, `M` batch-1 memory; a row is dominated only by a "
-        "row that costs less with non-overlapping intervals and is not significantly less accurate; `≈`: "
-        "on the front but not separable from another front row.",
+        "the processes). `computes`: the precision the runtime computes (a float32 file on OpenVINO's "
+        "default runs in bf16); `% peak` compares with the row's own runtime's matrix multiply at that "
+        "precision (`peak_kind` in the CSV); `kernels' ISA`: the instruction sets of the kernels that ran "
+        "the weighted layers, where the runtime says (OpenVINO). Front: `L` latency, `S` size, `M` batch-1 "
+        "memory; a row is dominated only by a row that costs less with non-overlapping intervals and is "
+        "not significantly less accurate; `≈`: on the front but not separable from another front row.",
         "",
         *_md_table(titles, rows),
         "",

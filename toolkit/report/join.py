@@ -5,8 +5,8 @@ there now (same SHA-256)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from toolkit.benchmark.inference_results import BenchRun, CaseGroup
 from toolkit.benchmark.memory import MemoryResult, read_memory_runs
-from toolkit.benchmark.peaks import PEAK_KINDS, pct_of_peak, peak_for, peak_value
+from toolkit.benchmark.peaks import PEAK_KINDS, pct_of_peak, peak_for, peak_kind, peak_value
 from toolkit.benchmark.plan import KERAS_KEY
 from toolkit.core import artifacts, stats
 from toolkit.core.errors import ArtifactError, NewerRecordError
@@ -38,6 +38,10 @@ class _File:
     predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
     predictions_note: str = ""
     size_bytes: int | None = None  # None: the file's size on disk now
+    # The runtime whose parity row this is (None: the file's primary runtime, or Keras), and the
+    # precision that runtime computes (None: the file's own).
+    runtime: str | None = None
+    computes: str | None = None
 
 
 def _best_peaks(runs: Sequence[BenchRun]) -> dict[str, dict[str, float]]:
@@ -112,10 +116,10 @@ def _keras_predictions(arts: artifacts.SpecArtifacts, metrics: dict[str, Any], m
                   f"parity has not run since): `toolkit parity --exp {arts.name}` writes them")
 
 
-def _export_predictions(arts, key: str, sha: str | None, parity) -> tuple[np.ndarray | None, str]:
-    result = parity.result(key) if parity is not None else None
+def _export_predictions(arts, row: str, sha: str | None, parity) -> tuple[np.ndarray | None, str]:
+    result = parity.row(row) if parity is not None else None
     if result is None or result.sha256 != sha or not result.predictions:
-        return None, (f"no per-image predictions of {arts.name} {key} (parity.json predates them, or "
+        return None, (f"no per-image predictions of {arts.name} {row} (parity.json predates them, or "
                       f"checked another file): `toolkit parity --exp {arts.name}` writes them")
     try:
         return artifacts.load_predictions(arts.dir / result.predictions["file"], result.predictions), ""
@@ -165,7 +169,32 @@ def _files(arts: artifacts.SpecArtifacts, keras_accuracy: float | None, notes: l
         files.append(_File(fmt.key, fmt.format, fmt.precision, path, sha, state,
                            checked.test_accuracy if checked else None, reference,
                            (checked.images or None) if checked else None, preds, why))
+        files += [_runtime_file(arts, entry, files[-1], runtime, parity) for runtime in fmt.runtimes[1:]]
     return files
+
+
+def _runtime_file(arts: artifacts.SpecArtifacts, entry, primary: _File, runtime: str, parity) -> _File:
+    """The file as another runtime than its primary ran it: that runtime's own parity row (its
+    accuracy, per-image predictions and the precision it computes), never the primary row's, since
+    the runtime may compute at another precision (OpenVINO's bf16 default); "not run" without one."""
+    row = entry.runtime_row(runtime)
+    state = entry.runtime_state(runtime, primary.sha256) if primary.parity != "stale" else "stale"
+    summary = entry.rows.get(row) if row else None
+    if summary is None or state not in ("pass", "fail"):
+        return replace(primary, parity=state, accuracy=None, images=None, predictions=None, runtime=runtime,
+                       predictions_note=f"{arts.name} {primary.key} has no parity row on {runtime} for this "
+                                        f"file: `toolkit parity --exp {arts.name}` runs it")
+    preds, why = _export_predictions(arts, row, primary.sha256, parity)
+    return replace(primary, parity=state, accuracy=summary.test_accuracy, images=summary.images or None,
+                   reference_accuracy=summary.keras_accuracy or primary.reference_accuracy,
+                   predictions=preds, predictions_note=why, runtime=runtime, computes=summary.computes)
+
+
+def _file_for(files: Sequence[_File], key: str, runtime: str) -> _File | None:
+    """The version of export `key` that `runtime`'s rows use: its own parity row where it has
+    one (a runtime other than the file's primary), else the file's primary version."""
+    mine = [f for f in files if f.key == key]
+    return next((f for f in mine if f.runtime == runtime), next((f for f in mine if f.runtime is None), None))
 
 
 def _memory_figures(results: Sequence[MemoryResult]) -> MemoryFigures:
@@ -245,8 +274,8 @@ def _served_row(join: _Join, name: str, key: str, result: Any, max_batch: int | 
     from toolkit.specs import get_spec
 
     arts = artifacts.spec_artifacts(name, join.base)
-    file = next((f for f in _files(arts, None, [], None) if f.key == key), None)
     ident = result.server["classifier"]
+    file = _file_for(_files(arts, None, [], None), key, ident.get("runtime", ""))
     if file is None or file.sha256 != ident.get("sha256"):
         join.notes.append(f"served rows: {Path(result.file).name} measured a {name} {key} file that has "
                           "since been replaced; rerun `toolkit loadtest` against a server of the new file")
@@ -258,7 +287,7 @@ def _served_row(join: _Join, name: str, key: str, result: Any, max_batch: int | 
         return None
     spec = get_spec(name)
     batching = f"batch<={max_batch}" if max_batch and max_batch > 1 else "no batching"
-    size = file.size_bytes if file.size_bytes is not None else file.path.stat().st_size
+    size = file.size_bytes if file.size_bytes is not None else artifacts.model_bytes(file.path)
     rate = result.best_rate if result.scenario == "server" else step.achieved_rate
     return Row(spec=name, key=key, format=file.format, precision=file.precision,
                runtime=f"{ident.get('runtime', '?')} http/{result.endpoint}",
@@ -292,16 +321,18 @@ def _spec_rows(arts: artifacts.SpecArtifacts, join: _Join) -> tuple[list[Row], d
     spec = get_spec(arts.name)
     rows: list[Row] = []
     stale: dict[str, set[str]] = {}
-    for file in _files(arts, metrics.get("test_accuracy"), join.notes, metrics):
-        mine = [g for ident, g in join.groups.items() if ident[0] == arts.name and ident[1] == file.key]
-        fresh = [g for g in mine if g.case.sha256 == file.sha256]
+    files = _files(arts, metrics.get("test_accuracy"), join.notes, metrics)
+    for primary in (f for f in files if f.runtime is None):
+        mine = [g for ident, g in join.groups.items() if ident[0] == arts.name and ident[1] == primary.key]
+        fresh = [g for g in mine if g.case.sha256 == primary.sha256]
         if len(fresh) < len(mine):
-            stale[file.key] = {g.case.runtime for g in mine if g.case.sha256 != file.sha256}
+            stale[primary.key] = {g.case.runtime for g in mine if g.case.sha256 != primary.sha256}
         by_setting: dict[tuple[str, str], list[CaseGroup]] = {}
         for g in fresh:
             device = f"{g.case.device}-{g.case.io}" if g.case.io else g.case.device
             by_setting.setdefault((g.case.runtime, device), []).append(g)
         for (runtime, device), groups in sorted(by_setting.items()):
+            file = _file_for(files, primary.key, runtime) or primary
             memory = join.memory.get((arts.name, file.key, runtime, file.sha256))
             rows.append(build_row(spec=spec, file=file, runtime=runtime, device=device, groups=groups,
                                   peaks=join.peaks, memory=memory))
@@ -320,7 +351,8 @@ def build_row(*, spec, file: _File, runtime: str, device: str, groups: Sequence[
     chosen = by_threads[threads]
     b1 = chosen.get(1)
     big = chosen[max(chosen)] if max(chosen) > 1 else None
-    size = file.size_bytes if file.size_bytes is not None else file.path.stat().st_size
+    facts = _run_facts(chosen.values())
+    size = file.size_bytes if file.size_bytes is not None else artifacts.model_bytes(file.path)
     row = Row(
         spec=spec.name, key=file.key, format=file.format, precision=file.precision, runtime=runtime,
         device=device, threads=threads, accuracy=file.accuracy, keras_accuracy=file.reference_accuracy,
@@ -330,6 +362,8 @@ def build_row(*, spec, file: _File, runtime: str, device: str, groups: Sequence[
         measured_at=max(g.measured_at for g in groups),
         load_avg=max((g.load_avg_1m for g in chosen.values() if g.load_avg_1m is not None), default=None),
         check=_sum_checks([g.check for g in chosen.values()]), sha256=file.sha256, path=str(file.path),
+        computes=facts.get("computes") or file.computes or file.precision, isa=facts.get("isa"),
+        settings=facts.get("openvino"),
     )
     if b1:
         row.p50_ms, row.p99_ms, row.p50_interval = b1.p50_ms, b1.p99_ms, b1.p50_interval
@@ -339,12 +373,19 @@ def build_row(*, spec, file: _File, runtime: str, device: str, groups: Sequence[
         row.throughput_interval = big.throughput_interval
         row.processes = row.processes or big.processes
         peak = peak_for({k: {t: {"gflops": v} for t, v in d.items()} for k, d in peaks.items()},
-                        file.precision, threads)
+                        file.precision, threads, runtime=runtime, computes=row.computes)
         if peak and device == "cpu":
-            row.peak = peak
+            row.peak, row.peak_kind = peak, peak_kind(runtime, row.computes)
             row.pct_peak = pct_of_peak(mflops_per_image=row.mflops, images_per_s=row.throughput, peak=peak)
     _attach_memory(row, memory)
     return row
+
+
+def _run_facts(groups: Iterable[CaseGroup]) -> dict[str, Any]:
+    """What the runtime said it ran (computes, isa, its settings), from the latest measurement
+    that says so (runtimes that cannot tell say nothing)."""
+    results = sorted((r for g in groups for r in g.results), key=lambda r: r.measured_at or "")
+    return next((r.notes for r in reversed(results) if r.notes.get("computes")), {})
 
 
 def rows_from_results(results: Sequence[Any], peaks: dict[str, Any] | None) -> list[Row]:

@@ -57,6 +57,10 @@ class Row:
     throughput_interval: stats.Interval | None = None
     pct_peak: float | None = None
     peak: float | None = None
+    peak_kind: str | None = None  # which measured GEMM peak (toolkit.benchmark.peaks.PEAK_KINDS)
+    computes: str | None = None  # the precision the runtime computes (its parity row or bench record)
+    isa: list[str] | None = None  # instruction sets its kernels used, where the runtime says (OpenVINO)
+    settings: dict[str, Any] | None = None  # the runtime's settings behind the figures (OpenVINO)
     check: dict[str, Any] | None = None
     memory: MemoryFigures | None = None
     memory_note: str = ""
@@ -83,7 +87,9 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"{self.spec} {self.key} {self.runtime} {self.device}"
+        # The precision computed is named where it is not the file's own (never hidden).
+        computes = f" ({self.computes})" if self.computes and self.computes != self.precision else ""
+        return f"{self.spec} {self.key} {self.runtime}{computes} {self.device}"
 
     @property
     def compared(self) -> bool:

@@ -4,9 +4,9 @@
     probabilities = model.run(batch)        # float32 [N,28,28,1] in [0,1] -> [N,10]
 
 `table` holds RUNTIMES (key, file suffixes, devices, loader), one module per runtime (`keras`,
-`ort`, `litert`) behind `base.LoadedModel`; `predict` classifies image files (converted by
-toolkit.core.images). Loaders import their library lazily: ONNX Runtime and LiteRT
-paths never import TensorFlow.
+`ort`, `litert`, `tflm`, `openvino`) behind `base.LoadedModel`; `predict` classifies image files
+(converted by toolkit.core.images). Loaders import their library lazily: ONNX Runtime, LiteRT
+and OpenVINO paths never import TensorFlow.
 """
 
 from toolkit.runtimes.base import LoadedModel, check_output, contract_error

@@ -10,7 +10,11 @@ from typing import Any
 import numpy as np
 
 from toolkit.core.contract import CLASSIFIER, INPUT_NAME, OUTPUT_NAME, IOContract
-from toolkit.core.errors import ArtifactError, ContractError
+from toolkit.core.errors import ArtifactError, ContractError, DeviceUnavailableError
+
+
+class RuntimeUnavailableError(DeviceUnavailableError):
+    """A runtime's package is not installed here (exit 6, like a missing device)."""
 
 
 class LoadedModel:
@@ -61,6 +65,12 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "provider": self.provider, "device": self.device,
                 "threads": self.threads}
+
+    def run_facts(self) -> dict[str, Any]:
+        """What the runtime says about how it runs this file, for the records beside its figures:
+        the precision it computes (where it differs from the file's) and, for a runtime that can
+        tell, its settings and the instruction sets its kernels use (OpenVINO)."""
+        return {"computes": self.computes} if self.computes else {}
 
     def mismatches(self, contract: IOContract) -> list[str]:
         """How the file's declared input/output differ from `contract` (empty: they match)."""

@@ -13,9 +13,13 @@ dequantizes the output with the scale and zero point stored in the file, so call
 float32 images and get float32 probabilities.
 
 RUNTIMES is the one table of runtimes (key, file suffixes, device, loader; one module per runtime:
-keras, ort, litert). Parity, benchmarks,
+keras, ort, litert, tflm, openvino). Parity, benchmarks,
 `toolkit predict` and the recommender all go through it, always by key. Loaders import their
-library lazily, so ONNX Runtime and LiteRT paths never import TensorFlow.
+library lazily, so ONNX Runtime, LiteRT and OpenVINO paths never import TensorFlow.
+
+OpenVINO is two entries: `openvino` (float32 forced) and `openvino-bf16` (the CPU plugin's default,
+bfloat16 on CPUs with native bf16), so each precision is its own parity row, benchmark row and
+report row, and the server can be told which one to run.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from toolkit.core.errors import ArtifactError, UsageError
 from toolkit.runtimes.base import LoadedModel, contract_error
 
 DEVICES = ("cpu", "gpu")
+OPENVINO_INSTALL = "pip install -e '.[openvino]'"
 KERAS_KEYS = ("keras", "keras-predict")
 
 
@@ -49,6 +54,18 @@ def _tflm(path: Path, *, device: str, threads: int | None) -> LoadedModel:
     from toolkit.runtimes.tflm import TflmModel
 
     return TflmModel(path, device=device, threads=threads)
+
+
+def _openvino(path: Path, *, device: str, threads: int | None, hint: str | None) -> LoadedModel:
+    from toolkit.runtimes.openvino import OpenVinoModel
+
+    return OpenVinoModel(path, device=device, threads=threads, hint=hint)
+
+
+def _bf16_unavailable() -> str:
+    from toolkit.runtimes.openvino import bf16_unavailable
+
+    return bf16_unavailable()
 
 
 def _litert(path: Path, *, device: str, threads: int | None) -> LoadedModel:
@@ -71,22 +88,29 @@ class Runtime:
     # Whether its times mean anything for deployment. TFLM on this host runs a microcontroller's
     # reference kernels on an x86 CPU: parity states its host time, the benchmarks never time it.
     timed: bool = True
-    # Why it cannot run here, in one line with the install command ("" when it can).
+    # How to install it, for the one line that says it is missing ("" for the base dependencies).
     install: str = ""
+    # Besides its module, what this machine must have: "" when it has it, else why not (a CPU
+    # without native bf16 for openvino-bf16).
+    requires: Callable[[], str] | None = field(default=None, repr=False)
     # Whether parity runs files on it as rows of their own. The CUDA provider is the same runtime
     # on another device: the benchmarks check its top-1 against the CPU's on every case instead.
     parity: bool = True
 
     def available(self) -> bool:
+        return not self.unavailable_reason()
+
+    def unavailable_reason(self) -> str:
+        """Why this runtime cannot run here, in one line ("" when it can)."""
         try:
             importlib.import_module(self.module)
         except ImportError:
-            return False
+            return f"{self.key} is not installed here: {self.install or 'pip install -e .'}"
         if self.key == "onnxruntime-cuda":
             from toolkit.core.machine import cuda_available
 
-            return cuda_available()
-        return True
+            return "" if cuda_available() else "ONNX Runtime has no CUDA execution provider here"
+        return self.requires() if self.requires else ""
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -104,6 +128,14 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("onnxruntime-cuda", (".onnx",), ("gpu",), "onnxruntime",
                 lambda p, device, threads: _ort(p, device="gpu", threads=threads),
                 "ONNX Runtime, CUDA execution provider (no CPU fallback)", ("onnxruntime",), parity=False),
+        Runtime("openvino", (".onnx", ".xml"), ("cpu",), "openvino",
+                lambda p, device, threads: _openvino(p, device=device, threads=threads, hint="f32"),
+                "OpenVINO CPU plugin, float32 forced (INFERENCE_PRECISION_HINT=f32)", ("openvino",),
+                install=OPENVINO_INSTALL),
+        Runtime("openvino-bf16", (".onnx", ".xml"), ("cpu",), "openvino",
+                lambda p, device, threads: _openvino(p, device=device, threads=threads, hint=None),
+                "OpenVINO CPU plugin at its default precision: bfloat16 on CPUs with native bf16 (AMX, "
+                "AVX512-BF16)", ("openvino",), install=OPENVINO_INSTALL, requires=_bf16_unavailable),
         Runtime("litert", (".tflite",), ("cpu",), "ai_edge_litert",
                 lambda p, device, threads: _litert(p, device=device, threads=threads),
                 "LiteRT interpreter with XNNPACK", ("ai_edge_litert.interpreter",)),

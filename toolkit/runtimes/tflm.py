@@ -35,7 +35,7 @@ import numpy as np
 from toolkit.core.errors import ArtifactError, DeviceUnavailableError, UsageError
 from toolkit.core.machine import cpu_count
 from toolkit.runtimes import tflite_info
-from toolkit.runtimes.base import LoadedModel, dequantize, dtype_name, quantize
+from toolkit.runtimes.base import LoadedModel, RuntimeUnavailableError, dequantize, dtype_name, quantize
 
 DISTRIBUTION = "tflite-micro"
 INSTALL = "pip install -e '.[mcu]' (Linux x86-64, CPython 3.10-3.14: the wheels tflite-micro publishes)"
@@ -46,10 +46,6 @@ CHECK_IMAGES = 16  # images whose outputs must match for an arena size to count 
 def align16(size: int) -> int:
     """Rounded up to TFLM's 16-byte arena alignment."""
     return -(-size // 16) * 16
-
-
-class RuntimeUnavailableError(DeviceUnavailableError):
-    """A runtime's package is not installed here (exit 6, like a missing device)."""
 
 
 def available() -> bool:

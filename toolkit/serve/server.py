@@ -40,6 +40,7 @@ class ServeSettings:
     data_dir: Path | None = None
     format: str | None = None
     precision: str | None = None
+    runtime: str | None = None  # None: the pick's runtime, else the format's default
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 1
@@ -58,7 +59,8 @@ def build_state(settings: ServeSettings, progress: Callable[[str, int, int], Non
     limit_blas_threads(settings.threads)
     spec = get_spec(settings.exp).name
     classifier = load_classifier(
-        spec, settings.root, format=settings.format, precision=settings.precision, threads=settings.threads
+        spec, settings.root, format=settings.format, precision=settings.precision, threads=settings.threads,
+        runtime=settings.runtime,
     )
     recommender = None
     if settings.similar:

@@ -80,7 +80,9 @@ def run(root: Path, net: str, levers: list[str], seeds: list[int]) -> None:
 
 
 def _read(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 def table(root: Path) -> None:
@@ -104,12 +106,14 @@ def table(root: Path) -> None:
         delta = f"{(val.mean() - base.mean()) * 100:+.2f}" if len(base) else "-"
         minutes = np.array([g["train_seconds"] / 60 for g in group])
         sd = f" ± {val.std(ddof=1):.4f}" if len(val) > 1 else ""
-        print(f"| {net} | {lever} | {len(group)} | {val.mean():.4f}{sd} | {ci} | {delta} | {minutes.mean():.1f} "
-              f"({minutes.min():.1f}-{minutes.max():.1f}) | {np.mean([g['test_accuracy'] for g in group]):.4f} |")
+        test = np.mean([g["test_accuracy"] for g in group])
+        print(f"| {net} | {lever} | {len(group)} | {val.mean():.4f}{sd} | {ci} | {delta} | "
+              f"{minutes.mean():.1f} ({minutes.min():.1f}-{minutes.max():.1f}) | {test:.4f} |")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--net", choices=sorted(NETS), default="brisk")
     parser.add_argument("--levers", default=",".join(LEVERS))
