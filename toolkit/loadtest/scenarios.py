@@ -91,12 +91,13 @@ def server_scenario(
 def _search(measure: Callable[[float], Step | None], settings: LoadSettings, notes: list[str]) -> None:
     """Double while steps pass, then bisect between the last pass and the first failure, to
     `resolution`. An invalid step (the client fell behind its schedule) says nothing about the
-    server: it is measured once more, and if the client falls behind again that rate becomes an
-    upper bound like a failure, so the search narrows below it instead of stopping; the notes say
-    the client, sharing the cores, was the limit there. One exception: below the first valid
-    step, a twice-invalid rate whose every request was answered within the bound moves the search
-    up (nothing is reported for it): on a mostly idle VM the client wakes late (send lag p99
-    1.2-1.5 ms at 100-400 req/s, 0.2-0.6 ms above)."""
+    server: it is measured once more, and if the client falls behind again above a passing rate,
+    that rate becomes an upper bound like a failure, so the search narrows below it instead of
+    stopping; the notes say the client, sharing the cores, was the limit there. Below the first
+    valid step there is nothing to narrow towards: a twice-invalid rate whose every request was
+    answered within the bound moves the search up (nothing is reported for it; on a mostly idle
+    VM the client wakes late: send lag p99 1.2-1.5 ms at 100-400 req/s, 0.2-0.6 ms above), and
+    any other stops the search (the machine is too busy to measure)."""
     search = _Bisection(settings)
     rate, retried = settings.start_rate, False
     for _ in range(settings.max_steps):
@@ -117,6 +118,9 @@ def _search(measure: Callable[[float], Step | None], settings: LoadSettings, not
                     f"the bound; no result at this rate, the search goes on at {rate:,.0f}"
                 )
                 continue
+            if search.low is None:  # nothing valid below it to narrow towards
+                notes.append(_busy_note(step, rate))
+                return
             notes.append(_client_note(step, rate))
             search.client_limit = rate
         rate = search.next(rate, step.valid and step.passed, notes, step.verdict)
@@ -125,6 +129,15 @@ def _search(measure: Callable[[float], Step | None], settings: LoadSettings, not
             return
     notes.append(f"stopped after --max-steps {settings.max_steps}")
     search.conclude(notes)
+
+
+def _busy_note(step: Step, rate: float) -> str:
+    load = step.load_avg_1m[-1] if step.load_avg_1m else float("nan")
+    return (
+        f"stopped: the client could not keep its schedule at {rate:,.0f} req/s twice (send lag p99 "
+        f"{step.send_lag_p99_ms:.1f} ms, load average {load:.1f}) and no lower rate was valid; this machine "
+        "is too busy for a valid measurement now: rerun when it is quieter"
+    )
 
 
 def _client_note(step: Step, rate: float) -> str:
