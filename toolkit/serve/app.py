@@ -349,7 +349,9 @@ class FrontDoor:
         except asyncio.CancelledError:
             # uvicorn cancels the requests still running when --drain-seconds is over; left to it,
             # each would log a traceback and answer a plain-text 500.
-            asyncio.current_task().uncancel()
+            task = asyncio.current_task()
+            if hasattr(task, "uncancel"):  # Python >= 3.11 counts cancellations; 3.10 does not
+                task.uncancel()
             if not begun[0]:
                 await SHUTTING_DOWN(scope, receive, send_status)
         finally:

@@ -33,8 +33,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from toolkit.core.errors import UsageError
 
 # Descriptors kept for everything but client sockets: the listening socket, the event loop's own,
-# model and log files, /proc reads for the process metrics, the batch and decode threads' pipes.
+# model and log files, /proc reads for the process metrics, the decode worker's pipes.
 RESERVED_FDS = 256
+UNLIMITED_FDS = 1 << 20  # what "unlimited" descriptors count as (Linux's default nr_open)
 SWEEP_S = 0.25  # at most this late past a deadline (a quarter of the timeout when that is shorter)
 
 
@@ -58,6 +59,8 @@ class ConnectionLimits:
         if hard != resource.RLIM_INFINITY and soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
+        if soft == resource.RLIM_INFINITY:
+            soft = UNLIMITED_FDS
         room = max(1, soft - RESERVED_FDS)
         if self.max_connections is None:
             return ConnectionLimits(self.header_timeout_s, room)
