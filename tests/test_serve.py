@@ -824,6 +824,11 @@ def test_without_its_embedding_model_the_server_classifies_and_says_how_to_add_s
         assert fix in httpx.get(server.url + "/v1/model").json()["recommender_off"]
         loadtest = runner.invoke(app, ["loadtest", "--url", server.url, "--endpoint", "similar"])
         assert loadtest.exit_code == 2 and "embedding model is missing" in loadtest.output
+        from toolkit.experiments import serving  # `toolkit run --serve` load-tests classify only
+
+        said = []
+        view = type("View", (), {"progress": lambda self, line: said.append(line)})()
+        assert serving._endpoints(server.url, view) == ("classify",) and fix in said[0]
         log = " ".join(server.log.split())
     assert "Recommender: off, classification only" in log and fix in log
 
