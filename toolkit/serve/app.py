@@ -64,7 +64,8 @@ class ServeState:
     recommender: Recommender | None
     batching: BatchingSettings
     limits: Limits = field(default_factory=Limits)
-    # Why there is no recommender when one was asked for (its embedding model is missing or stale):
+    # Why there is no recommender when one was asked for (its embedding model is missing, unreadable
+    # or stale):
     # /v1/similar answers 503 with this; None with a recommender, or with --no-similar (404).
     similar_off: str | None = None
     started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))

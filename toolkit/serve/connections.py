@@ -28,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from toolkit.core.errors import UsageError
 
 # Descriptors kept for everything but client sockets: the listening socket, the event loop's own,
@@ -118,16 +116,24 @@ class ConnectionGuard:
 
 
 def protocol_class(limits: ConnectionLimits, on_close: Callable[[str], None] | None = None
-                   ) -> tuple[type[GuardedProtocol], ConnectionGuard]:
-    """A uvicorn HTTP protocol class (for `uvicorn.Config(http=...)`) bound to one guard."""
+                   ) -> tuple[type[asyncio.Protocol], ConnectionGuard]:
+    """uvicorn's httptools protocol with the deadline and the bound above (a class for
+    `uvicorn.Config(http=...)`), bound to one guard. uvicorn is imported here, not with this module:
+    `toolkit serve` names the missing serving packages itself (server.require_serving)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
     guard = ConnectionGuard(limits.resolved(), on_close)
-    return type("GuardedHttpToolsProtocol", (GuardedProtocol,), {"guard": guard}), guard
+    return type("GuardedHttpToolsProtocol", (GuardedProtocol, HttpToolsProtocol), {"guard": guard}), guard
 
 
-class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the deadline and the bound above."""
+class GuardedProtocol:
+    """The deadline and the bound, as a mixin over uvicorn's HttpToolsProtocol (protocol_class)."""
 
     guard: ConnectionGuard
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+    cycle: Any
+    pipeline: Any
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self._counted = self._partial = False
