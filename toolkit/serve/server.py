@@ -130,6 +130,7 @@ def run(state, settings: ServeSettings, on_started: Callable[[str], None] | None
     protocol, guard = protocol_class(settings.connections, on_close=state.metrics.connection_hook())
     state.metrics.open_connections.set_function(lambda: guard.open)
     state.connection_limits = guard.limits.describe()
+    state.large_images.start()
     # A batch worker whose runtime call has returned needs the GIL back to hand over its results;
     # under load the event loop holds it until the switch interval (5 ms by default) forces a
     # hand-over, which would add up to 5 ms to every batch. 0.5 ms bounds that wait.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import multiprocessing
 import os
@@ -233,15 +234,21 @@ class LargeImages:
     lock with the event loop, and never more than one such image's buffers exist at once."""
 
     def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None  # started by the first large upload
+        self._pool: ProcessPoolExecutor | None = None  # started by start() or the first large upload
 
-    async def decode(self, data: bytes, max_pixels: int) -> tuple[np.ndarray, list[str]]:
-        from toolkit.core.images import decode_image
-
+    def start(self) -> None:
+        """Start the worker and its imports now (the server does at start-up): started by a
+        request, it cost that request seconds on a loaded machine."""
         if self._pool is None:
             # spawn, not fork: the server has runtime and batch threads a fork would copy mid-work.
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=os.nice, initargs=(DECODER_NICE,))
+            self._pool.submit(importlib.import_module, "toolkit.core.images")
+
+    async def decode(self, data: bytes, max_pixels: int) -> tuple[np.ndarray, list[str]]:
+        from toolkit.core.images import decode_image
+
+        self.start()
         job = functools.partial(decode_image, data, name="upload", max_pixels=max_pixels)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)
