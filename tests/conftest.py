@@ -128,3 +128,42 @@ def live_server(served_root):
                 "--max-batch", "16", "--max-wait-ms", "2", "--max-queue", "64",
                 "--max-body-mb", str(64 / 1024)]) as server:
         yield server
+
+
+def encode(image, fmt: str, **options) -> bytes:
+    """A Pillow image as the bytes of a file in `fmt` (any format Pillow writes)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def format_samples(garment: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    """One real garment (uint8 [28,28]) in each accepted format and an awkward mode of it, with the
+    conversion each must state: name -> (file bytes, a phrase of its conversions)."""
+    from PIL import Image
+
+    gray = Image.fromarray(garment, "L")
+    second = Image.fromarray(255 - garment, "L")
+    big = gray.resize((56, 56))
+    lab = Image.merge("LAB", (gray, Image.new("L", gray.size, 128), Image.new("L", gray.size, 128)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF Orientation: rotate 90 degrees clockwise to display
+    return {
+        "animated GIF": (encode(gray, "GIF", save_all=True, append_images=[second]), "first of 2 frames"),
+        "multi-page TIFF": (encode(gray, "TIFF", save_all=True, append_images=[second]),
+                            "first of 2 frames"),
+        "LAB TIFF": (encode(lab, "TIFF"), "lightness (L) channel of LAB"),
+        "float TIFF 0-1": (encode(Image.fromarray(garment.astype(np.float32) / 255, "F"), "TIFF"),
+                           "scaled F pixels from 0-1 to 8-bit"),
+        "16-bit PNG": (encode(Image.fromarray(garment.astype(np.uint16) * 257), "PNG"),
+                       "from 0-65535 to 8-bit"),
+        "CMYK JPEG": (encode(gray.convert("CMYK"), "JPEG", quality=95), "converted CMYK to grayscale"),
+        "RGBA WebP": (encode(Image.merge("RGBA", (gray, gray, gray, Image.fromarray(
+            np.where(garment > 0, 255, 0).astype(np.uint8), "L"))), "WEBP", lossless=True),
+            "composited transparency"),
+        "1-bit BMP": (encode(gray.convert("1"), "BMP"), "converted 1 to grayscale"),
+        "EXIF-rotated JPEG": (encode(big.convert("RGB"), "JPEG", quality=95, exif=exif.tobytes()),
+                              "EXIF orientation 6 (rotated 90° clockwise)"),
+    }

@@ -222,7 +222,8 @@ def test_6_predict_prints_what_it_could_and_exits_7(tmp_path, png):
     assert [r["image"] for r in rows] == [str(png)] and rows[0]["class"]
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors[0].startswith(f"failed: {broken}: not a readable image")
-    assert errors[1] == f"failed: {folder}: is a folder, not a file; expected a PNG or JPEG file"
+    assert errors[1] == (f"failed: {folder}: is a folder, not a file; expected an image file (PNG, JPEG, "
+                         "WebP, GIF, BMP or TIFF)")
     assert errors[2] == "error: 2 of 3 images could not be read (listed above); the other 1 was classified"
     table = runner.invoke(app, args)
     assert table.exit_code == 7 and png.name in table.stdout and "Predictions of" in table.stdout

@@ -127,9 +127,9 @@ def test_the_search_doubles_then_bisects_to_the_resolution():
     assert min(failing) / max(passing) <= 1.1 and max(passing) <= 1234
 
 
-def test_an_invalid_step_is_measured_again_and_twice_stops_the_search():
-    settings = scenarios.LoadSettings(start_rate=100)
-    lags = iter([0.01, 5.0, 0.01, 5.0, 5.0])  # 100 ok; 200 invalid, then ok; 400 invalid twice
+def test_an_invalid_step_is_measured_again_and_twice_narrows_the_search_below_it():
+    settings = scenarios.LoadSettings(start_rate=100, resolution=1.1)
+    lags = iter([0.01, 5.0, 0.01, 5.0, 5.0] + [0.01] * 20)  # 100 ok; 200 invalid, then ok; 400 twice
     tried, notes = [], []
 
     def measure(rate):
@@ -139,8 +139,31 @@ def test_an_invalid_step_is_measured_again_and_twice_stops_the_search():
         )
 
     scenarios._search(measure, settings, notes)
-    assert tried == [100, 200, 200, 400, 400]
-    assert "could not keep its schedule at 400 req/s twice" in notes[-1]
+    assert tried[:5] == [100, 200, 200, 400, 400] and 200 < tried[5] < 400
+    assert "400 req/s: the client could not keep its schedule twice" in notes[0]
+    assert "was the limit there, so the search narrows below it" in notes[0]
+    assert "the best rate" in notes[-1] and "is the client's limit, not the server's" in notes[-1]
+
+
+def test_a_client_that_cannot_keep_up_is_bisected_like_a_failure():
+    """Issue 24: 1,600 req/s passed, 3,200 was invalid twice (the client, sharing the cores, fell
+    behind) and the search stopped. Now it bisects between them to the resolution, as a fixed
+    curve (--rates) would find: the best rate is the client's limit, and says so."""
+    settings = scenarios.LoadSettings(start_rate=100, resolution=1.1)
+    tried, notes = [], []
+
+    def measure(rate):
+        tried.append(rate)
+        lag = 0.3 if rate <= 2400 else 1.8  # the client keeps its schedule up to 2,400 req/s
+        return steps.summarize(_outcomes(4.0, lag_ms=lag), target_rate=rate, bound_ms=10, min_queries=1)
+
+    scenarios._search(measure, settings, notes)
+    valid = [r for r in tried if r <= 2400]
+    assert tried[:7] == [100, 200, 400, 800, 1600, 3200, 3200]
+    assert 2400 / 1.1 <= max(valid) <= 2400
+    assert min(r for r in tried if r > 2400) / max(valid) <= 1.1
+    assert not any(note.startswith("stopped") for note in notes)
+    assert f"the best rate, {max(valid):,.0f} req/s, is the client's limit" in notes[-1]
 
 
 def test_a_first_rate_invalid_twice_while_the_server_kept_up_moves_the_search_up():
@@ -168,8 +191,11 @@ def test_a_first_rate_invalid_twice_while_the_server_kept_up_moves_the_search_up
         return steps.summarize(out, target_rate=rate, bound_ms=10, min_queries=1)
 
     tried.clear()
+    notes.clear()
     scenarios._search(failing, settings, notes)
-    assert tried == [100, 100] and "could not keep its schedule" in notes[-1]
+    # Answers failed too, and nothing valid below: the machine is too busy to measure.
+    assert tried == [100, 100] and "could not keep its schedule at 100 req/s twice" in notes[-1]
+    assert "too busy" in notes[-1]
 
 
 # ---------------------------------------------------------------- the record
@@ -421,6 +447,25 @@ def test_the_bounds_stop_a_search(live):
     result = scenarios.run(settings)
     assert sum(s.queries for s in result.steps) <= 50
     assert any("--max-requests" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("rates", ["nan", "inf", "1e12", "100,nan"])
+def test_rates_that_are_not_finite_or_beyond_the_bounds_are_one_line_and_exit_2(live, rates, monkeypatch):
+    """`--rates nan|inf|1e12` exited 1 (ValueError, OverflowError, a 7.28 TiB allocation)."""
+    result = runner.invoke(app, ["loadtest", "--url", live.url, "--rates", rates])
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert line.startswith("error: --rates") and "Traceback" not in result.output
+    assert ("more than --max-requests 400,000" if rates == "1e12" else "is not a rate") in line
+    monkeypatch.setattr(steps, "poisson_offsets", lambda *a: pytest.fail("a schedule was allocated"))
+    with pytest.raises(UsageError, match="--rates"):
+        scenarios.run(scenarios.LoadSettings(url=live.url, rates=tuple(float(r) for r in rates.split(","))))
+
+
+def test_the_search_checks_its_bounds_before_allocating_a_step():
+    settings = scenarios.LoadSettings(start_rate=1e12, max_rate=1e13, max_requests=1000)
+    steps_run, notes = scenarios.server_scenario(None, "/v1/classify", [], settings, lambda _: None)
+    assert steps_run == [] and notes[0].startswith("stopped before 1,000,000,000,000 req/s")
 
 
 def test_the_serve_stage_is_the_pipelines_last_and_optional():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import encode, format_samples
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -113,3 +114,81 @@ def test_bad_top_k_and_unknown_suffix(models, pngs, tmp_path):
     other.write_bytes(b"x")
     result = runner.invoke(app, ["predict", str(other), str(paths[0])])
     assert result.exit_code == 2 and ".onnx" in result.output
+
+
+# ---------------------------------------------------------------- formats (issue 24)
+
+
+def test_every_accepted_format_converts_and_states_how(dataset, tmp_path):
+    """Animated GIF, multi-page TIFF, LAB TIFF, ... each decodes to the garment it holds, with its
+    conversion stated; the same files through `toolkit predict` (below) and the server (test_serve)."""
+    from toolkit.core.images import load_image
+
+    garment = dataset.x_test[0]
+    for name, (data, phrase) in format_samples(garment).items():
+        path = tmp_path / name.replace(" ", "_")
+        path.write_bytes(data)
+        pixels, notes = load_image(path)
+        assert pixels.shape == (28, 28) and pixels.dtype == np.uint8, name
+        assert any(phrase in note for note in notes), (name, notes)
+        if "EXIF" not in name and "1-bit" not in name:  # rotated, or thresholded to black and white
+            assert np.abs(pixels.astype(int) - garment).mean() < 3, name
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "PPM"])
+def test_other_formats_pillow_reads_are_refused_naming_the_format(dataset, tmp_path, fmt):
+    from toolkit.core.errors import UnsupportedImageError
+    from toolkit.core.images import load_image
+
+    path = tmp_path / f"garment.{fmt.lower()}"
+    path.write_bytes(encode(Image.fromarray(dataset.x_test[0], "L").convert("RGB"), fmt))
+    with pytest.raises(UnsupportedImageError, match=f"its format, {fmt}, is not accepted.*PNG, JPEG"):
+        load_image(path)
+
+
+def test_nan_pixels_are_refused_not_cast(tmp_path):
+    from toolkit.core.errors import DataError
+    from toolkit.core.images import load_image
+
+    pixels = np.full((28, 28), 0.5, np.float32)
+    pixels[3, 4] = np.nan
+    path = tmp_path / "nan.tiff"
+    Image.fromarray(pixels, "F").save(path)
+    with pytest.raises(DataError, match="1 of its 784 F pixels are NaN or infinite"):
+        load_image(path)
+
+
+def test_predict_takes_a_gif_and_tiffs_and_reports_a_refused_format_with_exit_7(models, pngs, dataset,
+                                                                                   tmp_path):
+    """`toolkit predict good.png two.gif good2.png` exited 1 with no result at all (issue 24)."""
+    paths, _ = pngs
+    samples = format_samples(dataset.x_test[0])
+    gif, lab = tmp_path / "two.gif", tmp_path / "lab.tiff"
+    gif.write_bytes(samples["animated GIF"][0])
+    lab.write_bytes(samples["LAB TIFF"][0])
+    result = runner.invoke(app, ["predict", str(models["onnx"]), str(paths[0]), str(gif), str(lab),
+                                 str(paths[1]), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["image"] for r in rows] == [str(paths[0]), str(gif), str(lab), str(paths[1])]
+    assert "used the first of 2 frames" in rows[1]["conversions"]
+    # The first frame and the LAB file's lightness are the PNG's garment: the same answer.
+    assert rows[1]["top"] == rows[2]["top"] == rows[0]["top"]
+    icon = tmp_path / "icon.ico"
+    icon.write_bytes(encode(Image.fromarray(dataset.x_test[0], "L"), "ICO"))
+    result = runner.invoke(app, ["predict", str(models["onnx"]), str(paths[0]), str(icon), str(gif),
+                                 "--json"])
+    assert result.exit_code == 7, result.output
+    assert [r["image"] for r in json.loads(result.stdout)] == [str(paths[0]), str(gif)]
+    assert f"failed: {icon}: its format, ICO, is not accepted" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.output
+
+
+def test_recommend_image_refuses_a_format_before_any_work(tmp_path, dataset):
+    icon = tmp_path / "icon.ico"
+    icon.write_bytes(encode(Image.fromarray(dataset.x_test[0], "L"), "ICO"))
+    result = runner.invoke(app, ["recommend", "--exp", SPEC, "--image", str(icon), "--artifacts",
+                                 str(tmp_path / "artifacts")])
+    assert result.exit_code == 3, result.output
+    assert "its format, ICO, is not accepted" in " ".join(result.output.split())
+    assert not (tmp_path / "artifacts").exists()

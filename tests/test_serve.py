@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import SERVE_CATALOG, SERVE_SPEC, png
+from conftest import SERVE_CATALOG, SERVE_SPEC, encode, format_samples, png
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -290,6 +290,17 @@ def test_ceiling_decodes_and_converts_without_a_model(client, dataset):
             ("post", "/v1/classify", {"files": {"other": ("", b"")}, "data": {"field": "value"}}),
             400,
             "no_file",
+        ),
+        (("post", "/v1/classify", {"json": {"images": [[["12"] * 28] * 28]}}), 422, "bad_values"),
+        (("post", "/v1/classify", {"json": {"images": [[[0] * 27 + [True]] * 28]}}), 422, "bad_values"),
+        (
+            (
+                "post",
+                "/v1/classify",
+                {"content": b"[" * 30_000 + b"]" * 30_000, "headers": {"Content-Type": "application/json"}},
+            ),
+            400,
+            "bad_json",
         ),
         (("get", "/v2/nothing", {}), 404, "not_found"),
         (("get", "/v1/classify", {}), 405, "http_error"),
@@ -615,3 +626,239 @@ def test_the_server_serves_the_pick_the_report_recorded(served_root, tmp_path):
     with pytest.raises(ArtifactError, match="the pick is stale") as failure:
         choose_export(SPEC, root)
     assert failure.value.exit_code == 4 and "toolkit report" in failure.value.message
+
+
+# ---------------------------------------------------------------- issue 24: formats, bad input
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/classify", "/v1/similar", "/v1/ceiling"])
+def test_every_accepted_format_is_served_and_others_get_415(client, dataset, endpoint):
+    """An animated GIF, a multi-page or LAB TIFF answered 500 (a closed file, an unsupported mode)."""
+    for name, (data, phrase) in format_samples(dataset.x_test[0]).items():
+        response = client.post(endpoint, content=data, headers={"Content-Type": "application/octet-stream"})
+        assert response.status_code == 200, (name, response.text)
+        assert any(phrase in note for note in response.json()["conversions"]), (name, response.json())
+    garment = Image.fromarray(dataset.x_test[0], "L")
+    for fmt in ("ICO", "PCX", "TGA"):
+        response = client.post(endpoint, files={"image": (f"x.{fmt.lower()}", encode(garment, fmt))})
+        assert response.status_code == 415, response.text
+        error = response.json()["error"]
+        assert error["type"] == "unsupported_image"
+        assert f"its format, {fmt}, is not accepted" in error["message"]
+    nan = np.full((28, 28), 0.5, np.float32)
+    nan[0, 0] = np.nan
+    response = client.post(endpoint, content=encode(Image.fromarray(nan, "F"), "TIFF"),
+                           headers={"Content-Type": "image/tiff"})
+    assert response.status_code == 400 and "NaN or infinite" in response.json()["error"]["message"]
+
+
+def test_json_pixels_must_be_numbers_and_the_field_is_named(client):
+    image = [[0] * 28 for _ in range(28)]
+    image[3][5] = "12"
+    error = client.post("/v1/classify", json={"images": [[[0] * 28] * 28, image]}).json()["error"]
+    assert error["type"] == "bad_values"
+    assert error["message"].startswith('images[1][3][5] is "12", not a number')
+    image[3][5] = False
+    error = client.post("/v1/classify", json={"images": [image]}).json()["error"]
+    assert error["message"].startswith("images[0][3][5] is false, not a number")
+
+
+def test_a_json_body_nested_too_deeply_is_400(state, dataset):
+    """100,000 levels (within the default 4 MiB body) answered 500 with a RecursionError."""
+    from toolkit.serve.app import ServeState, create_app
+
+    default_limits = ServeState(state.classifier, None, state.batching)  # a 4 MiB body limit
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=create_app(default_limits))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.post("/v1/classify", content=b"[" * 100_000 + b"]" * 100_000,
+                                   headers={"Content-Type": "application/json"})
+
+    response = asyncio.run(scenario())
+    default_limits.close()
+    assert response.status_code == 400 and response.json()["error"]["type"] == "bad_json"
+    assert "nested too deeply" in response.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- issue 24: the server under abuse
+
+
+def _healthz_ms(port: int) -> float:
+    """/healthz over a new TCP connection (as a new client or a probe connects), in ms."""
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    return (time.perf_counter() - started) * 1000
+
+
+def _closed_by_server(socks: list[socket.socket], seconds: float) -> dict[socket.socket, bytes]:
+    """Each socket the server closed within `seconds`, with the first bytes it sent (b"" for none)."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    closed: dict[socket.socket, bytes] = {}
+    deadline = time.monotonic() + seconds
+    while len(closed) < len(socks) and time.monotonic() < deadline:
+        for key, _ in selector.select(0.1):
+            try:
+                data = key.fileobj.recv(4096)
+            except OSError:
+                data = b""
+            first = closed.setdefault(key.fileobj, data)
+            if not data:
+                selector.unregister(key.fileobj)
+            elif not first:
+                closed[key.fileobj] = data
+    selector.close()
+    return closed
+
+
+STALLED = 2000
+
+
+def test_stalled_clients_neither_lock_out_healthz_nor_stay(served_root):
+    """2,000 connections that sent part of their headers and wait (22,000 of them used up the
+    server's file descriptors, issue 24): with --max-connections 1500 the oldest 500 are closed to
+    admit the newer ones, /healthz answers within 1 s throughout, and the rest, and a request whose
+    body stalled, are closed within --header-timeout (2 s here; a 408 for a partial request)."""
+    import resource
+
+    from toolkit.serve.process import spawn
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = STALLED + 256
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"needs {need} file descriptors; the hard RLIMIT_NOFILE here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    socks: list[socket.socket] = []
+    try:
+        with spawn(["--exp", SPEC, "--artifacts", str(served_root), "--no-similar", "--header-timeout", "2",
+                    "--max-connections", "1500"]) as server:
+            body_stalled = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            body_stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                 b"Content-Length: 1000\r\n\r\n" + b"x" * 100)
+            started = time.monotonic()
+            for i in range(STALLED):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Stalled: ")
+                socks.append(sock)
+                if i % 500 == 499:
+                    assert _healthz_ms(server.port) < 1000
+            opened = time.monotonic() - started
+            latencies = [_healthz_ms(server.port) for _ in range(20)]
+            assert max(latencies) < 1000, latencies
+            closed = _closed_by_server([*socks, body_stalled], 2 + 3)
+            waited = time.monotonic() - started
+            metrics = httpx.get(server.url + "/metrics").text
+    finally:
+        for sock in socks:
+            sock.close()
+    assert opened < 2 and waited < opened + 2 + 3.5  # within the timeout (+ the sweep, + slack)
+    assert len(closed) == STALLED + 1, f"{STALLED + 1 - len(closed)} stalled connections still open"
+    answered = [data for data in closed.values() if data]
+    assert len(answered) >= 1000 and all(a.startswith(b"HTTP/1.1 408") for a in answered)
+    assert b'"request_timeout"' in answered[0]
+    counts = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+              if line.startswith("toolkit_serve_connections_closed_total")}
+    assert counts["evicted"] >= STALLED + 1 - 1500 and counts["refused"] == 0
+
+
+def test_large_uploads_are_decoded_off_the_event_loop(live, tmp_path):
+    """Four clients sending a 56 KB, 4000x4000 PNG (16 MP, inside the limit) raised /healthz p50
+    from ~3 ms to 765 ms (issue 24); decoded in the worker process, they add at most 50 ms to its
+    p99 (beyond the p99 this shared machine shows without them)."""
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.png"
+    big.write_bytes(encode(Image.new("RGB", (4000, 4000), (200, 120, 40)), "PNG"))
+    assert big.stat().st_size < 64 * 1024  # inside the live server's body limit
+    # Separate processes: threads here would share this process's GIL with the probe.
+    sender = ("import httpx, sys, time\nbody = open(sys.argv[2], 'rb').read(); codes = []\n"
+              "end = time.monotonic() + float(sys.argv[3])\nwith httpx.Client(timeout=60) as c:\n"
+              "    while time.monotonic() < end:\n"
+              "        codes.append(c.post(sys.argv[1] + '/v1/classify', content=body,\n"
+              "                            headers={'Content-Type': 'image/png'}).status_code)\n"
+              "print(len(codes), set(codes))\n")
+    def healthz_ms(probes: int) -> np.ndarray:
+        latencies = []
+        with httpx.Client(base_url=live.url, timeout=10) as http:
+            for _ in range(probes):
+                started = time.perf_counter()
+                assert http.get("/healthz").status_code == 200
+                latencies.append((time.perf_counter() - started) * 1000)
+                time.sleep(0.02)
+        return np.array(latencies)
+
+    # This machine's own tail first (other jobs share its cores): the goal is on top of it.
+    idle_p99 = float(np.percentile(healthz_ms(100), 99))
+    senders = [subprocess.Popen([sys.executable, "-c", sender, live.url, str(big), "9"],
+                                stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(1.0)
+    latencies = healthz_ms(250)
+    results = [sender.communicate(timeout=90)[0].split() for sender in senders]
+    assert all(int(sent) >= 1 and codes == "{200}" for sent, codes in results), results
+    p50, p99 = np.percentile(latencies, [50, 99])
+    assert p50 < 20 and p99 <= 50 + idle_p99, \
+        f"/healthz p50 {p50:.1f} ms, p99 {p99:.1f} ms (idle {idle_p99:.1f})"
+
+
+# ---------------------------------------------------------------- issue 24: start-up and shutdown
+
+
+def test_without_its_embedding_model_the_server_classifies_and_says_how_to_add_similar(served_root, tmp_path,
+                                                                                        dataset):
+    """`toolkit run` does not build recommend/embedding.onnx; serve refused to start after it."""
+    from toolkit.serve.process import spawn
+
+    root = _copy(served_root, tmp_path)
+    shutil.rmtree(root / SPEC / "recommend")
+    fix = f"toolkit recommend --exp {SPEC} --onnx --index 0 --artifacts {root}"
+    with spawn(["--exp", SPEC, "--artifacts", str(root)]) as server:
+        assert httpx.get(server.url + "/healthz").json()["recommender"] is False
+        answer = httpx.post(server.url + "/v1/classify", content=png(dataset.x_test[0]),
+                            headers={"Content-Type": "image/png"})
+        assert answer.status_code == 200 and answer.json()["class"] in CLASS_NAMES
+        similar = httpx.post(server.url + "/v1/similar", content=png(dataset.x_test[0]),
+                             headers={"Content-Type": "image/png"})
+        assert similar.status_code == 503 and fix in similar.json()["error"]["message"]
+        assert fix in httpx.get(server.url + "/v1/model").json()["recommender_off"]
+        loadtest = runner.invoke(app, ["loadtest", "--url", server.url, "--endpoint", "similar"])
+        assert loadtest.exit_code == 2 and "embedding model is missing" in loadtest.output
+        from toolkit.experiments import serving  # `toolkit run --serve` load-tests classify only
+
+        said = []
+        view = type("View", (), {"progress": lambda self, line: said.append(line)})()
+        assert serving._endpoints(server.url, view) == ("classify",) and fix in said[0]
+        log = " ".join(server.log.split())
+    assert "Recommender: off, classification only" in log and fix in log
+
+
+def test_a_client_stalled_during_drain_gets_a_json_503_and_no_traceback(served_root):
+    import signal
+
+    from toolkit.serve.process import spawn
+
+    args = ["--exp", SPEC, "--artifacts", str(served_root), "--no-similar", "--drain-seconds", "1"]
+    with spawn(args) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 1000\r\n\r\n" + b"x" * 100)  # and then nothing
+            time.sleep(0.3)
+            server.process.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        code = server.process.wait(20)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"application/json" in head, answer
+    assert json.loads(body)["error"]["type"] == "shutting_down"
+    assert code == 130 and "Traceback" not in server.log

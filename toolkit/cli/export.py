@@ -274,7 +274,7 @@ def parity_cmd(
 
 def predict_cmd(
     model_file: Annotated[Path, typer.Argument(help="model.keras, .onnx, .tflite or OpenVINO .xml file.")],
-    images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files: PNG, JPEG, WebP, GIF, BMP or TIFF.")],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     runtime: Annotated[str | None, typer.Option("--runtime", help="Runtime key (default by suffix).")] = None,

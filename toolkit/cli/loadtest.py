@@ -95,6 +95,7 @@ def loadtest_cmd(
         allow_remote=allow_remote,
         label=label,
     )
+    settings.check()  # before anything is printed or sent
     run_loadtest(settings, LoadtestPrinter(), root=artifacts, data_dir=data_dir, with_ceiling=with_ceiling)
 
 

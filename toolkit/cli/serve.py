@@ -62,15 +62,33 @@ def serve_cmd(
             "--drain-seconds", min=0.0, help="On Ctrl-C, how long in-flight requests may take to finish."
         ),
     ] = 10.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout",
+            help="Seconds a connection has to deliver a whole request (headers and body) after it "
+            "opens or after its last response; past it, it is closed (408 for a partial request).",
+        ),
+    ] = 10.0,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            help="Open connections at most; beyond it the one waiting longest without a whole "
+            "request is closed (default: the file-descriptor limit less 256).",
+        ),
+    ] = None,
     artifacts: ArtifactsOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Serve a spec's export (/v1/classify) and its recommender (/v1/similar) over HTTP; never
     imports TensorFlow. Ctrl-C drains in-flight requests and exits 130."""
     from toolkit.serve import BatchingSettings, Limits, ServeSettings, build_state, run
+    from toolkit.serve.connections import ConnectionLimits
     from toolkit.serve.server import require_serving
 
     require_serving()
+    connections = ConnectionLimits(header_timeout, max_connections).resolved()
 
     try:
         batching = BatchingSettings(
@@ -92,6 +110,7 @@ def serve_cmd(
         catalog_limit=catalog_limit,
         batching=batching,
         limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024)),
+        connections=connections,
         drain_seconds=drain_seconds,
     )
     with steps("loading") as report:
@@ -128,15 +147,19 @@ def _print_startup(state: Any, settings: Any) -> None:
             f"{info['embedding_file']}{built}; index built in {info['index_seconds']:.1f} s. "
             f"Search: {info['search']}."
         )
+    elif state.similar_off is not None:
+        err_console.print(f"[yellow]Recommender: off, classification only;[/] /v1/similar answers 503: "
+                          f"{state.similar_off}.", soft_wrap=True)
     else:
         console.print("Recommender: off (--no-similar); /v1/similar answers 404.")
-    b, lim = settings.batching, settings.limits
+    b, lim, conn = settings.batching, settings.limits, settings.connections
     console.print(
         f"Batching: up to {b.max_batch} images per call, {b.max_wait_ms:g} ms max wait, "
         f"classify {'on the event loop' if b.inline else 'on a worker thread'}, similar on a worker "
         "thread, 503 beyond "
         f"{b.max_queue} queued. Limits: body {lim.max_body_bytes:,} bytes, {lim.max_pixels:,} "
-        f"decoded pixels, {lim.max_json_images} JSON images, k <= {state.max_k}. "
+        f"decoded pixels, {lim.max_json_images} JSON images, k <= {state.max_k}; a request must arrive "
+        f"whole within {conn.header_timeout_s:g} s, {conn.max_connections:,} connections at most. "
         f"Stack: uvicorn ({http_parser_name()}, {event_loop_name()})."
     )
     if settings.host not in ("127.0.0.1", "localhost", "::1"):

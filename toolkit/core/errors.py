@@ -34,6 +34,10 @@ class ArtifactError(ToolkitError):
     exit_code = 4
 
 
+class UnsupportedImageError(DataError):
+    """An image in a format (or pixel mode) the toolkit does not accept, though Pillow may read it."""
+
+
 class NewerRecordError(ArtifactError):
     """A record was written by a newer toolkit (its schema_version is above what this one reads)."""
 

@@ -33,7 +33,7 @@ def serve_and_loadtest(*, exp: str, root: Path | None, data_dir: Path | None, vi
     for label, max_batch in SETTINGS:
         with spawn([*common, "--max-batch", max_batch]) as server:
             view.server_started(server.url, max_batch)
-            for endpoint in ENDPOINTS:
+            for endpoint in _endpoints(server.url, view):
                 settings = LoadSettings(url=server.url, endpoint=endpoint, label=label)
                 ceiling = None
                 if label == "batching on":
@@ -48,3 +48,15 @@ def serve_and_loadtest(*, exp: str, root: Path | None, data_dir: Path | None, vi
     if curve is not None:
         view.wrote("curve", curve)
     return results
+
+
+def _endpoints(url: str, view: ServingView) -> tuple[str, ...]:
+    """ENDPOINTS, less similar when the server started without its recommender (`toolkit run` does
+    not build the embedding model; the server says how to)."""
+    from toolkit.loadtest.target import get_model, parse_target
+
+    off = get_model(parse_target(url)).get("recommender_off")
+    if off is None:
+        return ENDPOINTS
+    view.progress(f"similar is not load-tested: {off}")
+    return tuple(e for e in ENDPOINTS if e != "similar")

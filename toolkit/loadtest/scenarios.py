@@ -25,7 +25,14 @@ import numpy as np
 
 from toolkit.core.errors import UsageError
 from toolkit.core.loadtest_record import LoadtestResult, Step
-from toolkit.loadtest.settings import ENDPOINTS, MAX_SEND_LAG_MS, SCENARIOS, UPLOADS, LoadSettings
+from toolkit.loadtest.settings import (
+    ENDPOINTS,
+    MAX_SEND_LAG_MS,
+    SCENARIOS,
+    UPLOADS,
+    LoadSettings,
+    step_queries,
+)
 from toolkit.loadtest.steps import poisson_offsets, run_engine, run_step
 from toolkit.loadtest.target import Target, encode_requests, get_model, machine, parse_target, png_uploads
 
@@ -53,8 +60,13 @@ def server_scenario(
     budget, steps, notes = _Budget(settings), [], []
 
     def measure(rate: float) -> Step | None:
-        offsets = poisson_offsets(rate, settings.step_seconds, settings.min_queries, rng)
-        if not budget.allows(len(offsets), offsets[-1] / 1e9):
+        # The budget first: a rate's schedule is allocated only when its expected size fits the
+        # bounds; the drawn schedule (a little longer or shorter) is checked again.
+        queries = step_queries(rate, settings.step_seconds, settings.min_queries)
+        offsets = None
+        if budget.allows(queries, max(settings.step_seconds, queries / rate)):
+            offsets = poisson_offsets(rate, settings.step_seconds, settings.min_queries, rng)
+        if offsets is None or not budget.allows(len(offsets), offsets[-1] / 1e9):
             notes.append(
                 f"stopped before {rate:,.0f} req/s: the next step would pass --max-requests "
                 f"({settings.max_requests:,}) or --max-seconds ({settings.max_seconds:g})"
@@ -77,55 +89,104 @@ def server_scenario(
 
 
 def _search(measure: Callable[[float], Step | None], settings: LoadSettings, notes: list[str]) -> None:
-    """Double while steps pass, then bisect. An invalid step (the client fell behind) says nothing
-    about the server: it is measured once more, and if the client falls behind again the search
-    stops rather than mistake the client for the server. One exception: below the first valid
-    step, a twice-invalid rate whose every request was answered within the bound moves the search
-    up to the next rate (nothing is reported for it). On a mostly idle VM the client wakes late
-    (send lag p99 1.2-1.5 ms at 100-400 req/s, 0.2-0.6 ms above), which otherwise ends a search
-    at its first rate."""
-    low, high, rate, retried = None, None, settings.start_rate, False
-    floor = settings.start_rate / 16
+    """Double while steps pass, then bisect between the last pass and the first failure, to
+    `resolution`. An invalid step (the client fell behind its schedule) says nothing about the
+    server: it is measured once more, and if the client falls behind again above a passing rate,
+    that rate becomes an upper bound like a failure, so the search narrows below it instead of
+    stopping; the notes say the client, sharing the cores, was the limit there. Below the first
+    valid step there is nothing to narrow towards: a twice-invalid rate whose every request was
+    answered within the bound moves the search up (nothing is reported for it; on a mostly idle
+    VM the client wakes late: send lag p99 1.2-1.5 ms at 100-400 req/s, 0.2-0.6 ms above), and
+    any other stops the search (the machine is too busy to measure)."""
+    search = _Bisection(settings)
+    rate, retried = settings.start_rate, False
     for _ in range(settings.max_steps):
         step = measure(rate)
         if step is None:
             return
+        if not step.valid and not retried:
+            retried = True
+            continue
+        retried = False
         if not step.valid:
-            if not retried:
-                retried = True
-                continue
-            if low is None and high is None and _kept_up(step, settings) and rate < settings.max_rate:
-                retried, skipped, rate = False, rate, min(rate * 2, settings.max_rate)
+            if search.low is None and search.high is None and _kept_up(step, settings) \
+                    and rate < settings.max_rate:
+                skipped, rate = rate, min(rate * 2, settings.max_rate)
                 notes.append(
                     f"{skipped:,.0f} req/s: the client fell behind twice (send lag p99 "
                     f"{step.send_lag_p99_ms:.2f} ms) while the server answered every request within "
                     f"the bound; no result at this rate, the search goes on at {rate:,.0f}"
                 )
                 continue
-            load = step.load_avg_1m[-1] if step.load_avg_1m else float("nan")
-            notes.append(
-                f"stopped: the client could not keep its schedule at {rate:,.0f} req/s twice (send lag p99 "
-                f"{step.send_lag_p99_ms:.1f} ms, load average {load:.1f}); this machine is too busy for a "
-                "valid measurement now: rerun when it is quieter"
-            )
+            if search.low is None:  # nothing valid below it to narrow towards
+                notes.append(_busy_note(step, rate))
+                return
+            notes.append(_client_note(step, rate))
+            search.client_limit = rate
+        rate = search.next(rate, step.valid and step.passed, notes, step.verdict)
+        if rate is None:
+            search.conclude(notes)
             return
-        retried = False
-        low, high = (rate, high) if step.passed else (low, rate)
-        if high is None:
+    notes.append(f"stopped after --max-steps {settings.max_steps}")
+    search.conclude(notes)
+
+
+def _busy_note(step: Step, rate: float) -> str:
+    load = step.load_avg_1m[-1] if step.load_avg_1m else float("nan")
+    return (
+        f"stopped: the client could not keep its schedule at {rate:,.0f} req/s twice (send lag p99 "
+        f"{step.send_lag_p99_ms:.1f} ms, load average {load:.1f}) and no lower rate was valid; this machine "
+        "is too busy for a valid measurement now: rerun when it is quieter"
+    )
+
+
+def _client_note(step: Step, rate: float) -> str:
+    load = step.load_avg_1m[-1] if step.load_avg_1m else float("nan")
+    return (
+        f"{rate:,.0f} req/s: the client could not keep its schedule twice (send lag p99 "
+        f"{step.send_lag_p99_ms:.2f} ms, load average {load:.1f}); the load generator, sharing the "
+        "cores with the server, was the limit there, so the search narrows below it"
+    )
+
+
+@dataclass
+class _Bisection:
+    """The passing and failing bounds of a search (a failure may be the client's, `client_limit`)."""
+
+    settings: LoadSettings
+    low: float | None = None
+    high: float | None = None
+    client_limit: float | None = None
+
+    def next(self, rate: float, passed: bool, notes: list[str], verdict: str) -> float | None:
+        """The next rate to measure, or None when the search is done."""
+        settings = self.settings
+        if passed:
+            self.low = rate
+        else:
+            self.high = rate
+        if self.high is None:
             if rate >= settings.max_rate:
                 notes.append(f"reached --max-rate {settings.max_rate:,.0f} req/s with every step passing")
-                return
-            rate = min(rate * 2, settings.max_rate)
-        elif low is None:
-            if rate / 2 < floor:
-                notes.append(f"stopped: even {rate:,.0f} req/s failed ({step.verdict})")
-                return
-            rate = rate / 2
-        elif high / low <= settings.resolution:
-            return
-        else:
-            rate = math.sqrt(low * high)
-    notes.append(f"stopped after --max-steps {settings.max_steps}")
+                return None
+            return min(rate * 2, settings.max_rate)
+        if self.low is None:
+            if rate / 2 < settings.start_rate / 16:
+                notes.append(f"stopped: even {rate:,.0f} req/s failed ({verdict})")
+                return None
+            return rate / 2
+        if self.high / self.low <= settings.resolution:
+            return None
+        return math.sqrt(self.low * self.high)
+
+    def conclude(self, notes: list[str]) -> None:
+        if self.low is not None and self.client_limit is not None and self.high == self.client_limit:
+            notes.append(
+                f"the best rate, {self.low:,.0f} req/s, is the client's limit, not the server's: at "
+                f"{self.high:,.0f} req/s the load generator, sharing this machine's cores with the "
+                "server, could not keep its schedule (the server may go higher; a client on another "
+                "machine, --allow-remote, would show it)"
+            )
 
 
 def _kept_up(step: Step, settings: LoadSettings) -> bool:
@@ -150,12 +211,14 @@ def run(settings: LoadSettings, progress: Progress = lambda _: None, *, data_dir
         raise UsageError(f"unknown --endpoint {settings.endpoint!r}; valid: {', '.join(ENDPOINTS)}")
     if settings.upload not in UPLOADS:
         raise UsageError(f"unknown --upload {settings.upload!r}; valid: {', '.join(UPLOADS)}")
+    settings.check()
     target = parse_target(settings.url, allow_remote=settings.allow_remote)
     server = get_model(target)
     if settings.endpoint == "similar" and not server.get("recommender"):
+        why = server.get("recommender_off") or "it was started with --no-similar"
         raise UsageError(
-            f"the server at {target.base_url} runs without the recommender; use --endpoint "
-            "classify or ceiling, or restart it without --no-similar"
+            f"the server at {target.base_url} runs without the recommender ({why.rstrip('.')}); use "
+            "--endpoint classify or ceiling"
         )
     path = ENDPOINTS[settings.endpoint] + (f"?k={settings.k}" if settings.endpoint == "similar" else "")
     requests = encode_requests(target, path, png_uploads(settings.images, data_dir), settings.upload)

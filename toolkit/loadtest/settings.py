@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from toolkit.core.errors import UsageError
 
 SCENARIOS = ("server", "single-stream", "offline")
 ENDPOINTS = {"classify": "/v1/classify", "similar": "/v1/similar", "ceiling": "/v1/ceiling"}
@@ -40,3 +43,28 @@ class LoadSettings:
 
     def bound(self) -> float:
         return self.p99_ms if self.p99_ms is not None else DEFAULT_P99_MS[self.endpoint]
+
+    def check(self) -> None:
+        """Every number finite and in range, and every fixed rate's step within --max-requests,
+        before anything is allocated or sent (UsageError, exit 2)."""
+        for flag, value in (("--start-rate", self.start_rate), ("--max-rate", self.max_rate),
+                            ("--duration", self.step_seconds), ("--timeout", self.timeout_s),
+                            ("--max-seconds", self.max_seconds), ("--p99-ms", self.p99_ms)):
+            if value is not None and not 0 < value < math.inf:
+                raise UsageError(f"{flag} {value:g}: expected a finite number above 0")
+        for rate in self.rates:
+            if not 0 < rate < math.inf:
+                raise UsageError(f"--rates: {rate:g} is not a rate; expected finite numbers above 0 "
+                                 "(requests per second), e.g. 250,500,1000")
+            queries = step_queries(rate, self.step_seconds, self.min_queries)
+            if queries > self.max_requests:
+                raise UsageError(
+                    f"--rates: {rate:,.6g} req/s for {self.step_seconds:g} s is {queries:,.0f} requests, "
+                    f"more than --max-requests {self.max_requests:,}; lower the rate or --duration, or "
+                    "raise --max-requests"
+                )
+
+
+def step_queries(rate: float, seconds: float, min_queries: int) -> float:
+    """How many arrivals one step schedules (a float: it may be far beyond any array's size)."""
+    return max(float(min_queries), math.ceil(rate * seconds))

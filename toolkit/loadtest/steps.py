@@ -14,7 +14,7 @@ import numpy as np
 
 from toolkit.core.loadtest_record import Step
 from toolkit.loadtest import client
-from toolkit.loadtest.settings import MAX_SEND_LAG_MS, MIN_STEP_SECONDS, LoadSettings
+from toolkit.loadtest.settings import MAX_SEND_LAG_MS, MIN_STEP_SECONDS, LoadSettings, step_queries
 from toolkit.loadtest.target import Target, batch_histogram, scrape
 
 
@@ -175,8 +175,8 @@ def run_engine(target: Target, requests, offsets_ns, **kwargs) -> client.Outcome
 
 def poisson_offsets(rate: float, seconds: float, min_queries: int, rng: np.random.Generator) -> np.ndarray:
     """Arrival offsets (ns from the step's start) of a Poisson process at `rate`, lasting at least
-    `seconds` and `min_queries` arrivals."""
-    n = max(min_queries, math.ceil(rate * seconds))
+    `seconds` and `min_queries` arrivals. Callers check `step_queries` against their budget first."""
+    n = int(step_queries(rate, seconds, min_queries))
     gaps = rng.exponential(1.0 / rate, size=n)
     gaps[0] = 0.0
     offsets = np.cumsum(gaps)

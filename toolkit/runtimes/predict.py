@@ -45,7 +45,8 @@ def predict(model_file: str | Path, images: list[str | Path], *, top_k: int = 1,
     from toolkit.core.data import to_model_input
 
     if not images:
-        raise UsageError("no images given; pass one or more PNG/JPEG files after the model file")
+        raise UsageError("no images given; pass one or more image files (PNG, JPEG, WebP, GIF, BMP or TIFF) "
+                         "after the model file")
     if not 1 <= top_k <= len(CLASS_NAMES):
         raise UsageError(f"--top-k must be between 1 and {len(CLASS_NAMES)}, got {top_k}")
     check_invert(invert)

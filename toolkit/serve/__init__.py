@@ -4,7 +4,8 @@
     run(state, settings)                                           # uvicorn until Ctrl-C (exit 130)
 
 Modules: loading (which export, parity, the recommender), uploads (bodies to pixels), batching
-(dynamic batching), metrics (Prometheus), app (FastAPI routes and the page), server (uvicorn).
+(dynamic batching), metrics (Prometheus), app (FastAPI routes and the page), connections (the read
+timeout and connection bound on uvicorn's protocol), server (uvicorn).
 Nothing here imports TensorFlow: a serving host needs only ONNX Runtime or LiteRT.
 """
 

@@ -19,6 +19,7 @@ everything else. Every error, FastAPI's own included, has one JSON shape:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import io
@@ -42,6 +43,7 @@ from toolkit.serve.loading import Classifier, Recommender
 from toolkit.serve.metrics import ROUTES, ServerMetrics
 from toolkit.serve.uploads import (
     HTTPProblem,
+    LargeImages,
     Limits,
     decode_upload,
     image_bytes,
@@ -62,10 +64,16 @@ class ServeState:
     recommender: Recommender | None
     batching: BatchingSettings
     limits: Limits = field(default_factory=Limits)
+    # Why there is no recommender when one was asked for (its embedding model is missing, unreadable
+    # or stale):
+    # /v1/similar answers 503 with this; None with a recommender, or with --no-similar (404).
+    similar_off: str | None = None
     started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(max_batch=self.batching.max_batch)
+        self.large_images = LargeImages()  # large uploads decode in its worker process
+        self.connection_limits: dict[str, Any] | None = None  # set by server.run
         self.classify = DynamicBatcher(
             "classify",
             lambda rows, _: self.classifier.run(rows),
@@ -112,6 +120,7 @@ class ServeState:
         return {
             "classifier": self.classifier.identity,
             "recommender": rec,
+            "recommender_off": self.similar_off,
             "batching": {
                 "max_batch": self.batching.max_batch,
                 "max_wait_ms": self.batching.max_wait_ms,
@@ -122,6 +131,7 @@ class ServeState:
                 **self.limits.describe(),
                 "max_k_similar": self.max_k,
                 "max_k_classify": len(CLASS_NAMES),
+                **(self.connection_limits or {}),
             },
             "started_at": self.started_at,
             "toolkit_version": __version__,
@@ -132,6 +142,7 @@ class ServeState:
         for batcher in (self.classify, self.similar):
             if batcher is not None:
                 batcher.close()
+        self.large_images.close()
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -164,15 +175,15 @@ def _bool_param(request: Request, name: str) -> bool:
     return raw in ("1", "true", "yes")
 
 
-async def _one_image(request: Request, limits: Limits) -> tuple[np.ndarray, list[str]]:
-    body = await read_body(request.receive, request.headers, limits.max_body_bytes)
+async def _one_image(request: Request, state: ServeState) -> tuple[np.ndarray, list[str]]:
+    body = await read_body(request.receive, request.headers, state.limits.max_body_bytes)
     if media_type(request.headers) == JSON:
         raise HTTPProblem(
             415,
             "unsupported_media_type",
             "this endpoint takes one image upload (multipart/form-data or image/png, image/jpeg), not JSON",
         )
-    return decode_upload(image_bytes(body, request.headers), limits)
+    return await decode_upload(image_bytes(body, request.headers), state.limits, state.large_images)
 
 
 def _top(probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -229,7 +240,7 @@ class Handlers:
             probs = await state.classify.submit(pixels, watch=request.receive)
             predictions = [{"class": top[0]["class"], "top": top} for top in (_top(p, k) for p in probs)]
             return _json({"model": state.identity, "predictions": predictions})
-        pixels, notes = await _one_image(request, limits)
+        pixels, notes = await _one_image(request, state)
         probs = await state.classify.submit(pixels[None], watch=request.receive)
         top = _top(probs[0], k)
         return _json({"model": state.identity, "class": top[0]["class"], "top": top, "conversions": notes})
@@ -238,12 +249,14 @@ class Handlers:
         """The k most similar catalog items (?k=1..max, default 5; ?thumbnails=true adds PNG data URIs)."""
         state = self.state
         if state.similar is None:
+            if state.similar_off is not None:
+                raise HTTPProblem(503, "no_recommender", state.similar_off)
             raise HTTPProblem(
                 404, "no_recommender", "this server runs without the recommender (--no-similar)"
             )
         k = _int_param(request, "k", 5, 1, state.max_k)
         thumbnails = _bool_param(request, "thumbnails")
-        pixels, notes = await _one_image(request, state.limits)
+        pixels, notes = await _one_image(request, state)
         indices, scores = await state.similar.submit(pixels[None], need=k, watch=request.receive)
         rec = state.recommender
         items = []
@@ -266,7 +279,7 @@ class Handlers:
         """The upload path without a model: parse, decode, convert, answer. The stack's ceiling."""
         from toolkit.core.data import to_model_input
 
-        pixels, notes = await _one_image(request, self.state.limits)
+        pixels, notes = await _one_image(request, self.state)
         batch = to_model_input(pixels[None])
         return _json(
             {
@@ -293,6 +306,13 @@ def error_response(exc: Exception) -> Response:
     return _problem(HTTPProblem(500, "internal_error", f"{type(exc).__name__}: {exc}"))
 
 
+SHUTTING_DOWN = Response(
+    HTTPProblem(503, "shutting_down", "the server stopped (Ctrl-C or SIGTERM) before this request finished "
+                "within --drain-seconds; send it again").body(),
+    503, {"Connection": "close", "Retry-After": "1"}, media_type=JSON,
+)
+
+
 class FrontDoor:
     """The outermost ASGI app: counts and times every response (Prometheus), and hands the POST
     endpoints their requests directly; everything else goes to FastAPI."""
@@ -310,11 +330,11 @@ class FrontDoor:
             return
         endpoint = ROUTES.get(scope["path"], "other")
         started = time.perf_counter()
-        status = [500]
+        status, begun = [500], [False]
 
         async def send_status(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], begun[0] = message["status"], True
             await send(message)
 
         handler = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
@@ -327,6 +347,14 @@ class FrontDoor:
                 except Exception as exc:
                     response = error_response(exc)
                 await response(scope, receive, send_status)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when --drain-seconds is over; left to it,
+            # each would log a traceback and answer a plain-text 500.
+            task = asyncio.current_task()
+            if hasattr(task, "uncancel"):  # Python >= 3.11 counts cancellations; 3.10 does not
+                task.uncancel()
+            if not begun[0]:
+                await SHUTTING_DOWN(scope, receive, send_status)
         finally:
             self._latency[endpoint].observe(time.perf_counter() - started)
             self._count(endpoint, status[0]).inc()

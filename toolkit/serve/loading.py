@@ -267,19 +267,10 @@ def load_classifier(
     return Classifier(spec, choice, model, identity)
 
 
-def load_recommender(
-    spec: str,
-    root: Path | None = None,
-    *,
-    data_dir: Path | None = None,
-    threads: int | None = 1,
-    catalog_limit: int | None = None,
-    progress=None,
-) -> Recommender:
-    """recommend/embedding.onnx and its catalog (built with ONNX Runtime when the cache is missing
-    or stale; never re-exported here, which would need TensorFlow)."""
-    from toolkit.core import data
-    from toolkit.recommend.catalog import load_catalog
+def open_embedder(spec: str, root: Path | None = None, *, threads: int | None = 1) -> Any:
+    """recommend/embedding.onnx on ONNX Runtime; ArtifactError, naming the command that builds it,
+    when it is missing, unreadable or exported from an older model.keras. `toolkit run` does not
+    build it, so `toolkit serve` after the pipeline serves classification without it."""
     from toolkit.recommend.embedding import EMBEDDING_ONNX, OnnxEmbedder
 
     arts = artifacts.spec_artifacts(spec, root)
@@ -293,6 +284,28 @@ def load_recommender(
     embedder = OnnxEmbedder(path, threads)
     if arts.model.is_file() and embedder.source_sha256 != artifacts.sha256_file(arts.model):
         raise ArtifactError(f"{path} was exported from an older model.keras. {fix}")
+    return embedder
+
+
+def load_recommender(
+    spec: str,
+    root: Path | None = None,
+    *,
+    data_dir: Path | None = None,
+    threads: int | None = 1,
+    catalog_limit: int | None = None,
+    progress=None,
+    embedder: Any = None,
+) -> Recommender:
+    """recommend/embedding.onnx and its catalog (built with ONNX Runtime when the cache is missing
+    or stale; never re-exported here, which would need TensorFlow)."""
+    from toolkit.core import data
+    from toolkit.recommend.catalog import load_catalog
+    from toolkit.recommend.embedding import EMBEDDING_ONNX
+
+    arts = artifacts.spec_artifacts(spec, root)
+    path = arts.recommend_dir / EMBEDDING_ONNX
+    embedder = embedder or open_embedder(spec, root, threads=threads)
     dataset = data.load(data_dir)
     catalog = load_catalog(spec, embedder, dataset, root=root, limit=catalog_limit, progress=progress)
     started = time.perf_counter()

@@ -107,8 +107,22 @@ class ServerMetrics:
             ["endpoint"],
             registry=self.registry,
         )
+        self._connection_metrics()
         self.model = Info(
             f"{PREFIX}_model", "The export and embedding model being served.", registry=self.registry
+        )
+
+    def _connection_metrics(self) -> None:
+        self.connections_closed = Counter(
+            f"{PREFIX}_connections_closed",
+            "Connections the server closed before a whole request arrived, by reason (timed_out: "
+            "past --header-timeout; evicted: the longest-waiting one, to admit a new connection at "
+            "--max-connections; refused: a new one, when every open connection had a request in flight).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.open_connections = Gauge(
+            f"{PREFIX}_open_connections", "Client connections open now.", registry=self.registry
         )
 
     def batch_hook(self, endpoint: str):
@@ -122,6 +136,11 @@ class ServerMetrics:
 
     def reject_hook(self, endpoint: str):
         return lambda reason: self.rejected.labels(endpoint, reason).inc()
+
+    def connection_hook(self):
+        children = {reason: self.connections_closed.labels(reason) for reason in ("timed_out", "evicted",
+                                                                                  "refused")}
+        return lambda reason: children[reason].inc()
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

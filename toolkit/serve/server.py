@@ -17,6 +17,7 @@ from pathlib import Path
 
 from toolkit.core.errors import Interrupted, UsageError
 from toolkit.serve.batching import BatchingSettings
+from toolkit.serve.connections import ConnectionLimits
 from toolkit.serve.uploads import Limits
 
 SWITCH_INTERVAL_S = 0.0005
@@ -48,12 +49,14 @@ class ServeSettings:
     catalog_limit: int | None = None
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     limits: Limits = field(default_factory=Limits)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     drain_seconds: float = 10.0
 
 
 def build_state(settings: ServeSettings, progress: Callable[[str, int, int], None] | None = None):
+    from toolkit.core.errors import ArtifactError
     from toolkit.serve.app import ServeState
-    from toolkit.serve.loading import load_classifier, load_recommender
+    from toolkit.serve.loading import load_classifier, load_recommender, open_embedder
     from toolkit.specs import get_spec
 
     limit_blas_threads(settings.threads)
@@ -62,17 +65,25 @@ def build_state(settings: ServeSettings, progress: Callable[[str, int, int], Non
         spec, settings.root, format=settings.format, precision=settings.precision, threads=settings.threads,
         runtime=settings.runtime,
     )
-    recommender = None
+    recommender, similar_off = None, None
     if settings.similar:
-        recommender = load_recommender(
-            spec,
-            settings.root,
-            data_dir=settings.data_dir,
-            threads=settings.threads,
-            catalog_limit=settings.catalog_limit,
-            progress=progress,
-        )
-    return ServeState(classifier, recommender, settings.batching, settings.limits)
+        try:
+            embedder = open_embedder(spec, settings.root, threads=settings.threads)
+        except ArtifactError as exc:
+            # The recommender is the optional half: without its embedding model (which `toolkit run`
+            # does not build) the server classifies, and /v1/similar answers 503 with the fix.
+            similar_off = f"similar items are off: {exc.message}, then restart the server"
+        else:
+            recommender = load_recommender(
+                spec,
+                settings.root,
+                data_dir=settings.data_dir,
+                threads=settings.threads,
+                catalog_limit=settings.catalog_limit,
+                progress=progress,
+                embedder=embedder,
+            )
+    return ServeState(classifier, recommender, settings.batching, settings.limits, similar_off=similar_off)
 
 
 def limit_blas_threads(threads: int) -> None:
@@ -90,7 +101,7 @@ def event_loop_name() -> str:
 
 
 def http_parser_name() -> str:
-    return "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return "httptools"  # required (SERVING_MODULES): the connection guard extends its protocol
 
 
 def check_bind(host: str, port: int) -> None:
@@ -115,8 +126,13 @@ def run(state, settings: ServeSettings, on_started: Callable[[str], None] | None
     import uvicorn
 
     from toolkit.serve.app import create_app
+    from toolkit.serve.connections import protocol_class
 
     check_bind(settings.host, settings.port)
+    protocol, guard = protocol_class(settings.connections, on_close=state.metrics.connection_hook())
+    state.metrics.open_connections.set_function(lambda: guard.open)
+    state.connection_limits = guard.limits.describe()
+    state.large_images.start()
     # A batch worker whose runtime call has returned needs the GIL back to hand over its results;
     # under load the event loop holds it until the switch interval (5 ms by default) forces a
     # hand-over, which would add up to 5 ms to every batch. 0.5 ms bounds that wait.
@@ -126,7 +142,7 @@ def run(state, settings: ServeSettings, on_started: Callable[[str], None] | None
         host=settings.host,
         port=settings.port,
         loop=event_loop_name(),
-        http=http_parser_name(),
+        http=protocol,  # httptools, with the read timeout and the connection bound
         lifespan="on",
         access_log=False,
         log_level="warning",

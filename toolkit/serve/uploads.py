@@ -1,18 +1,33 @@
 """Request bodies to model input: one image upload (multipart form or a raw image body) or a
 JSON batch of 28x28 arrays. Every problem is an HTTPProblem with its 4xx status and one line.
 
-Uploads are converted exactly as `toolkit predict` converts files (toolkit.predict.decode_image).
+Uploads are converted exactly as `toolkit predict` converts files (toolkit.core.images). A small
+image is decoded on the event loop (well under a millisecond); a larger one in `LargeImages`' worker
+process, so a 16-megapixel upload (a third of a second of decoding) never holds up other requests.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import importlib
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from toolkit.core.errors import DataError
+from toolkit.core.errors import DataError, UnsupportedImageError
+
+# Decoded on the event loop up to this size and body: a 256x256 image decodes and converts in
+# about half a millisecond here, less than handing it to another process costs.
+INLINE_MAX_PIXELS = 256 * 256
+INLINE_MAX_BYTES = 256 * 1024
+DECODER_NICE = 10  # the worker process yields the CPU to the server's event loop
 
 IMAGE_TYPES = (
     "image/png",
@@ -189,20 +204,72 @@ def _single_file_part(body: bytes, boundary: bytes) -> bytes | None:
     return data
 
 
-def decode_upload(data: bytes, limits: Limits) -> tuple[np.ndarray, list[str]]:
-    """uint8 [28,28] and the conversions, as `toolkit predict` converts a file."""
-    from toolkit.core.images import decode_image
+async def decode_upload(data: bytes, limits: Limits, large: LargeImages | None = None
+                        ) -> tuple[np.ndarray, list[str]]:
+    """uint8 [28,28] and the conversions, as `toolkit predict` converts a file: a format outside
+    the accepted list 415, anything unreadable 400. A large image's header is read here, its
+    pixels are decoded by `large`."""
+    from toolkit.core.images import convert_image, open_image
 
     try:
-        return decode_image(data, max_pixels=limits.max_pixels)
+        opened = open_image(data, name="upload", max_pixels=limits.max_pixels)
+        if large is not None and (opened.pixels > INLINE_MAX_PIXELS or len(data) > INLINE_MAX_BYTES):
+            opened.close()
+            return await large.decode(data, limits.max_pixels)
+        try:
+            return convert_image(opened)
+        finally:
+            opened.close()
+    except UnsupportedImageError as exc:
+        raise HTTPProblem(415, "unsupported_image", exc.message) from None
     except DataError as exc:
         raise HTTPProblem(400, "not_an_image", exc.message) from None
+
+
+class LargeImages:
+    """Large uploads decoded one at a time in a worker process at a lower CPU priority. A worker
+    thread was not enough: Pillow holds the GIL while it allocates and converts a 16-megapixel
+    image (tens of ms a call), and /healthz waited for it (issue 24: p99 124 ms on a thread with 4
+    clients sending 4000x4000 PNGs, on a loaded 2-core machine). A separate process shares no
+    lock with the event loop, and never more than one such image's buffers exist at once."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None  # started by start() or the first large upload
+
+    def start(self) -> None:
+        """Start the worker and its imports now (the server does at start-up): started by a
+        request, it cost that request seconds on a loaded machine."""
+        if self._pool is None:
+            # spawn, not fork: the server has runtime and batch threads a fork would copy mid-work.
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=os.nice, initargs=(DECODER_NICE,))
+            self._pool.submit(importlib.import_module, "toolkit.core.images")
+
+    async def decode(self, data: bytes, max_pixels: int) -> tuple[np.ndarray, list[str]]:
+        from toolkit.core.images import decode_image
+
+        self.start()
+        job = functools.partial(decode_image, data, name="upload", max_pixels=max_pixels)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+        except BrokenProcessPool:
+            self.close()  # the next large upload starts a new worker
+            raise DataError("upload: decoding it stopped the decoder process (out of memory, or a "
+                            "damaged file); send a smaller image") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 def json_images(body: bytes, limits: Limits) -> np.ndarray:
     """{"images": [28x28 arrays], "range": "0-255" (default) or "0-1"} -> uint8 [N,28,28]."""
     try:
         doc = json.loads(body)
+    except RecursionError:  # the C decoder recurses per nesting level
+        raise HTTPProblem(400, "bad_json", "the JSON body is nested too deeply; expected "
+                          '{"images": [28x28 arrays of numbers]}') from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPProblem(400, "bad_json", f"the body is not valid JSON ({exc})") from None
     images = doc.get("images") if isinstance(doc, dict) else None
@@ -219,12 +286,7 @@ def json_images(body: bytes, limits: Limits) -> np.ndarray:
     scale = doc.get("range", "0-255")
     if scale not in ("0-255", "0-1"):
         raise HTTPProblem(422, "bad_range", f'"range" must be "0-255" or "0-1", got {scale!r}')
-    try:
-        array = np.asarray(images, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise HTTPProblem(
-            422, "bad_shape", "images must be equal-sized arrays of numbers, each 28x28"
-        ) from None
+    array = _numbers(images, body)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.shape[1:] != (28, 28):
@@ -238,3 +300,39 @@ def json_images(body: bytes, limits: Limits) -> np.ndarray:
     if not np.isfinite(array).all() or array.min() < 0 or array.max() > top:
         raise HTTPProblem(422, "bad_values", f"pixel values must be finite and within {scale}")
     return np.rint(array * (255.0 / top)).astype(np.uint8)
+
+
+def _numbers(images: list, body: bytes) -> np.ndarray:
+    """The pixel values as float64, only when every one is a JSON number: numpy would turn "12"
+    and true into 12.0 and 1.0 (the first not-a-number is named instead)."""
+    try:
+        array = np.asarray(images)
+    except (ValueError, TypeError, RecursionError):
+        raise HTTPProblem(
+            422, "bad_shape", "images must be equal-sized arrays of numbers, each 28x28"
+        ) from None
+    # A bool among numbers comes out as a number; the JSON literals true/false are its only source.
+    if array.dtype.kind not in "iuf" or b"true" in body or b"false" in body:
+        where = _first_non_number(images, "images")
+        if where is not None:
+            path, value = where
+            raise HTTPProblem(422, "bad_values", f"{path} is {json.dumps(value)[:40]}, not a number; "
+                              "pixel values must be JSON numbers")
+    try:  # numbers numpy kept as Python objects (integers beyond 64 bits) convert here
+        return array.astype(np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise HTTPProblem(
+            422, "bad_shape", "images must be equal-sized arrays of numbers, each 28x28"
+        ) from None
+
+
+def _first_non_number(value: Any, path: str) -> tuple[str, Any] | None:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_non_number(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return path, value
+    return None
