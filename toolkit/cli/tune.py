@@ -1,0 +1,4 @@
+"""stub"""
+
+def tune_cmd() -> None:
+    """Stub."""
