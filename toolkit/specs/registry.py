@@ -155,6 +155,7 @@ def activate(explicit: Path | None, root: Path, *, create: bool = False) -> Path
     """Load the user spec file the CLI names (see toolkit.specs.user.locate) and export its path
     to child processes; returns the file (with `create`, possibly one not written yet)."""
     path = user.locate(explicit, root, create=create)
+    _user["target"] = path
     if path is not None and path.is_file():
         use_spec_file(path, export_env=True)
     return path
@@ -173,6 +174,13 @@ def spec_file_scope(explicit: Path | None, root: Path, *, create: bool = False) 
         else:
             os.environ[user.SPECS_ENV] = before
         use_spec_file(None)
+        _user["target"] = None
+
+
+def spec_file_target() -> Path | None:
+    """The spec file the command was given (--specs, TOOLKIT_SPECS or ARTIFACTS/specs.toml),
+    existing or not: where `toolkit tune` writes its front."""
+    return _user.get("target")
 
 
 def _stamp(path: Path) -> tuple[str, int, int] | None:
