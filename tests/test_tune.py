@@ -211,7 +211,8 @@ def test_front_never_half_writes_the_spec_file(tmp_path):
     with pytest.raises(UsageError, match="already holds another spec"):
         user.append(path, [(fresh, []), (other, [])])
     with pytest.raises(UsageError, match="shadow"):
-        user.append(path, [(dataclasses.replace(fresh, name="embedded"), [])], reserved=[get_spec("embedded").name])
+        user.append(path, [(dataclasses.replace(fresh, name="embedded"), [])],
+                    reserved=[get_spec("embedded").name])
     assert path.read_bytes() == before
     assert user.append(path, [(fresh, ["a note"])]) == ["fresh"]
     assert [s.name for s in user.read(path)] == ["my-tiny", "fresh"]

@@ -38,7 +38,8 @@ ARCHS = [
     ("BNConv", BNConvArch(stem_filters=32, stem_stride=2, stages=((), (64,)), hidden_units=128,
                           pooling="flatten", dropout=0.3)),
     ("BNConv", BNConvArch(stem_filters=32, stem_stride=2, stages=((64,), (124, 124)))),
-    ("BNConv", BNConvArch(stem_filters=16, stem_stride=2, stages=((24, 24), (48, 48), (96,)), hidden_units=64)),
+    ("BNConv", BNConvArch(stem_filters=16, stem_stride=2, stages=((24, 24), (48, 48), (96,)),
+                          hidden_units=64)),
     ("BNConv", BNConvArch(stages=((8,), (16,)))),
     ("BNConv", BNConvArch(stem_filters=24, stem_stride=4, stem_kernel=4, stages=((40,), (80, 80), (160,)),
                           downsample="stride")),
@@ -98,7 +99,8 @@ def main() -> int:
     fit(rows)
     for figure in ("flash", "arena"):
         errors = [r[f"{figure}_est"] / r[figure] - 1 for r in rows]
-        print(f"{figure}: {len(rows)} files, estimate/measured - 1 from {min(errors):+.2%} to {max(errors):+.2%}")
+        print(f"{figure}: {len(rows)} files, estimate/measured - 1 from {min(errors):+.2%} "
+              f"to {max(errors):+.2%}")
     return 0
 
 

@@ -139,8 +139,8 @@ def _global(
     specs: Annotated[
         Path | None,
         typer.Option("--specs", metavar="FILE",
-                     help="A TOML file of user specs (env TOOLKIT_SPECS; default ARTIFACTS/specs.toml when it "
-                          "exists; docs/specs.md)."),
+                     help="A TOML file of user specs (env TOOLKIT_SPECS; default ARTIFACTS/specs.toml "
+                          "when it exists; docs/specs.md)."),
     ] = None,
 ) -> None:
     _state["verbose"] = verbose or bool(os.environ.get("TOOLKIT_VERBOSE"))

@@ -32,7 +32,8 @@ def tune_cmd(
     max_flash_kib: MaxFlashKibOption = None,
     max_ram_kib: MaxRamKibOption = None,
     max_params: Annotated[int | None, typer.Option("--max-params", help="Budget: parameters.")] = None,
-    max_mflops: Annotated[float | None, typer.Option("--max-mflops", help="Budget: MFLOPs per image.")] = None,
+    max_mflops: Annotated[float | None,
+                          typer.Option("--max-mflops", help="Budget: MFLOPs per image.")] = None,
     max_int8_ms: Annotated[float | None, typer.Option(
         "--max-int8-ms", help="Budget: the tflite-int8 file's batch-1 p50 on one thread, measured (ms); not "
                               "the report's --max-latency-ms.")] = None,
@@ -45,10 +46,12 @@ def tune_cmd(
     storage: Annotated[str | None, typer.Option(
         "--storage", metavar="URL", help="An Optuna storage URL (e.g. postgresql://...). Default: a journal "
                                          "file under ARTIFACTS/tune/STUDY/.")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="The study's name. Default: derived from the "
-                                                              "options, so the same command resumes.")] = None,
-    write: Annotated[bool, typer.Option("--write/--no-write", help="Add the front to the user spec file "
-                                                                   "(--specs, default ARTIFACTS/specs.toml).")] = True,
+    study: Annotated[str | None, typer.Option(
+        "--study", help="The study's name. Default: derived from the options, so the same command "
+                        "resumes.")] = None,
+    write: Annotated[bool, typer.Option(
+        "--write/--no-write", help="Add the front to the user spec file (--specs, default "
+                                   "ARTIFACTS/specs.toml).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = None,
@@ -102,7 +105,8 @@ def _progress(event: dict[str, Any]) -> None:
         figures = f" val acc {event['accuracy']:.4f} at {event['fidelity']} epochs, cost {event['cost']:.4g}"
     why = f" ({'; '.join(event['why'])})" if event.get("why") else ""
     reused = " (reused)" if event.get("reused") else ""
-    err_console.print(f"{what} {event['trial']}: {event['state']}{figures}{reused}{escape(why)}", soft_wrap=True)
+    err_console.print(f"{what} {event['trial']}: {event['state']}{figures}{reused}{escape(why)}",
+                      soft_wrap=True)
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -111,7 +115,8 @@ def _print(result: dict[str, Any]) -> None:
              _kib(m["arena_bytes"], m["arena_bytes_estimate"]), m["describe"]] for m in result["front"]]
     print_table(f"Pareto front at {result['front_fidelity']} epochs (validation accuracy vs "
                 f"{result['cost_label']}; {result['budget']})",
-                ["trial", "spec", "val acc", "cost", "params", "MFLOPs", "int8io file", "arena", "architecture"],
+                ["trial", "spec", "val acc", "cost", "params", "MFLOPs", "int8io file", "arena",
+                 "architecture"],
                 rows, no_wrap=("spec",))
     rho = result["spearman_rho"]
     console.print(f"{result['trials']} trials: {result['complete']} trained, {result['infeasible']} judged "

@@ -77,7 +77,8 @@ class TuneRequest:
     def config(self) -> dict[str, Any]:
         """What identifies the search (its study)."""
         return {"space": self.space.describe(), "budget": self.budget.to_dict(), "cost": self.cost.name,
-                "rungs": list(self.rungs), "eta": self.eta, "seed": self.seed, "limit_train": self.limit_train}
+                "rungs": list(self.rungs), "eta": self.eta, "seed": self.seed,
+                "limit_train": self.limit_train}
 
     @property
     def name(self) -> str:
@@ -255,8 +256,9 @@ def _promote(study: Any, request: TuneRequest, notify: Progress) -> None:
             continue
         study.set_user_attr(key, {"val_accuracy": result.val_accuracy, "spec": spec.name,
                                   "train_seconds": result.train_seconds})
-        notify({"event": "promotion", "trial": cand.trial, "state": "complete", "fidelity": request.rungs[rung],
-                "accuracy": result.val_accuracy, "cost": cand.cost, "spec": spec.name, "reused": result.reused})
+        notify({"event": "promotion", "trial": cand.trial, "state": "complete",
+                "fidelity": request.rungs[rung], "accuracy": result.val_accuracy, "cost": cand.cost,
+                "spec": spec.name, "reused": result.reused})
 
 
 def _rung_key(rung: int, trial: int) -> str:
@@ -315,7 +317,8 @@ def summary(study: Any, request: TuneRequest) -> dict[str, Any]:
     front = sorted((c for c, r in zip(at_top, ranks, strict=True) if r == 0), key=lambda c: c.cost)
     reached = [c for c in feasible if len(request.rungs) > 1 and len(request.rungs) - 1 in c.accuracy]
     rho = spearman([c.accuracy[0] for c in reached], [c.accuracy[len(request.rungs) - 1] for c in reached])
-    counts = {state: sum(c.state == state for c in candidates) for state in ("complete", "infeasible", "failed")}
+    counts = {state: sum(c.state == state for c in candidates)
+              for state in ("complete", "infeasible", "failed")}
     return {
         "study": request.name, "storage": request.storage or str(request.folder / tune_study.JOURNAL),
         "space": request.space.source, "budget": request.budget.describe(), "cost": request.cost.name,

@@ -178,7 +178,8 @@ def check_space_fits(archs: Iterable[Any], exhaustive: bool, *, family: str, bud
             if limits[f] is not None and smallest[f] > limits[f]]
     how = "all" if exhaustive else "a sample and the extremes of"
     raise UsageError(
-        f"nothing in {source} fits the budget ({how} its {seen:,} architectures checked before any training): "
-        f"{'; '.join(over) or 'no architecture meets every limit at once'} (file and arena: the estimate less "
+        f"nothing in {source} fits the budget ({how} its {seen:,} architectures checked before any "
+        f"training): {'; '.join(over) or 'no architecture meets every limit at once'} (file and arena: "
+        "the estimate less "
         f"its calibrated error, {CALIBRATION['flash']['highest']:+.1%}); relax the budget or widen the space "
         "(--space FILE, docs/tune.md)")

@@ -75,7 +75,8 @@ class Graph:
     def tensors(self) -> int:
         """Every tensor of the file: activations, each weighted operator's weights and bias, and
         the axis or shape constant of MEAN and RESHAPE."""
-        return len(self.sizes) + 2 * len(self.weighted) + sum(op.kind in ("MEAN", "RESHAPE") for op in self.ops)
+        constants = sum(op.kind in ("MEAN", "RESHAPE") for op in self.ops)
+        return len(self.sizes) + 2 * len(self.weighted) + constants
 
 
 class _Recorder(Tally):

@@ -29,7 +29,8 @@ def front_ranks(points: Sequence[Point]) -> list[int]:
     remaining = set(range(len(points)))
     rank = 0
     while remaining:
-        front = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)}
+        front = {i for i in remaining
+                 if not any(dominates(points[j], points[i]) for j in remaining if j != i)}
         for i in front:
             ranks[i] = rank
         remaining -= front

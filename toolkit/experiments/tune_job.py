@@ -28,7 +28,8 @@ from toolkit.core import artifacts, data
 from toolkit.core.errors import Interrupted
 from toolkit.specs import Spec
 
-CALIBRATION_IMAGES = 200  # training images, for the int8 conversions (the bytes and arena do not depend on them)
+# training images, for the int8 conversions (the bytes and arena do not depend on them)
+CALIBRATION_IMAGES = 200
 ARENA_CHECK_IMAGES = 16
 LATENCY_SECONDS = 1.0
 
@@ -74,7 +75,8 @@ def run_job(job: Job, *, on_epoch: EpochHook | None = None) -> JobResult:
     started = time.perf_counter()
     out = JobResult(job.trial, job.rung, node=socket.gethostname())
     try:
-        result = train(TrainRequest(job.spec, seed=job.seed, epochs=job.spec.epochs, limit_train=job.limit_train,
+        result = train(TrainRequest(job.spec, seed=job.seed, epochs=job.spec.epochs,
+                                    limit_train=job.limit_train,
                                     root=job.root, data_dir=job.data_dir, resume=True, evaluate_test=False),
                        promote=False, on_epoch=on_epoch)
         metrics = result.metrics
@@ -162,4 +164,5 @@ def int8_latency(path: Path, *, seconds: float = LATENCY_SECONDS) -> dict[str, A
     warm = own_timer(lambda: model.run(image), lambda: None, 20)
     rounds = plan_rounds(warm, seconds, min_rounds=50, max_rounds=50_000)
     stats = TimingStats.from_times(own_timer(lambda: model.run(image), lambda: None, rounds), batch=1)
-    return {"latency": round(stats.p50_ms, 5), "latency_p90": round(stats.p90_ms, 5), "latency_rounds": rounds}
+    return {"latency": round(stats.p50_ms, 5), "latency_p90": round(stats.p90_ms, 5),
+            "latency_rounds": rounds}

@@ -102,7 +102,8 @@ class Dim:
             labels = [_label(v) for v in self.values]
             return self.values[labels.index(trial.suggest_categorical(self.name, labels))]
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1),
+                                     log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
     def grid(self, points: int = 0) -> list[Any]:
@@ -182,7 +183,8 @@ class Space:
         family = get_family(self.family)
         fields = _arch_fields(self.family, arch)
         made = Spec(name="candidate", family=family.name, arch=family.arch(**fields),
-                    recipe=recipes.Recipe(**{**recipe, "epochs": epochs}), mixed_precision=self.mixed_precision)
+                    recipe=recipes.Recipe(**{**recipe, "epochs": epochs}),
+                    mixed_precision=self.mixed_precision)
         digest = hashlib.sha256(json.dumps([made.summary(), self.mixed_precision], sort_keys=True,
                                            default=str).encode()).hexdigest()[:8]
         return dataclasses.replace(made, name=f"{prefix}-{digest}")
@@ -230,7 +232,8 @@ def _arch_fields(family: str, picked: dict[str, Any]) -> dict[str, Any]:
     if family == "BNConv" and any(k in picked for k in STAGE_FIELDS):
         count, convs = int(picked["stage_count"]), int(picked["stage_convs"])
         width, growth = float(picked["stage_width"]), float(picked["stage_growth"])
-        fields["stages"] = tuple((max(8, int(round(width * growth**i / 8)) * 8),) * convs for i in range(count))
+        fields["stages"] = tuple((max(8, int(round(width * growth**i / 8)) * 8),) * convs
+                                 for i in range(count))
     return fields
 
 
@@ -245,7 +248,8 @@ def read_space(path: Path) -> Space:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"--space {path}: no such file; expected a TOML search space ({SHAPE}; docs/tune.md)") from None
+        raise UsageError(f"--space {path}: no such file; expected a TOML search space ({SHAPE}; "
+                         "docs/tune.md)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--space {path}: cannot read it ({exc}); expected a UTF-8 TOML file") from None
     return parse(text, str(path))
@@ -271,7 +275,8 @@ def parse(text: str, source: str) -> Space:
     _check_fields(source, "architecture", arch_table, [*allowed, *derived], family.name)
     _check_stage_fields(source, arch_table, derived)
     if "epochs" in recipe_table:
-        raise UsageError(f"{source}: recipe.epochs is not searched: the search's fidelities set it (--rungs); "
+        raise UsageError(f"{source}: recipe.epochs is not searched: the search's fidelities set it "
+                         "(--rungs); "
                          "remove it")
     _check_fields(source, "recipe", recipe_table, [f for f in recipes.FIELDS if f != "epochs"], "a recipe")
     arch = tuple(_dim(f"architecture.{k}", v, source) for k, v in arch_table.items())
@@ -300,7 +305,8 @@ def _check_fields(source: str, where: str, table: dict[str, Any], allowed: list[
 def _check_stage_fields(source: str, table: dict[str, Any], derived: tuple[str, ...]) -> None:
     given = [k for k in derived if k in table]
     if given and "stages" in table:
-        raise UsageError(f"{source}: give BNConv's stages either as stages or as {', '.join(derived)}, not both")
+        raise UsageError(f"{source}: give BNConv's stages either as stages or as {', '.join(derived)}, "
+                         "not both")
     if given and len(given) != len(derived):
         missing = [k for k in derived if k not in table]
         raise UsageError(f"{source}: the derived stage fields go together; missing: {', '.join(missing)}")
@@ -332,7 +338,8 @@ def _range_or_table(name: str, value: dict[str, Any], where: str, teacher: bool)
     low, high, step, log = value["low"], value["high"], value.get("step"), bool(value.get("log", False))
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high, step or 1))
     if not numbers or low > high or (step is not None and step <= 0):
-        raise UsageError(f"{where}: a range needs numbers with low <= high and a positive step; got {value!r}")
+        raise UsageError(f"{where}: a range needs numbers with low <= high and a positive step; "
+                         f"got {value!r}")
     if log and (step is not None or low <= 0):
         raise UsageError(f"{where}: a log range needs low > 0 and no step; got {value!r}")
     kind = "int" if all(isinstance(v, int) for v in (low, high, step or 1)) else "float"

@@ -24,5 +24,5 @@ from toolkit.specs.registry import (
 )
 from toolkit.specs.spec import Reported, Spec
 
-__all__ = ["DEFAULT_SPEC", "SPECS", "Reported", "Spec", "all_specs", "get_spec", "match_specs", "register_spec",
-           "run_variant", "study_specs", "unregister_spec", "with_overrides"]
+__all__ = ["DEFAULT_SPEC", "SPECS", "Reported", "Spec", "all_specs", "get_spec", "match_specs",
+           "register_spec", "run_variant", "study_specs", "unregister_spec", "with_overrides"]

@@ -213,7 +213,8 @@ def _install(specs: list[Spec], *, key: Any, path: Path | None) -> None:
     if shadows:
         spec = shadows[0]
         origin = SPECS[spec.name].origin
-        raise UsageError(f"{spec.source}: spec {spec.name!r} shadows the registered spec of that name ({origin}); "
+        raise UsageError(f"{spec.source}: spec {spec.name!r} shadows the registered spec of that name "
+                         f"({origin}); "
                          "a user spec needs a name of its own: rename it")
     for name in _user["names"]:
         SPECS.pop(name, None)

@@ -82,7 +82,8 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a UTF-8 text file; expected {SHAPE_HINT}") from None
     except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read the spec file ({exc.strerror}); check its permissions") from None
+        raise ArtifactError(f"{path}: cannot read the spec file ({exc.strerror}); "
+                            "check its permissions") from None
 
 
 def parse(text: str, source: str) -> list[Spec]:
@@ -114,7 +115,8 @@ def from_table(table: dict[str, Any], *, source: str, where: str) -> Spec:
     if unknown:
         raise UsageError(f"{label}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(SPEC_FIELDS)}")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise UsageError(f"{label}: name must be letters, digits, '.', '_' or '-' (up to 100, starting with a "
+        raise UsageError(f"{label}: name must be letters, digits, '.', '_' or '-' (up to 100, starting "
+                         "with a "
                          f"letter or digit), got {name!r}")
     if not isinstance(table.get("family"), str):
         raise UsageError(f"{label}: family must be a family name (toolkit list), got {table.get('family')!r}")
@@ -193,7 +195,8 @@ def _value(value: Any) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def append(path: Path, specs: Iterable[tuple[Spec, Sequence[str]]], *, reserved: Iterable[str] = ()) -> list[str]:
+def append(path: Path, specs: Iterable[tuple[Spec, Sequence[str]]], *,
+           reserved: Iterable[str] = ()) -> list[str]:
     """Add specs (each with its comment lines) to the spec file at `path` (created if missing),
     under its lock, as one atomic replacement: the whole new text is parsed and validated before it
     replaces the file, so the file is never half-written or invalid. A spec whose name the file

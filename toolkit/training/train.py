@@ -360,7 +360,8 @@ def _commit_run(arts, rid, model, history, metrics, partial: Path, *, top1: np.n
         model.save(staging / "model.keras")
         artifacts.write_json(staging / "history.json", history)
         if top1 is not None:
-            metrics["test_predictions"] = artifacts.save_predictions(staging / artifacts.PREDICTIONS_FILE, top1)
+            metrics["test_predictions"] = artifacts.save_predictions(
+                staging / artifacts.PREDICTIONS_FILE, top1)
         artifacts.write_json(staging / "metrics.json", metrics)
         final = arts.run_dir(rid)
         if final.exists():
