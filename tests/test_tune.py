@@ -99,6 +99,7 @@ def test_impossible_budget_exits_2_before_training(tmp_path, monkeypatch):
                                  "--artifacts", str(tmp_path / "a")])
     assert result.exit_code == 2, result.output
     assert "nothing in" in result.output and "params" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "a" / "tune").exists()  # no storage, no spec file
     assert not (tmp_path / "a" / "specs.toml").exists()
 

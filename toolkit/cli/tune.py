@@ -70,6 +70,7 @@ def tune_cmd(
         budget=Budget(McuBudget.of(board, max_flash_kib, max_ram_kib), max_params, max_mflops, max_int8_ms),
         cost=get_cost(cost), root=artifacts, trials=trials, rungs=_rungs(rungs), eta=eta, seed=seed,
         limit_train=limit_train, data_dir=data_dir, storage=storage, study=study)
+    tune.check(request)  # an impossible budget stops here, before the storage or any training
     target = spec_file_target()
     if write and target is None:  # pragma: no cover - the boundary always names one for tune
         target = artifacts / "specs.toml"
@@ -77,7 +78,7 @@ def tune_cmd(
         err_console.print(f"tune: study {request.name} ({request.storage or request.folder}), "
                           f"{escape(request.budget.describe())}, cost {request.cost.name}, fidelities "
                           f"{', '.join(map(str, request.rungs))} epochs", soft_wrap=True)
-    result = tune.search(request, progress=None if as_json else _progress)
+    result = tune.search(request, progress=None if as_json else _progress, checked=True)
     result["written"] = tune.write_front(target, request, result) if write and result["front"] else []
     result["spec_file"] = str(target) if write else None
     if as_json:

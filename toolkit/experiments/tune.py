@@ -114,11 +114,14 @@ def check(request: TuneRequest) -> int:
                             source=request.space.source)
 
 
-def search(request: TuneRequest, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Run (or resume) the search until --trials trials finished; the summary of the study."""
+def search(request: TuneRequest, *, progress: Progress | None = None,
+           checked: bool = False) -> dict[str, Any]:
+    """Run (or resume) the search until --trials trials finished; the summary of the study
+    (`checked`: `check` was called already)."""
     import optuna
 
-    check(request)
+    if not checked:
+        check(request)
     sampler = optuna.samplers.TPESampler(seed=request.seed)  # reads the trials' constraints
     study = tune_study.open_study(name=request.name, storage=request.storage, folder=request.folder,
                                   config=request.config(), sampler=sampler)
