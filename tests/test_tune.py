@@ -217,3 +217,32 @@ def test_front_never_half_writes_the_spec_file(tmp_path):
     assert path.read_bytes() == before
     assert user.append(path, [(fresh, ["a note"])]) == ["fresh"]
     assert [s.name for s in user.read(path)] == ["my-tiny", "fresh"]
+
+
+def test_ray_task_payload_carries_the_user_specs(tmp_path, monkeypatch):
+    from toolkit.experiments import sweep_ray
+    from toolkit.specs import get_spec, registry
+
+    specs = _write(tmp_path, "specs.toml", USER_SPEC)
+    monkeypatch.setenv("TOOLKIT_SPECS", str(specs))
+    payload = sweep_ray.user_specs_payload()
+    assert payload == (str(specs.resolve()), USER_SPEC)
+    monkeypatch.delenv("TOOLKIT_SPECS")
+    registry.use_spec_file(None)
+    try:
+        sweep_ray.load_user_specs(payload)  # as a worker whose node cannot see the file
+        assert get_spec("my-tiny").origin == "user"
+    finally:
+        registry.use_spec_file(None)
+    with pytest.raises(Exception, match="unknown experiment spec"):
+        get_spec("my-tiny")
+
+
+@pytest.mark.slow
+def test_user_spec_trains_from_the_command_line(tmp_path):
+    specs = _write(tmp_path, "specs.toml", USER_SPEC)
+    result = runner.invoke(app, ["--specs", str(specs), "train", "--exp", "my-tiny", "--limit-train", "300",
+                                 "--artifacts", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "a" / "my-tiny" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] is not None  # a full run of a user spec evaluates the test set
