@@ -3,11 +3,14 @@ under hard budgets (toolkit.experiments.tune); the front goes to the user spec f
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.live import Live
 from rich.markup import escape
+from rich.text import Text
 
 from toolkit.cli.options import (
     ArtifactsOption,
@@ -78,13 +81,26 @@ def tune_cmd(
         err_console.print(f"tune: study {request.name} ({request.storage or request.folder}), "
                           f"{escape(request.budget.describe())}, cost {request.cost.name}, fidelities "
                           f"{', '.join(map(str, request.rungs))} epochs", soft_wrap=True)
-    result = tune.search(request, progress=None if as_json else _progress, checked=True)
+    result = _search(request, quiet=as_json)
     result["written"] = tune.write_front(target, request, result) if write and result["front"] else []
     result["spec_file"] = str(target) if write else None
     if as_json:
         typer.echo(tune.to_json(result))
         return
     _print(result)
+
+
+def _search(request: Any, *, quiet: bool) -> dict[str, Any]:
+    """The search, with a line per trial (and a live status line on a terminal)."""
+    from toolkit.experiments import tune
+
+    if quiet:
+        return tune.search(request, checked=True)
+    if not err_console.is_terminal:
+        return tune.search(request, progress=_progress, checked=True)
+    display = TuneDisplay()
+    with Live(display, console=err_console, refresh_per_second=2, transient=True):
+        return tune.search(request, progress=display, checked=True)
 
 
 def _rungs(text: str) -> tuple[int, ...]:
@@ -96,7 +112,42 @@ def _rungs(text: str) -> tuple[int, ...]:
         raise UsageError(f"--rungs takes comma-separated epochs such as 2,6; got {text!r}") from None
 
 
+class TuneDisplay:
+    """The live part of the progress (on a terminal): the job running now and the counts so far;
+    each finished trial or promotion is a line above it (`_progress`)."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, Any] | None = None
+        self.started = 0.0
+        self.counts: dict[str, int] = {}
+        self.best: float | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["event"] == "start":
+            self.running, self.started = event, time.monotonic()
+            return
+        self.running = None
+        if event["event"] in ("trial", "promotion"):
+            key = event["state"] if event["event"] == "trial" else f"promotion {event['state']}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if event.get("accuracy") is not None and not event.get("why"):
+                self.best = max(self.best or 0.0, event["accuracy"])
+        _progress(event)
+
+    def __rich__(self) -> Text:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items())) or "none finished yet"
+        best = f"; best feasible val acc {self.best:.4f}" if self.best is not None else ""
+        head = Text.assemble(("tune ", "bold"), f"{counts}{best}")
+        if self.running:
+            run = self.running
+            head.append(f"\nrunning: trial {run['trial']} at {run['fidelity']} epochs ({run['spec']}) for "
+                        f"{time.monotonic() - self.started:.0f} s", style="yellow")
+        return head
+
+
 def _progress(event: dict[str, Any]) -> None:
+    if event["event"] == "start":
+        return
     if event["event"] == "rerun":
         err_console.print(f"rerunning trial(s) {', '.join(map(str, event['trials']))}: interrupted before")
         return

@@ -185,6 +185,7 @@ def _run_trial(study: Any, trial: Any, request: TuneRequest, notify: Progress) -
         notify({"event": "trial", "trial": trial.number, "state": "infeasible", "why": reasons,
                 "spec": spec.name})
         return
+    notify({"event": "start", "trial": trial.number, "fidelity": request.rungs[0], "spec": spec.name})
     result = _job(request, spec, trial.number, 0, measure=needs(request.budget, request.cost), live=trial)
     if result.error:
         trial.set_user_attr("error", result.error)
@@ -251,6 +252,7 @@ def _promote(study: Any, request: TuneRequest, notify: Progress) -> None:
             return
         cand, rung = owed
         spec = _candidate_spec(request, cand.params, None, rung)
+        notify({"event": "start", "trial": cand.trial, "fidelity": request.rungs[rung], "spec": spec.name})
         result = _job(request, spec, cand.trial, rung, measure=())
         key = _rung_key(rung, cand.trial)
         if result.error:
