@@ -246,3 +246,25 @@ def test_user_spec_trains_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "a" / "my-tiny" / "metrics.json").read_text())
     assert metrics["test_accuracy"] is not None  # a full run of a user spec evaluates the test set
+
+
+def test_median_interval_holds_the_median():
+    import numpy as np
+
+    times = np.random.default_rng(0).exponential(1e-4, 2000) + 1e-5
+    low, high = tune_job.median_interval(times)
+    assert low < float(np.median(times)) < high
+    assert high - low < 0.2 * float(np.median(times))
+
+
+@pytest.mark.slow
+def test_measured_budgets_and_latency_cost(tmp_path):
+    space = _write(tmp_path, "space.toml", TINY_SPACE)
+    result = runner.invoke(app, ["tune", "--space", str(space), "--cost", "latency", "--rungs", "1",
+                                 "--limit-train", "300", "--trials", "1", "--max-flash-kib", "1000",
+                                 "--max-ram-kib", "1000", "--max-int8-ms", "1000", "--no-write", "--json",
+                                 "--artifacts", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    member = json.loads(result.output)["front"][0]
+    assert member["flash_bytes"] > 0 and member["arena_bytes"] > 0
+    assert member["latency_ms"] == pytest.approx(member["cost"]) and member["latency_ms"] > 0

@@ -194,13 +194,15 @@ def _run_trial(study: Any, trial: Any, request: TuneRequest, notify: Progress) -
         return
     figures = figures_of(est, result.measured)
     value = cost_value(request.cost, _with_estimates(figures, est))
+    # a latency budget judges the upper end of the median's interval (tune_job.median_interval)
+    judged = {**figures, "latency": result.measured.get("latency_high", figures["latency"])}
     trial.set_user_attr("measured", result.measured)
-    _constrain(trial, violations(request.budget, figures))
-    trial.set_user_attr("why", why_not(request.budget, figures))
+    _constrain(trial, violations(request.budget, judged))
+    trial.set_user_attr("why", why_not(request.budget, judged))
     trial.set_user_attr("val_images", result.val_images)
     study.tell(trial, [float(result.val_accuracy), float(value)])
     notify({"event": "trial", "trial": trial.number, "state": "complete", "fidelity": request.rungs[0],
-            "accuracy": result.val_accuracy, "cost": value, "why": why_not(request.budget, figures),
+            "accuracy": result.val_accuracy, "cost": value, "why": why_not(request.budget, judged),
             "spec": spec.name, "reused": result.reused})
 
 
