@@ -170,6 +170,7 @@ def test_resume_after_an_interruption_loses_and_reruns_no_finished_trial(tmp_pat
     assert finished[0] == first[0] and len(finished) == 3  # trial 0 kept, never rerun
     summary = json.loads(result.output)
     assert summary["trials"] == 3 and summary["front"]
+    assert Path(summary["plot"]).is_file() and summary["front"][0]["val_interval"]
     written = (root / "specs.toml").read_text()
     assert all(name in written for name in summary["written"])
 

@@ -84,6 +84,10 @@ def tune_cmd(
     result = _search(request, quiet=as_json)
     result["written"] = tune.write_front(target, request, result) if write and result["front"] else []
     result["spec_file"] = str(target) if write else None
+    from toolkit.experiments.tune_plot import plot_front
+
+    plot = plot_front(result, request.folder / "front.png")
+    result["plot"] = str(plot) if plot else None
     if as_json:
         typer.echo(tune.to_json(result))
         return
@@ -162,12 +166,12 @@ def _progress(event: dict[str, Any]) -> None:
 
 
 def _print(result: dict[str, Any]) -> None:
-    rows = [[m["trial"], m["spec"], f"{m['val_accuracy']:.4f}", f"{m['cost']:.4g}", f"{m['params']:,}",
+    rows = [[m["trial"], m["spec"], _acc(m), f"{m['cost']:.4g}", f"{m['params']:,}",
              f"{m['mflops']:.2f}", _kib(m["flash_bytes"], m["flash_bytes_estimate"]),
              _kib(m["arena_bytes"], m["arena_bytes_estimate"]), m["describe"]] for m in result["front"]]
     print_table(f"Pareto front at {result['front_fidelity']} epochs (validation accuracy vs "
                 f"{result['cost_label']}; {result['budget']})",
-                ["trial", "spec", "val acc", "cost", "params", "MFLOPs", "int8io file", "arena",
+                ["trial", "spec", "val acc [95%]", "cost", "params", "MFLOPs", "int8io file", "arena",
                  "architecture"],
                 rows, no_wrap=("spec",))
     rho = result["spearman_rho"]
@@ -175,9 +179,16 @@ def _print(result: dict[str, Any]) -> None:
                   f"infeasible before training, {result['failed']} failed; {result['feasible']} feasible. "
                   f"Spearman rho (first vs last fidelity, {result['spearman_pairs']} candidates): "
                   f"{'n/a' if rho is None else f'{rho:.3f}'}", soft_wrap=True)
+    if result["plot"]:
+        console.print(f"plot: {result['plot']}", soft_wrap=True)
     if result["written"]:
         console.print(f"wrote {', '.join(result['written'])} to {result['spec_file']} "
                       "(toolkit --specs FILE run --exp NAME)", soft_wrap=True)
+
+
+def _acc(member: dict[str, Any]) -> str:
+    ci = member.get("val_interval")
+    return f"{member['val_accuracy']:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _kib(measured: float | None, estimated: float | None) -> str:

@@ -101,6 +101,16 @@ class Candidate:
     figures: dict[str, float | None] = field(default_factory=dict)
     cost: float | None = None
     accuracy: dict[int, float] = field(default_factory=dict)  # rung -> validation accuracy
+    val_images: int | None = None  # the validation holdout's size (the same at every fidelity)
+
+    def interval(self, rung: int) -> list[float] | None:
+        """The Wilson 95% interval of the accuracy at a fidelity, over the validation images."""
+        from toolkit.core.stats import interval_of_accuracy
+
+        if not self.val_images or rung not in self.accuracy:
+            return None
+        found = interval_of_accuracy(self.accuracy[rung], self.val_images)
+        return [round(found.low, 4), round(found.high, 4)]
 
     @property
     def feasible(self) -> bool:
@@ -297,7 +307,8 @@ def candidates_of(study: Any, request: TuneRequest) -> list[Candidate]:
             continue
         state = ("infeasible" if t.user_attrs.get("before_training") or t.state == TrialState.PRUNED
                  else "complete" if t.state == TrialState.COMPLETE else "failed")
-        cand = Candidate(t.number, dict(t.params), state, list(t.user_attrs.get("why", [])))
+        cand = Candidate(t.number, dict(t.params), state, list(t.user_attrs.get("why", [])),
+                         val_images=t.user_attrs.get("val_images"))
         if t.state == TrialState.COMPLETE:
             cand.cost = t.values[1]
             if state == "complete":
@@ -334,6 +345,8 @@ def summary(study: Any, request: TuneRequest) -> dict[str, Any]:
         "trained": sum(len(c.accuracy) for c in candidates),
         "front_fidelity": request.rungs[top] if at_top else None,
         "front": [_member(study, request, c, top) for c in front],
+        "points": [{"trial": c.trial, "val_accuracy": c.accuracy[top], "interval": c.interval(top),
+                    "cost": c.cost, "front": c in front} for c in at_top],
         "spearman_rho": rho, "spearman_pairs": len(reached),
     }
 
@@ -342,7 +355,8 @@ def _member(study: Any, request: TuneRequest, cand: Candidate, rung: int) -> dic
     spec = _candidate_spec(request, cand.params, None, rung)
     est = estimate(spec)
     return {"trial": cand.trial, "spec": spec.name, "epochs": request.rungs[rung],
-            "val_accuracy": cand.accuracy[rung], "cost": cand.cost, "params": est.params,
+            "val_accuracy": cand.accuracy[rung], "val_interval": cand.interval(rung),
+            "val_images": cand.val_images, "cost": cand.cost, "params": est.params,
             "mflops": round(est.mflops, 4), "flash_bytes": cand.figures.get("flash"),
             "flash_bytes_estimate": est.flash_bytes, "arena_bytes": cand.figures.get("arena"),
             "arena_bytes_estimate": est.arena_bytes, "latency_ms": cand.figures.get("latency"),
