@@ -167,7 +167,7 @@ def test_ray_missing_says_how_to_install(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def ray_instance():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]')")
-    started = sweep_ray._start_ray(ray, None)
+    started = sweep_ray.start_ray(ray, None)
     yield ray
     if started:
         ray.shutdown()

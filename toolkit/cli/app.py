@@ -1,8 +1,10 @@
 """The `toolkit` command line: thin Typer commands over library functions, listed in COMMANDS.
 
 This is the only place that catches ToolkitError: each command runs inside `boundary`, which
-resolves the artifacts root once (flag, then TOOLKIT_ARTIFACTS, then ./artifacts) and turns an
-error into one line on stderr and its exit code (a traceback only with --verbose). Errors of the
+resolves the artifacts root once (flag, then TOOLKIT_ARTIFACTS, then ./artifacts), loads the user
+spec file (`toolkit --specs FILE`, then TOOLKIT_SPECS, then ARTIFACTS/specs.toml; its path is
+exported in TOOLKIT_SPECS for every process the command starts) and turns an error into one line
+on stderr and its exit code (a traceback only with --verbose). Errors of the
 option parser itself (an unknown option, a bad value) get the same one line, with exit code 2,
 from `_OneLineErrors`, the app's command group. Heavy libraries (TensorFlow, ONNX Runtime) are
 imported inside commands, never at start-up.
@@ -15,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 # Before TensorFlow is ever imported: its C++ start-up chatter drowns the useful output.
@@ -24,7 +27,7 @@ import typer  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
-from toolkit.cli import analysis, bench, data, export, loadtest, serve, sweep, train  # noqa: E402
+from toolkit.cli import analysis, bench, data, export, loadtest, serve, sweep, train, tune  # noqa: E402
 from toolkit.cli.output import err_console, print_error  # noqa: E402
 from toolkit.core.errors import ToolkitError  # noqa: E402
 
@@ -48,6 +51,7 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("analyze", analysis.analyze_cmd),
     ("recommend", analysis.recommend_cmd),
     ("sweep", sweep.sweep_cmd),
+    ("tune", tune.tune_cmd),
     ("serve", serve.serve_cmd),
     ("loadtest", loadtest.loadtest_cmd),
 )
@@ -84,21 +88,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-_state: dict[str, Any] = {"verbose": False}
+_state: dict[str, Any] = {"verbose": False, "specs": None}
+# Commands that may name a spec file that does not exist yet: they write it.
+WRITES_SPEC_FILE = ("tune",)
 
 
-def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The error boundary every command runs in (and where --artifacts is resolved, once)."""
-    from toolkit.core.artifacts import storage_error
+def boundary(fn: Callable[..., Any], *, writes_specs: bool = False) -> Callable[..., Any]:
+    """The error boundary every command runs in (and where --artifacts is resolved, and the user
+    spec file loaded, once)."""
+    from toolkit.core.artifacts import resolve_root, storage_error
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             if "artifacts" in kwargs:
-                from toolkit.core.artifacts import resolve_root
-
                 kwargs["artifacts"] = resolve_root(kwargs["artifacts"])
-            return fn(*args, **kwargs)
+            from toolkit.specs.registry import spec_file_scope
+
+            root = kwargs.get("artifacts") or resolve_root(None)
+            with spec_file_scope(_state["specs"], root, create=writes_specs):
+                return fn(*args, **kwargs)
         except ToolkitError as exc:
             if _state["verbose"]:
                 err_console.print_exception()
@@ -128,15 +137,22 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.callback()
 def _global(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+    specs: Annotated[
+        Path | None,
+        typer.Option("--specs", metavar="FILE",
+                     help="A TOML file of user specs (env TOOLKIT_SPECS; default ARTIFACTS/specs.toml "
+                          "when it exists; docs/specs.md)."),
+    ] = None,
 ) -> None:
     _state["verbose"] = verbose or bool(os.environ.get("TOOLKIT_VERBOSE"))
+    _state["specs"] = specs
     if _state["verbose"]:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
         os.environ["TOOLKIT_VERBOSE"] = "1"
 
 
 for _name, _command in COMMANDS:
-    app.command(_name)(boundary(_command))
+    app.command(_name)(boundary(_command, writes_specs=_name in WRITES_SPEC_FILE))
 
 
 def main() -> None:

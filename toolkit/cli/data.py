@@ -26,25 +26,26 @@ def list_specs(
                                                          "trained spec's microcontroller figures).")] = False,
     artifacts: ArtifactsOption = None,
 ) -> None:
-    """List the experiment specs by family: the study's 17 and the new ones, with architecture,
-    recipe, parameters and MFLOPs per image (counted from the spec; no TensorFlow)."""
+    """List the experiment specs by family: the study's 17, the new ones and the user specs (a spec
+    file's), with architecture, recipe, parameters and MFLOPs per image (counted from the spec; no
+    TensorFlow)."""
     from toolkit.core.boards import estimated_int8_bytes, get_board
     from toolkit.families import FAMILIES, get_family
-    from toolkit.specs import SPECS
+    from toolkit.specs import all_specs
 
     if boards:
         _print_boards(as_json)
         return
     board = get_board(fits) if fits else None
     chosen = get_family(family).name if family else None
-    specs = [s for s in SPECS.values() if chosen in (None, s.family)]
+    specs = [s for s in all_specs() if chosen in (None, s.family)]
     if board is not None:
         specs = [s for s in specs if estimated_int8_bytes(s.param_count()) <= board.flash_budget_bytes]
     if as_json:
         typer.echo(json.dumps([_spec_json(s, artifacts) for s in specs], indent=2))
         return
     title = ("Experiment specs by family (study: the seed's Tables 2 and 3, OCR readings in toolkit/specs/; "
-             "new: added since)")
+             "new: added since; user: a spec file's, docs/specs.md)")
     if board is not None:
         title += (f"; only those whose int8 file (about 1 byte per parameter + 40 KiB) fits "
                   f"{board.title}'s {board.flash_budget_bytes / 1024:,.0f} KiB flash budget")
@@ -57,11 +58,16 @@ def list_specs(
         if table.rows and group:
             table.add_section()
         for spec in group:
-            table.add_row(spec.name, spec.family, spec.origin, spec.describe(), spec.recipe.describe(),
+            table.add_row(spec.name, spec.family, origin_of(spec), spec.describe(), spec.recipe.describe(),
                           str(spec.epochs), str(spec.batch_size), f"{spec.param_count():,}",
                           f"{spec.mflops_per_image():.2f}",
                           f"{spec.reported.test_accuracy:.4f}" if spec.reported else "-")
     console.print(table)
+
+
+def origin_of(spec) -> str:
+    """study, new, or user: FILE."""
+    return f"user: {spec.source}" if spec.origin == "user" else spec.origin
 
 
 def _print_boards(as_json: bool) -> None:
@@ -86,7 +92,7 @@ def _print_boards(as_json: bool) -> None:
 
 
 def _spec_json(spec, root) -> dict[str, Any]:
-    out = {"name": spec.name, "family": spec.family, "origin": spec.origin,
+    out = {"name": spec.name, "family": spec.family, "origin": spec.origin, "source": spec.source,
            "params": spec.param_count(), "mflops_per_image": round(spec.mflops_per_image(), 4),
            "embedding_size": spec.embedding_size(), "architecture": spec.family_entry.summary(spec.arch),
            "recipe": spec.recipe.manifest_fields(),

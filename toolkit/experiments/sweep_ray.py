@@ -60,10 +60,29 @@ class _ProgressBoard:
         return dict(self.epochs)
 
 
+def user_specs_payload() -> tuple[str, str] | None:
+    """(source, text) of the loaded user spec file, for a Ray task: its node may not see the file."""
+    from toolkit.specs.registry import user_spec_file
+
+    path = user_spec_file()
+    return (str(path), path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
+
+
+def load_user_specs(payload: tuple[str, str] | None) -> None:
+    """In a Ray worker: the caller's user specs, from the text the task carried."""
+    if payload is None:
+        return
+    from toolkit.specs.registry import use_spec_text
+    from toolkit.specs.user import SPECS_ENV
+
+    os.environ.pop(SPECS_ENV, None)  # the caller's path may not exist on this node: the text rules
+    use_spec_text(payload[1], payload[0])
+
+
 def _ray_task(*, spec_name: str, seed: int, epochs: int, limit_train: int | None,
               data_dir: str | None, root: str, token: str, cpus: int, board,
-              mixed_precision: str = "off") -> dict[str, Any]:
-    """Train one run on a Ray worker.
+              mixed_precision: str = "off", specs: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Train one run on a Ray worker (`specs`: the caller's user spec file, as text).
 
     Workers are reused between the tasks of one sweep: a fresh process per task paid ~8 s of
     start-up and TensorFlow import per run (measured on the DNN specs). Each run reseeds
@@ -81,6 +100,7 @@ def _ray_task(*, spec_name: str, seed: int, epochs: int, limit_train: int | None
     from toolkit.training import train as train_mod
     from toolkit.training.train import TrainRequest
 
+    load_user_specs(specs)
     key = f"{spec_name}/{artifacts.run_id(seed, epochs, limit_train, mixed_precision)}"
 
     def hook(epoch: int, total: int, logs: dict[str, float]) -> None:
@@ -139,7 +159,7 @@ def install_run(root: Path, run: RunStatus, files: dict[str, bytes],
     return final
 
 
-def _start_ray(ray, address: str | None) -> bool:
+def start_ray(ray, address: str | None) -> bool:
     """Connect to `address`, or start a small local instance; True when we started it."""
     if ray.is_initialized():
         return False
@@ -172,7 +192,7 @@ def run_ray(state: SweepState, *, root: Path, data_dir, address: str | None,
         monitor(state)
     if not todo:
         return
-    started = _start_ray(ray, address)
+    started = start_ray(ray, address)
     root.mkdir(parents=True, exist_ok=True)
     token = f".sweep-{uuid.uuid4().hex}.token"
     if transfer == "auto":
@@ -184,7 +204,8 @@ def run_ray(state: SweepState, *, root: Path, data_dir, address: str | None,
                              "CPUs; lower it")
         task = ray.remote(max_retries=0)(_ray_task).options(num_cpus=cpus_per_run)
         launch = dict(data_dir=str(data_dir) if data_dir else None, root=str(root), token=token,
-                      cpus=cpus_per_run, board=ray.remote(num_cpus=0)(_ProgressBoard).remote())
+                      cpus=cpus_per_run, board=ray.remote(num_cpus=0)(_ProgressBoard).remote(),
+                      specs=user_specs_payload())
         _drive(ray, state, todo, task, launch, window=max_concurrent or max(1, cluster_cpus // cpus_per_run),
                root=root, checksums=checksums, monitor=monitor)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -150,17 +151,40 @@ def run(state, settings: ServeSettings, on_started: Callable[[str], None] | None
         timeout_graceful_shutdown=settings.drain_seconds,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _signal_recording_server(config)
     if on_started is not None:
         _announce_when_started(server, on_started, f"http://{_url_host(settings.host)}:{settings.port}")
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT after its graceful shutdown
-        raise Interrupted("Ctrl-C (in-flight requests were drained first)") from None
-    if not server.started:
+        raise Interrupted(_stopped_by(signal.SIGINT)) from None
+    if not server.started and server.stopped_by is None:
         raise UsageError(f"the server did not start on {settings.host}:{settings.port}; see the log above")
-    # uvicorn returns normally when its signal handler stopped it and re-raising was not possible.
-    raise Interrupted("a signal (in-flight requests were drained first)")
+    # uvicorn returns normally when re-raising the signal does nothing: SIGINT is ignored in a
+    # process started in the background by a shell, SIGTERM has no Python handler.
+    raise Interrupted(_stopped_by(server.stopped_by))
+
+
+def _signal_recording_server(config):
+    """uvicorn's server, noting the first signal that stopped it (to say which, whatever happens
+    when uvicorn re-raises it)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if self.stopped_by is None:
+                self.stopped_by = sig
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def _stopped_by(sig: int | None) -> str:
+    names = {int(signal.SIGINT): "Ctrl-C", int(signal.SIGTERM): "SIGTERM"}
+    name = names.get(sig, "a signal") if sig is not None else "a signal"
+    return f"{name} (in-flight requests were drained first)"
 
 
 def _url_host(host: str) -> str:

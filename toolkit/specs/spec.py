@@ -17,7 +17,7 @@ from toolkit.families.graph import Counts
 from toolkit.specs import recipe as recipes
 from toolkit.specs.recipe import Recipe
 
-ORIGINS = ("study", "new")
+ORIGINS = ("study", "new", "user")
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,13 @@ class Spec:
     arch: Any  # the family's architecture dataclass (toolkit.families)
     recipe: Recipe = recipes.SEED_RECIPE
     validation_fraction: float = 0.1
-    origin: str = "new"  # "study": one of the seed study's 17; "new": added since
+    origin: str = "new"  # "study": one of the seed study's 17; "new": added since; "user": a spec file's
     # The default training arithmetic (toolkit.precision): the run's manifest records the mode it
     # resolved to, so it is not part of summary().
     mixed_precision: str = "off"
     readings: tuple[str, ...] = ()
     reported: Reported | None = field(default=None, compare=False)
+    source: str | None = field(default=None, compare=False)  # a user spec's file (toolkit.specs.user)
 
     def __post_init__(self) -> None:
         problems = list(self._problems())

@@ -53,6 +53,9 @@ class TrainRequest:
     teacher: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     mixed_precision: str | None = None
+    # False: the test set is never touched (toolkit tune's candidates: a search sees validation
+    # figures only); such a run's manifest says so, so a normal run never reuses it.
+    evaluate_test: bool = True
 
     def spec(self) -> Spec:
         """The spec as this run trains it: overrides applied, precision resolved, inputs checked."""
@@ -102,6 +105,8 @@ def train(request: TrainRequest, *, promote: bool = True, on_epoch: EpochHook | 
         data_checksums=dataset.checksums, variant=run_variant(spec), teacher=teacher_run,
         mixed_precision=spec.mixed_precision,
     )
+    if not request.evaluate_test:
+        manifest["test_set"] = "not evaluated"
     rid = manifest["run_id"]
     with artifacts.exclusive_lock(arts.lock_file(rid), what=f"run {spec.name}/{rid}"):
         existing = artifacts.completed_run(arts, manifest)
@@ -201,12 +206,16 @@ def _train_new(spec: Spec, dataset: data.Dataset, arts: artifacts.SpecArtifacts,
             model, build=lambda: build_training_model(spec, "off", steps_per_epoch=steps))
     # Selection decides on the validation holdout only, before the test set is ever looked at.
     kept = (best.apply(model) if best is not None else None) or spec.epochs
-    test = _evaluate(model, spec, dataset)
+    test = _evaluate(model, spec, dataset) if "test_set" not in manifest else _NOT_EVALUATED
     metrics = _metrics(spec, manifest, test=test, figures=_run_figures(
         spec, checkpoint.history, kept=kept, seconds=checkpoint.seconds, n_train=n_train), counts={
         "resumed_from_epoch": initial_epoch or None, "train_images": n_train, "val_images": n_val,
-        "test_images": int(len(dataset.y_test)), "params": int(model.count_params())}, dataset=dataset)
+        "test_images": int(len(dataset.y_test)) if test["top1"] is not None else 0,
+        "params": int(model.count_params())}, dataset=dataset)
     return _commit_run(arts, rid, model, checkpoint.history, metrics, partial, top1=test["top1"])
+
+
+_NOT_EVALUATED: dict[str, Any] = {"accuracy": None, "loss": None, "top1": None}
 
 
 def _metrics(spec: Spec, manifest: dict[str, Any], *, test: dict[str, Any], figures: dict[str, Any],
@@ -344,13 +353,15 @@ def check_resume_precision(request: TrainRequest) -> None:
             )
 
 
-def _commit_run(arts, rid, model, history, metrics, partial: Path, *, top1: np.ndarray) -> Path:
+def _commit_run(arts, rid, model, history, metrics, partial: Path, *, top1: np.ndarray | None) -> Path:
     """Write the run to a staging folder, then rename it into runs/<run-id>/ in one step."""
     staging = artifacts.make_private_dir(arts.runs_dir, f".{rid}.staging-")
     try:
         model.save(staging / "model.keras")
         artifacts.write_json(staging / "history.json", history)
-        metrics["test_predictions"] = artifacts.save_predictions(staging / artifacts.PREDICTIONS_FILE, top1)
+        if top1 is not None:
+            metrics["test_predictions"] = artifacts.save_predictions(
+                staging / artifacts.PREDICTIONS_FILE, top1)
         artifacts.write_json(staging / "metrics.json", metrics)
         final = arts.run_dir(rid)
         if final.exists():
