@@ -138,3 +138,53 @@ def dequantize(output: np.ndarray, quant: tuple[float, int] | None) -> np.ndarra
         return output
     scale, zero_point = quant
     return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+class OptionalPackage:
+    """A runtime's package from an extra (tflite-micro, openvino): whether it is here, its
+    version, and the module or one line naming the package and how to install it (exit 6)."""
+
+    def __init__(self, runtime: str, distribution: str, module: str, install: str) -> None:
+        self.runtime, self.distribution, self.module, self.install = runtime, distribution, module, install
+
+    def available(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec(self.module.split(".")[0]) is not None
+
+    def version(self) -> str | None:
+        import importlib.metadata
+
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def require(self) -> Any:
+        if not self.available():
+            raise RuntimeUnavailableError(f"the {self.runtime} runtime needs {self.distribution}, which is "
+                                          f"not installed here; install it with: {self.install}")
+        import importlib
+
+        return importlib.import_module(self.module)
+
+
+class TfliteIOModel(LoadedModel):
+    """A TFLite interpreter's model (LiteRT, TFLM): a file with int8 input and output carries its
+    scale and zero point, so `run` quantizes float images and dequantizes the output with them;
+    `run_encoded` takes and returns the file's own types (what the benchmarks time)."""
+
+    input_quant: tuple[float, int] | None = None
+    output_quant: tuple[float, int] | None = None
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        return quantize(batch, self.input_quant, self.input_dtype)
+
+    def decode(self, output: np.ndarray) -> np.ndarray:
+        return dequantize(output, self.output_quant)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.decode(self.run_encoded(self.encode(batch)))
+
+    def run_encoded(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError

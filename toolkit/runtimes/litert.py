@@ -11,10 +11,10 @@ import numpy as np
 from toolkit.core.contract import INPUT_NAME, OUTPUT_NAME
 from toolkit.core.errors import DeviceUnavailableError
 from toolkit.core.quiet import quiet_stderr
-from toolkit.runtimes.base import LoadedModel, dequantize, dtype_name, fail_load, int_quantization, quantize
+from toolkit.runtimes.base import TfliteIOModel, dtype_name, fail_load, int_quantization
 
 
-class LiteRTModel(LoadedModel):
+class LiteRTModel(TfliteIOModel):
     """A .tflite file on ai-edge-litert's interpreter (XNNPACK delegate by default)."""
 
     def __init__(self, path: Path, *, device: str, threads: int | None) -> None:
@@ -53,15 +53,6 @@ class LiteRTModel(LoadedModel):
         self.input_quant = int_quantization(details)
         self.output_quant = int_quantization(outputs[first])
         self.quantized_io = self.input_quant is not None and self.output_quant is not None
-
-    def encode(self, batch: np.ndarray) -> np.ndarray:
-        return quantize(batch, self.input_quant, self.input_dtype)
-
-    def decode(self, output: np.ndarray) -> np.ndarray:
-        return dequantize(output, self.output_quant)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.decode(self.run_encoded(self.encode(batch)))
 
     def run_encoded(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) != self._batch:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import numpy as np
 
 from toolkit.core.contract import INPUT_NAME, OUTPUT_NAME
 from toolkit.core.errors import ArtifactError, DeviceUnavailableError
-from toolkit.runtimes.base import LoadedModel, RuntimeUnavailableError, dtype_name
+from toolkit.runtimes.base import LoadedModel, OptionalPackage, dtype_name
 
 DISTRIBUTION = "openvino"
 INSTALL = "pip install -e '.[openvino]' (a serving host: pip install 'openvino>=2026.4,<2027')"
@@ -45,25 +43,9 @@ ORDER = ("int8", "bf16", "fp16", "fp32")
 RT_INFO = "fashion_mnist_toolkit"  # the IR's rt_info section the exporter writes (metadata, weights sha)
 
 
-def available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
-def version() -> str | None:
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def require() -> Any:
-    """The openvino module, or one line naming the package and how to install it (exit 6)."""
-    if not available():
-        raise RuntimeUnavailableError(f"the openvino runtime needs {DISTRIBUTION}, which is not installed "
-                                      f"here; install it with: {INSTALL}")
-    import openvino
-
-    return openvino
+_PACKAGE = OptionalPackage("openvino", DISTRIBUTION, "openvino", INSTALL)
+available, version = _PACKAGE.available, _PACKAGE.version
+require = _PACKAGE.require  # the openvino module, or one line naming the package (exit 6)
 
 
 @functools.cache

@@ -18,8 +18,6 @@ reference kernels there; optimized kernels (CMSIS-NN, ESP-NN) add scratch buffer
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import importlib.util
 import os
 import re
 import sys
@@ -35,7 +33,7 @@ import numpy as np
 from toolkit.core.errors import ArtifactError, DeviceUnavailableError, UsageError
 from toolkit.core.machine import cpu_count
 from toolkit.runtimes import tflite_info
-from toolkit.runtimes.base import LoadedModel, RuntimeUnavailableError, dequantize, dtype_name, quantize
+from toolkit.runtimes.base import OptionalPackage, TfliteIOModel, dtype_name
 
 DISTRIBUTION = "tflite-micro"
 INSTALL = "pip install -e '.[mcu]' (Linux x86-64, CPython 3.10-3.14: the wheels tflite-micro publishes)"
@@ -48,25 +46,9 @@ def align16(size: int) -> int:
     return -(-size // 16) * 16
 
 
-def available() -> bool:
-    return importlib.util.find_spec("tflite_micro") is not None
-
-
-def version() -> str | None:
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def require() -> Any:
-    """The interpreter module, or one line naming the package and how to install it."""
-    if not available():
-        raise RuntimeUnavailableError(f"the tflm runtime needs {DISTRIBUTION}, which is not installed here; "
-                                      f"install it with: {INSTALL}")
-    from tflite_micro.python.tflite_micro import runtime
-
-    return runtime
+_PACKAGE = OptionalPackage("tflm", DISTRIBUTION, "tflite_micro.python.tflite_micro.runtime", INSTALL)
+available, version = _PACKAGE.available, _PACKAGE.version
+require = _PACKAGE.require  # the interpreter module, or one line naming the package (exit 6)
 
 
 @contextlib.contextmanager
@@ -128,7 +110,7 @@ def _load_error(path: Path, arena_size: int, said: list[str]) -> ArtifactError:
                          "with toolkit export --force")
 
 
-class TflmModel(LoadedModel):
+class TflmModel(TfliteIOModel):
     """A full-integer .tflite file on TFLM's interpreter, one image per invoke."""
 
     def __init__(self, path: Path, *, device: str, threads: int | None, arena_size: int = HOST_ARENA) -> None:
@@ -148,15 +130,6 @@ class TflmModel(LoadedModel):
         self.input_quant = _quantization(inp)
         self.output_quant = _quantization(out)
         self.quantized_io = self.input_quant is not None and self.output_quant is not None
-
-    def encode(self, batch: np.ndarray) -> np.ndarray:
-        return quantize(batch, self.input_quant, self.input_dtype)
-
-    def decode(self, output: np.ndarray) -> np.ndarray:
-        return dequantize(output, self.output_quant)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.decode(self.run_encoded(self.encode(batch)))
 
     def run_all(self, images: np.ndarray, batch: int) -> tuple[np.ndarray, dict[str, Any]]:
         """Every image, spread over one process per core (TFLM runs one image at a time on one
