@@ -125,6 +125,26 @@ def test_tta_export_matches_keras_under_the_same_averaging(trained_root, tmp_pat
     plain = entries["onnx-fp32"]["parity"]
     # Its reference is Keras under flip averaging, not the plain model: another accuracy.
     assert tta["parity"]["keras_accuracy"] != plain["keras_accuracy"]
+    # The benchmark checks its top-1 against that same averaged reference (against the plain
+    # model, a flip TTA file "flipped" ~1.6% of frontier's images).
+    from toolkit.benchmark.context import BenchContext
+    from toolkit.benchmark.plan import BenchCase
+
+    ctx = BenchContext.create(root, n_images=64)
+    path = str(root / spec / tta["path"])
+    case = BenchCase(spec=spec, key="onnx-tta", format="onnx", precision="fp32", runtime="onnxruntime",
+                     device="cpu", batch=64, threads=1, path=path, size_bytes=tta["size_bytes"],
+                     sha256=tta["sha256"], parity="pass", trained=True)
+    from toolkit import runtimes
+    from toolkit.export.tta import mirror
+
+    reference = ctx.reference(case)
+    assert "mirror" in ctx.reference_source[f"{spec}+flip"]
+    model = runtimes.load(path, "onnxruntime", threads=1)
+    np.testing.assert_array_equal(reference, model.run(ctx.images[: len(reference)]).argmax(1))
+    keras = runtimes.load(root / spec / "model.keras", "keras")
+    images = ctx.images[: len(reference)]
+    np.testing.assert_array_equal(reference, ((keras.run(images) + keras.run(mirror(images))) / 2).argmax(1))
 
 
 # ---------------------------------------------------------------- time to accuracy

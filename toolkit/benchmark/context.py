@@ -91,24 +91,40 @@ class BenchContext:
         return [np.ascontiguousarray(np.concatenate([self.images] * reps)[:batch])]
 
     def reference(self, case: BenchCase, cases: Sequence[BenchCase] = ()) -> np.ndarray | None:
-        """Top-1 classes of the spec's reference on the first CHECK_IMAGES images (trained only)."""
+        """Top-1 classes of the spec's reference on the first CHECK_IMAGES images (trained only);
+        for a test-time-augmentation file, of the reference under the same flip averaging."""
         if not case.trained:
             return None
-        if case.spec not in self.references:
-            self.references[case.spec], self.reference_source[case.spec] = self._compute_reference(
-                case, cases)
-        return self.references[case.spec]
+        key = reference_key(case)
+        if key not in self.references:
+            self.references[key], self.reference_source[key] = self._compute_reference(case, cases)
+        return self.references[key]
 
     def _compute_reference(self, case: BenchCase,
                            cases: Sequence[BenchCase]) -> tuple[np.ndarray | None, str]:
         images = self.images[:CHECK_IMAGES]
         keras_path = artifacts.spec_artifacts(case.spec, self.root).model
+        flip = reference_key(case) != case.spec
         if tensorflow_available() and keras_path.is_file():
-            model = runtimes.load(keras_path, "keras")
-            return np.argmax(model.run(images), axis=1), "Keras model.keras"
-        onnx = [c for c in cases if c.spec == case.spec and c.key == "onnx-fp32"]
-        if onnx:
+            model, source = runtimes.load(keras_path, "keras"), "Keras model.keras"
+        elif onnx := [c for c in cases if c.spec == case.spec and c.key == "onnx-fp32"]:
             model = runtimes.load(onnx[0].path, "onnxruntime", threads=1)
-            return (np.argmax(model.run(images), axis=1),
-                    "onnx-fp32 on ONNX Runtime CPU (TensorFlow not installed here)")
-        return None, "none (no TensorFlow and no onnx-fp32 export): top-1 not checked"
+            source = "onnx-fp32 on ONNX Runtime CPU (TensorFlow not installed here)"
+        else:
+            return None, "none (no TensorFlow and no onnx-fp32 export): top-1 not checked"
+        probabilities = model.run(images)
+        if flip:
+            from toolkit.export.tta import mirror
+
+            probabilities = (probabilities + model.run(mirror(images))) / 2
+            source += ", averaged with its mirror image's output (the file's flip TTA)"
+        return np.argmax(probabilities, axis=1), source
+
+
+def reference_key(case: BenchCase) -> str:
+    """Which reference a case's top-1 is checked against: the spec's, or for a flip TTA file the
+    spec's under the same averaging (its predictions differ from the plain model's by design)."""
+    from toolkit.export.registry import FORMATS
+
+    fmt = FORMATS.get(case.key)
+    return f"{case.spec}+flip" if fmt is not None and fmt.tta else case.spec

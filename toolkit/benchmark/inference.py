@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import runtimes
-from toolkit.benchmark.context import BenchContext, configure_tf_threads
+from toolkit.benchmark.context import BenchContext, configure_tf_threads, reference_key
 from toolkit.benchmark.inference_results import InferenceResult
 from toolkit.benchmark.placement import HERE, SKIP, Environment, Placement, place_tensorflow, runtime_skip
 from toolkit.benchmark.plan import INFERENCE, KERAS_RUNTIMES, BenchCase
@@ -182,7 +182,7 @@ def run_case(case: BenchCase, ctx: BenchContext, *, timer: Timer = own_timer,
     return InferenceResult(
         case=case, timed=raw is not None, warmup_calls=len(warm), params=spec.param_count(),
         mflops_per_image=spec.mflops_per_image(), inputs=ctx.inputs_source,
-        reference=ctx.reference_source.get(case.spec), check=check, versions=ctx.versions,
+        reference=ctx.reference_source.get(reference_key(case)), check=check, versions=ctx.versions,
         measured_at=now(), tf_threads=ctx.keras_threads if case.runtime in KERAS_RUNTIMES else None,
         load_avg_1m=load_average(), notes=prep.notes, pid=os.getpid(),
         stats=None if raw is None else TimingStats.from_times(raw, batch=case.batch, what=case.id),

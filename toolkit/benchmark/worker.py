@@ -86,7 +86,8 @@ def main() -> int:
         ctx.keras_threads = configure_tf_threads(job["tf_threads"])
     for spec, ref in (job.get("references") or {}).items():
         ctx.references[spec] = None if ref is None else np.asarray(ref)
-        ctx.reference_source[spec] = "Keras model.keras (computed by the parent process)"
+        flip = ", averaged with its mirror's output (flip TTA)" if spec.endswith("+flip") else ""
+        ctx.reference_source[spec] = "Keras model.keras (computed by the parent process)" + flip
     for case in cases:
         try:
             result = kind_of(case).run(case, ctx, timer=own_timer, cases=cases)
