@@ -105,34 +105,13 @@ def profile(config: str, exp: str, limit_train: int | None, after_mode: str | No
 
 
 def _compute(model, train_ds, val_ds, steps: int) -> dict:
-    """forward+backward, optimizer, input, fit and validation, each after a warm-up."""
-    from toolkit.core.tf import tf
+    """forward+backward, optimizer, input, fit and validation, each after a warm-up: the toolkit's
+    own profiler (`toolkit profile`), without its input-without-augmentation pass."""
+    from toolkit.training.profile import time_steps
 
-    batches = list(train_ds.take(steps))
-    variables = model.trainable_variables
-
-    @tf.function
-    def forward_backward(x, y):
-        with tf.GradientTape() as tape:
-            loss = model.loss(y, model(x, training=True))
-            scaled = model.optimizer.scale_loss(loss)  # as Keras' train step does (fp16)
-        return tape.gradient(scaled, variables)
-
-    @tf.function
-    def apply(grads):
-        model.optimizer.apply_gradients(zip(grads, variables, strict=True))
-
-    grads = forward_backward(*batches[0])
-    apply(grads)  # traces both and builds the optimizer
-    model.fit(train_ds, epochs=1, steps_per_epoch=3, verbose=0)  # traces fit's train function
-    model.evaluate(val_ds, verbose=0)
-    return {
-        "input": _timed(lambda: [None for _ in train_ds.take(steps)]),
-        "forward_backward": _timed(lambda: [forward_backward(x, y) for x, y in batches]),
-        "optimizer": _timed(lambda: [apply(grads) for _ in range(steps)]),
-        "fit_train": _timed(lambda: model.fit(train_ds, epochs=1, steps_per_epoch=steps, verbose=0)),
-        "validation": _timed(lambda: model.evaluate(val_ds, verbose=0)),
-    }
+    timings = time_steps(model, train_ds, train_ds, val_ds, steps)
+    del timings["input_plain"]
+    return {category: list(seconds) for category, seconds in timings.items()}
 
 
 def _checkpointing(config: str, model, partial: Path, out: dict):
